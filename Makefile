@@ -1,0 +1,44 @@
+# The two commands of the README: `make repro` (the whole pipeline) and `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM := false
+export PYTHONHASHSEED := 0
+
+.PHONY: setup test repro data ui bench clean lock
+
+setup: $(STAMP)
+
+# torch==2.13.0 is pinned in pyproject: on these machines pip takes the local CPU wheel,
+# on a GPU machine the same pin gives a CUDA build. requirements.lock pins everything else.
+$(STAMP): pyproject.toml requirements.lock
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/pytest -q
+
+# Raw corpus: `dvc pull` where a DVC remote is configured, else re-download the pinned wheels.
+data: setup
+	@if [ -n "$$($(BIN)/dvc remote list)" ]; then $(BIN)/dvc pull data.dvc; \
+	else $(BIN)/telly data fetch; fi
+
+repro: data
+	$(BIN)/dvc repro
+
+ui: setup
+	$(BIN)/telly ui
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+lock: setup
+	$(BIN)/pip freeze --exclude-editable | grep -v "^-e" | sed "s/^torch==\(.*\)+cpu/torch==\1/" > requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache

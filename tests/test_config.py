@@ -1,0 +1,48 @@
+import pytest
+import yaml
+
+from telly.config import ConfigError, load_params, parse_params
+
+
+def test_repository_params_are_valid():
+    params = load_params("params.yaml")
+    assert params.prepare.language == "python"
+    assert 0 < params.prepare.valid_fraction < 0.5
+
+
+def test_bad_value_names_key_value_and_what_is_allowed(raw_params):
+    raw_params["prepare"]["language"] = "cobol"
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw_params, "params.yaml")
+    msg = str(err.value)
+    assert "prepare.language" in msg and "'cobol'" in msg and "python" in msg
+
+
+def test_missing_value_is_named(raw_params):
+    del raw_params["prepare"]["seed"]
+    with pytest.raises(ConfigError, match=r"prepare\.seed: missing"):
+        parse_params(raw_params)
+
+
+def test_unknown_key_is_rejected(raw_params):
+    raw_params["prepare"]["max_code_line"] = 10
+    with pytest.raises(ConfigError, match=r"prepare\.max_code_line: unknown key"):
+        parse_params(raw_params)
+
+
+def test_out_of_range_fraction(raw_params):
+    raw_params["prepare"]["test_fraction"] = 0.7
+    with pytest.raises(ConfigError, match=r"prepare\.test_fraction"):
+        parse_params(raw_params)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "p.yaml"
+    bad.write_text("seed: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    bad.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_params(bad)
