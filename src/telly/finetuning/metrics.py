@@ -1,0 +1,245 @@
+"""The paper's evaluation metrics for the five downstream tasks.
+
+Maintained packages compute what they can: scikit-learn (ranking, P/R/F1,
+thresholds), rouge-score (LCS), nltk (METEOR), rapidfuzz (edit similarity).
+Two definitions are specific to CodeXGLUE and are written out here, each tested
+on hand-computed cases: the smoothed sentence BLEU-4 of CodeSearchNet's
+``bleu.py`` (code summarization) and the smoothed corpus BLEU of CodeXGLUE's
+``evaluator/bleu.py`` (code generation). CIDEr follows pycocoevalcap's
+``CiderScorer`` (the package itself ships 100 MB of Java jars we do not need).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import xml.sax.saxutils
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+# ----------------------------------------------------------------- code search
+
+
+def retrieval_metrics(scores: np.ndarray) -> dict[str, float]:
+    """MRR and R@1/5/10 of a ``[queries, codes]`` score matrix whose diagonal holds the right code.
+
+    With exactly one relevant code per query, label-ranking average precision is
+    1/rank, so sklearn's LRAP is the MRR (ties count against the query, as in a
+    conservative rank). R@k is the share of queries whose code ranks in the top k.
+    """
+    from sklearn.metrics import label_ranking_average_precision_score, top_k_accuracy_score
+
+    n_queries, n_codes = scores.shape
+    if n_queries != n_codes or n_queries < 2:
+        raise ValueError(f"need a square score matrix of at least 2 x 2, got {scores.shape}")
+    truth = np.eye(n_queries, dtype=int)
+    out = {"mrr": float(label_ranking_average_precision_score(truth, scores))}
+    labels = np.arange(n_codes)
+    for k in (1, 5, 10):
+        # a code base no larger than k always holds the right code
+        out[f"r@{k}"] = 1.0 if k >= n_codes else float(top_k_accuracy_score(labels, scores, k=k, labels=labels))
+    return out
+
+
+# ------------------------------------------------------------- clone detection
+
+
+def best_threshold(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """The score threshold with the highest F1 on (validation) pairs; predict clone when score >= it."""
+    from sklearn.metrics import precision_recall_curve
+
+    labels = np.asarray(labels)
+    if labels.min() == labels.max():
+        raise ValueError("choosing a clone threshold needs both clone and non-clone pairs")
+    precision, recall, thresholds = precision_recall_curve(labels, np.asarray(scores, dtype=float))
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def classification_metrics(scores: Sequence[float], labels: Sequence[int], threshold: float) -> dict[str, float]:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    predicted = (np.asarray(scores, dtype=float) >= threshold).astype(int)
+    p, r, f1, _ = precision_recall_fscore_support(labels, predicted, average="binary", zero_division=0)
+    return {"precision": float(p), "recall": float(r), "f1": float(f1), "threshold": float(threshold)}
+
+
+# ---------------------------------------------- smoothed sentence BLEU-4 (CSN)
+# CodeSearchNet / CodeXGLUE code-to-text ``bleu.py``: NIST normalisation,
+# add-one smoothing for n > 1, brevity penalty (r+1)/(c+1), averaged over sentences.
+
+_NORMALIZE1 = [(r"<skipped>", ""), (r"-\n", ""), (r"\n", " ")]
+_NORMALIZE2 = [
+    (r"([\{-\~\[-\` -\&\(-\+\:-\@\/])", r" \1 "),  # punctuation
+    (r"([^0-9])([\.,])", r"\1 \2 "),  # period and comma unless preceded by a digit
+    (r"([\.,])([^0-9])", r" \1 \2"),  # period and comma unless followed by a digit
+    (r"([0-9])(-)", r"\1 \2 "),  # dash after a digit
+]
+
+
+def _nist_tokens(s: str) -> list[str]:
+    for pattern, repl in _NORMALIZE1:
+        s = re.sub(pattern, repl, s)
+    s = xml.sax.saxutils.unescape(s, {"&quot;": '"'})
+    s = f" {s} ".lower()
+    for pattern, repl in _NORMALIZE2:
+        s = re.sub(pattern, repl, s)
+    return s.split()
+
+
+def _ngrams(words: Sequence[str], n: int = 4) -> Counter:
+    return Counter(tuple(words[i : i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
+
+
+def _split_puncts(line: str) -> str:
+    return " ".join(re.findall(r"[\w]+|[^\s\w]", line))
+
+
+def sentence_bleu_csn(reference: str, hypothesis: str, n: int = 4) -> float:
+    """One sentence's smoothed BLEU-4 in [0, 1], exactly as CodeSearchNet's ``bleu.py``."""
+    ref = _nist_tokens(_split_puncts(reference.strip().lower()))
+    hyp = _nist_tokens(_split_puncts(hypothesis.strip().lower()))
+    ref_counts = _ngrams(ref, n)
+    correct = [0] * n
+    for gram, count in _ngrams(hyp, n).items():
+        correct[len(gram) - 1] += min(ref_counts.get(gram, 0), count)
+    guess = [max(len(hyp) - k + 1, 0) for k in range(1, n + 1)]
+    tiny = sys.float_info.min
+    log_bleu = 0.0
+    for k in range(n):
+        smooth = 1 if k > 0 else 0
+        log_bleu += math.log(correct[k] + smooth + tiny) - math.log(guess[k] + smooth + tiny)
+    log_bleu /= n
+    brevity = min(0.0, 1 - (len(ref) + 1) / (len(hyp) + 1))
+    return math.exp(log_bleu + brevity)
+
+
+def smoothed_bleu4(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Mean sentence BLEU-4 x 100 (the summarization BLEU of CodeXGLUE and the paper)."""
+    _same_length(references, hypotheses)
+    return 100.0 * float(np.mean([sentence_bleu_csn(r, h) for r, h in zip(references, hypotheses)]))
+
+
+# ------------------------------------------ smoothed corpus BLEU-4 (CodeXGLUE)
+
+
+def corpus_bleu_codexglue(references: Sequence[str], hypotheses: Sequence[str], max_order: int = 4) -> float:
+    """CodeXGLUE text-to-code ``_bleu``: whitespace tokens, corpus n-gram counts, add-one
+    smoothing on every order (unigrams too, unlike sacrebleu's add-k), x 100."""
+    _same_length(references, hypotheses)
+    matches = [0] * max_order
+    possible = [0] * max_order
+    ref_len = hyp_len = 0
+    for ref_text, hyp_text in zip(references, hypotheses):
+        ref, hyp = ref_text.split(), hyp_text.split()
+        ref_len += len(ref)
+        hyp_len += len(hyp)
+        overlap = _ngrams(hyp, max_order) & _ngrams(ref, max_order)
+        for gram, count in overlap.items():
+            matches[len(gram) - 1] += count
+        for k in range(1, max_order + 1):
+            possible[k - 1] += max(len(hyp) - k + 1, 0)
+    precisions = [(matches[i] + 1.0) / (possible[i] + 1.0) for i in range(max_order)]
+    geo_mean = math.exp(sum(math.log(p) for p in precisions) / max_order)
+    ratio = hyp_len / ref_len if ref_len else 0.0
+    brevity = 1.0 if ratio > 1.0 else (math.exp(1 - 1.0 / ratio) if ratio > 0 else 0.0)
+    return 100.0 * geo_mean * brevity
+
+
+# --------------------------------------------------------------------- METEOR
+
+
+class _NoSynonyms:
+    """Stands in for WordNet, which cannot be downloaded here: METEOR keeps its
+    exact and Porter-stem matching stages and skips the synonym stage."""
+
+    def synsets(self, *_args, **_kwargs) -> list:
+        return []
+
+
+def meteor(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Mean nltk METEOR x 100 (alpha 0.9, beta 3, gamma 0.5), exact + stem matches only."""
+    from nltk.translate.meteor_score import meteor_score
+
+    _same_length(references, hypotheses)
+    scores = [meteor_score([r.split()], h.split(), wordnet=_NoSynonyms()) for r, h in zip(references, hypotheses)]
+    return 100.0 * float(np.mean(scores))
+
+
+# -------------------------------------------------------------------- ROUGE-L
+
+
+def rouge_l(references: Sequence[str], hypotheses: Sequence[str], beta: float = 1.2) -> float:
+    """Mean sentence ROUGE-L F_beta x 100 with beta = 1.2 (pycocoevalcap's), LCS from rouge-score."""
+    from rouge_score import rouge_scorer, tokenizers
+
+    class _Whitespace(tokenizers.Tokenizer):
+        def tokenize(self, text: str) -> list[str]:
+            return text.split()
+
+    _same_length(references, hypotheses)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Whitespace())
+    values = []
+    for ref, hyp in zip(references, hypotheses):
+        s = scorer.score(ref, hyp)["rougeL"]
+        p, r = s.precision, s.recall
+        values.append((1 + beta**2) * p * r / (r + beta**2 * p) if p > 0 and r > 0 else 0.0)
+    return 100.0 * float(np.mean(values))
+
+
+# ---------------------------------------------------------------------- CIDEr
+
+
+def cider(references: Sequence[str], hypotheses: Sequence[str], n: int = 4) -> float:
+    """Corpus CIDEr as pycocoevalcap's ``Cider`` (one reference per hypothesis):
+    tf-idf n-gram vectors with document frequencies from the references, cosine per
+    order, mean over orders 1..4, x 10, averaged over the corpus."""
+    _same_length(references, hypotheses)
+    refs = [_ngrams(r.split(), n) for r in references]
+    hyps = [_ngrams(h.split(), n) for h in hypotheses]
+    doc_freq = Counter(gram for counts in refs for gram in counts)
+    log_n_docs = math.log(float(len(refs)))
+
+    def vector(counts: Counter) -> tuple[list[dict], list[float]]:
+        vec: list[dict] = [{} for _ in range(n)]
+        norm = [0.0] * n
+        for gram, tf in counts.items():
+            weight = float(tf) * (log_n_docs - math.log(max(1.0, doc_freq[gram])))
+            vec[len(gram) - 1][gram] = weight
+            norm[len(gram) - 1] += weight**2
+        return vec, [math.sqrt(x) for x in norm]
+
+    scores = []
+    for ref, hyp in zip(refs, hyps):
+        (vh, nh), (vr, nr) = vector(hyp), vector(ref)
+        sims = []
+        for k in range(n):
+            dot = sum(w * vr[k].get(g, 0.0) for g, w in vh[k].items())
+            sims.append(dot / (nh[k] * nr[k]) if nh[k] != 0 and nr[k] != 0 else dot)
+        scores.append(10.0 * float(np.mean(sims)))
+    return float(np.mean(scores))
+
+
+# ------------------------------------------------------- generation, completion
+
+
+def exact_match(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Share (x 100) of hypotheses whose whitespace tokens equal the reference's."""
+    _same_length(references, hypotheses)
+    return 100.0 * float(np.mean([r.split() == h.split() for r, h in zip(references, hypotheses)]))
+
+
+def edit_similarity(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Mean fuzzywuzzy ``fuzz.ratio`` (rapidfuzz computes the same Indel ratio; rounded as fuzzywuzzy)."""
+    from rapidfuzz import fuzz
+
+    _same_length(references, hypotheses)
+    return float(np.mean([round(fuzz.ratio(h, r)) for r, h in zip(references, hypotheses)]))
+
+
+def _same_length(references: Sequence[str], hypotheses: Sequence[str]) -> None:
+    if len(references) != len(hypotheses) or not references:
+        raise ValueError(f"need as many hypotheses as references (>0), got {len(hypotheses)} and {len(references)}")

@@ -1,0 +1,73 @@
+"""Each metric against cases worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from telly.finetuning import metrics as M
+
+
+def test_retrieval_mrr_and_recall():
+    scores = np.array([[0.9, 0.1, 0.5], [0.8, 0.2, 0.1], [0.1, 0.3, 0.2]])
+    out = M.retrieval_metrics(scores)  # ranks 1, 2, 2
+    assert out["mrr"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert out["r@1"] == pytest.approx(1 / 3)
+    assert out["r@5"] == pytest.approx(1.0)
+
+
+def test_threshold_and_f1():
+    scores, labels = [0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]
+    t = M.best_threshold(scores, labels)
+    assert t == pytest.approx(0.35)  # F1 0.8 beats 0.667 at 0.8
+    out = M.classification_metrics(scores, labels, t)
+    assert out["precision"] == pytest.approx(2 / 3) and out["recall"] == 1.0 and out["f1"] == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="both"):
+        M.best_threshold([0.1, 0.2], [1, 1])
+
+
+def test_csn_sentence_bleu_identical_and_partial():
+    assert M.sentence_bleu_csn("the cat sat", "the cat sat") == pytest.approx(1.0)
+    # ref a b c d, hyp a b x: correct [2,1,0,0], guess [3,2,1,0], add-one from bigrams, BP 1-(4+1)/(3+1)
+    expected = math.exp((math.log(2 / 3) + math.log(2 / 3) + math.log(1 / 2) + math.log(1 / 1)) / 4 - 0.25)
+    assert M.sentence_bleu_csn("a b c d", "a b x") == pytest.approx(expected)
+    # punctuation is split and case is folded: ref has 4 tokens ("."), hyp 3 -> only the brevity penalty
+    assert M.sentence_bleu_csn("Returns the value.", "returns THE value") == pytest.approx(math.exp(-0.25))
+    assert M.smoothed_bleu4(["the cat sat", "a b c d"], ["the cat sat", "a b x"]) == pytest.approx(
+        100 * (1 + expected) / 2
+    )
+
+
+def test_codexglue_corpus_bleu():
+    assert M.corpus_bleu_codexglue(["a b c d"], ["a b c d"]) == pytest.approx(100.0)
+    # matches [2,1,0,0] / possible [3,2,1,0], add-one on every order; BP exp(1 - 4/3)
+    expected = 100 * math.exp((math.log(3 / 4) + math.log(2 / 3) + math.log(1 / 2)) / 4) * math.exp(1 - 4 / 3)
+    assert M.corpus_bleu_codexglue(["a b c d"], ["a b x"]) == pytest.approx(expected)
+
+
+def test_rouge_l_beta_1_2():
+    assert M.rouge_l(["a b c d"], ["a c d e"]) == pytest.approx(75.0)  # LCS 3: P = R = 3/4
+    # LCS 2: P = 1, R = 1/2 -> (1 + 1.44) * 0.5 / (0.5 + 1.44)
+    assert M.rouge_l(["a b c d"], ["a b"]) == pytest.approx(100 * 2.44 * 0.5 / 1.94)
+
+
+def test_cider_hand_computed():
+    # pair 1 matches unigrams and the bigram (cos 1, 1, 0, 0 -> 5.0);
+    # pair 2 shares one of two unigrams with equal idf (cos 0.5, 0, 0, 0 -> 1.25)
+    assert M.cider(["a b", "c d"], ["a b", "c x"]) == pytest.approx((5.0 + 1.25) / 2)
+
+
+def test_meteor_exact_and_stem_only():
+    # 3 matches in one chunk: 1 - 0.5 * (1/3)^3
+    assert M.meteor(["the cat sat"], ["the cat sat"]) == pytest.approx(100 * (1 - 0.5 / 27))
+    assert M.meteor(["cats running"], ["cat run"]) > 50  # Porter stems match
+    assert M.meteor(["big"], ["large"]) == 0.0  # no WordNet synonyms
+
+
+def test_exact_match_and_edit_similarity():
+    assert M.exact_match(["a  b", "c"], ["a b", "d"]) == 50.0
+    assert M.edit_similarity(["abc", "xyz"], ["abd", "xyz"]) == pytest.approx((67 + 100) / 2)
+    with pytest.raises(ValueError, match="as many"):
+        M.exact_match(["a"], [])
