@@ -1,0 +1,94 @@
+"""Telly-K: freeze the embeddings and the bottom K transformer layers.
+
+telly-paper.md section 3.1: Telly-K sets ``requires_grad=False`` on the embeddings (word,
+position, token type, LayerNorm) and on layers ``0 .. K-1``; everything above, the task
+head and (in the paper's runs) the unused pooler stay trainable. Base freezes nothing.
+
+Two parameter counts come back, because the paper reports a different one from what
+actually trains (section 3.2): its notebook also freezes the pooler before counting
+Telly-K, but counts the whole model (pooler included) for Base. So with UniXcoder
+Base = 125.93M and Telly-K = (12 - K) x 7,087,872 (plus any task head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from telly.errors import TellyError
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    trainable: int  # parameters with requires_grad after freezing (what the optimiser updates)
+    paper: int  # the paper's convention: Base = all; Telly-K = trainable minus the pooler
+    total: int  # all parameters of the model given
+
+    @property
+    def reduction(self) -> float:
+        """The paper's "↓%" against the same model's Base count: 1 - paper / total."""
+        return 1 - self.paper / self.total
+
+
+def count_parameters(module: Any, *, trainable_only: bool = False) -> int:
+    """Distinct parameters (tied weights once), like the paper's ``count_parameters``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def find_encoder(model: Any) -> Any:
+    """The transformer inside ``model``: the first module with embeddings and a layer list."""
+    for module in (model, *(m for _, m in model.named_modules())):
+        if hasattr(module, "embeddings") and _layer_list(module) is not None:
+            return module
+    raise TellyError(
+        f"{type(model).__name__}: found no encoder with `embeddings` and a list of transformer layers inside it"
+    )
+
+
+def _layer_list(module: Any) -> Any:
+    import torch.nn as nn
+
+    inner = getattr(module, "encoder", None)
+    layers = getattr(inner, "layer", None)
+    if isinstance(layers, nn.ModuleList):  # BERT and RoBERTa families
+        return layers
+    n = getattr(getattr(module, "config", None), "num_hidden_layers", None)
+    for child in module.modules():  # other layouts: the ModuleList as long as the config says
+        if isinstance(child, nn.ModuleList) and n is not None and len(child) == n:
+            return child
+    return None
+
+
+def encoder_layers(model: Any) -> Any:
+    """The ``nn.ModuleList`` of transformer layers (layer i makes hidden state i + 1)."""
+    return _layer_list(find_encoder(model))
+
+
+def freeze_bottom(model: Any, k: int | None) -> ParamCount:
+    """Telly-K on ``model`` (an encoder or a task model wrapping one); ``k=None`` is Base.
+
+    Any earlier freezing is undone first, so calling it twice gives the same state.
+    """
+    encoder = find_encoder(model)
+    layers = _layer_list(encoder)
+    n_layers = len(layers)
+    if k is not None and not (isinstance(k, int) and 0 <= k < n_layers):
+        raise TellyError(
+            f"Telly-K: K = {k!r} is out of range; valid values are 0..{n_layers - 1} for this "
+            f"{n_layers}-layer model (or none for Base, full fine-tuning)"
+        )
+    for p in model.parameters():
+        p.requires_grad_(True)
+    total = count_parameters(model)
+    if k is None:
+        return ParamCount(trainable=total, paper=total, total=total)
+
+    for p in encoder.embeddings.parameters():
+        p.requires_grad_(False)
+    for layer in layers[:k]:
+        for p in layer.parameters():
+            p.requires_grad_(False)
+    trainable = count_parameters(model, trainable_only=True)
+    pooler = getattr(encoder, "pooler", None)
+    pooler_params = count_parameters(pooler, trainable_only=True) if pooler is not None else 0
+    return ParamCount(trainable=trainable, paper=trainable - pooler_params, total=total)
