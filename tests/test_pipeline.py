@@ -1,0 +1,66 @@
+"""End to end: the real `dvc repro` on the tiny profile, in a temporary copy of the repo.
+
+Every stage of dvc.yaml joins this test through tests/fixtures/params-tiny.yaml.
+The corpus is a handful of standard-library modules packed as wheels, so no
+network is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from corpus_fixture import make_corpus, write_lock
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _copy_repo(dest: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    for name in files:
+        src = REPO / name
+        if src.is_file() and not name.startswith(("data/raw/", "mlruns/")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_dvc_repro_on_tiny_profile(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _copy_repo(repo)
+    shutil.copy(REPO / "tests/fixtures/params-tiny.yaml", repo / "params.yaml")
+    write_lock(repo / "data/corpus.lock", make_corpus(repo / "data/raw"))
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    _run(["git", "init", "-q"], repo, env)
+    _run(["dvc", "commit", "-f", "-q", "data.dvc"], repo, env)  # the fixture corpus replaces the real one
+
+    _run(["dvc", "repro"], repo, env)
+
+    corpus = repo / "data/corpus/python"
+    for split in ("train", "valid", "test"):
+        assert (corpus / f"{split}.jsonl").stat().st_size > 0
+    metrics = json.loads((corpus / "metrics.json").read_text())
+    assert metrics["functions"]["train"] > 0
+
+    status = _run(["dvc", "status"], repo, env)
+    assert "up to date" in status, status
+    again = _run(["dvc", "repro"], repo, env)
+    assert "didn't change" in again or "up to date" in again
