@@ -1,0 +1,15 @@
+"""Run every benchmark script in this folder, one after another (`make bench`)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+here = Path(__file__).parent
+failed = []
+for script in sorted(here.glob("*.py")):
+    if script.name == Path(__file__).name:
+        continue
+    print(f"== {script.name}", flush=True)
+    if subprocess.call([sys.executable, str(script)]) != 0:
+        failed.append(script.name)
+sys.exit(f"failed: {', '.join(failed)}" if failed else 0)
