@@ -7,31 +7,7 @@ import torch
 
 from telly.errors import TellyError
 from telly.models import MODE_TOKENS, ModelLoadError, encode, load_encoder
-from telly.models.tokenizer import train_tokenizer
-
-CODE = [
-    "def add(a, b):\n    return a + b\n",
-    "class Stack:\n    def push(self, item):\n        self.items.append(item)\n",
-    "for i in range(10):\n    print(i * 2)\n",
-]
-
-
-def make_tiny_roberta(folder, *, mode_tokens=True, max_length=64):
-    """A 2-layer RoBERTa with a byte-level BPE tokenizer, saved like a hub model."""
-    from transformers import RobertaConfig, RobertaForMaskedLM
-
-    tokenizer = train_tokenizer(CODE * 20, vocab_size=300, max_length=max_length)
-    if not mode_tokens:  # a plain RoBERTa vocabulary: drop the UniXcoder tokens' meaning
-        tokenizer.additional_special_tokens = []
-    config = RobertaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=max_length + 2, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, type_vocab_size=1,
-    )
-    torch.manual_seed(0)
-    RobertaForMaskedLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+from model_fixture import CODE, make_tiny_roberta
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ representations, and pre-train the small embedded code model.
 See docs/architecture.md ("Models API") and docs/models.md.
 """
 
+from telly.models.extraction import KINDS, Representations, extract
 from telly.models.freezing import ParamCount, count_parameters, encoder_layers, find_encoder, freeze_bottom
 from telly.models.loading import (
     DEFAULT_MODEL,
@@ -22,6 +23,9 @@ __all__ = [
     "MODE_TOKENS",
     "RANDOM",
     "Encoder",
+    "KINDS",
+    "Representations",
+    "extract",
     "ModelLoadError",
     "ParamCount",
     "count_parameters",
