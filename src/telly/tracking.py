@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def tracking_uri(params: Params) -> str:
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
+    return os.environ.get("MLFLOW_TRACKING_URI") or _project_uri(params)
+
+
+def _project_uri(params: Params) -> str:
     uri = params.tracking.uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         db = Path(uri.removeprefix("sqlite:///")).resolve()
@@ -38,7 +39,8 @@ def _experiment(mlflow: Any, params: Params, stage: str) -> str:
     name = f"{params.tracking.experiment_prefix}-{stage}"
     if mlflow.get_experiment_by_name(name) is None:
         artifacts = None
-        if "MLFLOW_TRACKING_URI" not in os.environ:
+        # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so compare URIs rather than test the variable
+        if tracking_uri(params) == _project_uri(params):
             folder = Path(params.tracking.artifacts_dir).resolve()
             folder.mkdir(parents=True, exist_ok=True)
             artifacts = folder.as_uri()
