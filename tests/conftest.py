@@ -22,9 +22,24 @@ def raw_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
+@pytest.fixture(scope="session")
+def _session_mlflow(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow(_session_mlflow, monkeypatch):
+    """No test writes to the project's own mlruns/: all share one throw-away store.
+
+    (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI too; monkeypatch restores it.)
+    """
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", _session_mlflow)
+    return _session_mlflow
+
+
 @pytest.fixture
 def tracking_env(tmp_path, monkeypatch):
-    """Point MLflow at a throw-away store inside the test's folder."""
+    """Point MLflow at a throw-away store inside the test's own folder."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
