@@ -69,6 +69,31 @@ def ui(
         cmd += ["--default-artifact-root", Path(p.tracking.artifacts_dir).resolve().as_uri()]
     raise typer.Exit(subprocess.call(cmd))
 
+similarity_app = typer.Typer(help="RQ2: layer-wise similarity of pre-trained and fine-tuned models (RSA, CKA).")
+app.add_typer(similarity_app, name="similarity")
+
+
+@similarity_app.callback(invoke_without_command=True)
+def similarity(ctx: typer.Context, params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Score every hidden state: table, figure and suggested K under results/similarity."""
+    if ctx.invoked_subcommand is None:
+        from telly.similarity.stage import run
+
+        run(_params(params))
+
+
+@similarity_app.command("represent")
+def similarity_represent(
+    tags: Annotated[list[str], typer.Argument(help="model tags: pretrained, random, finetuned-<task>-<variant>")],
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Extract the RSA inputs' representations for the given models."""
+    from telly.similarity.represent import represent
+
+    p = _params(params)
+    for tag in tags:
+        represent(p, tag)
+
 
 def main() -> None:
     try:

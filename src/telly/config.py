@@ -80,6 +80,43 @@ class OpenSection(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
+# --------------------------------------------------------------------- similarity
+
+TaskName = Literal["code_search", "clone_detection", "code_summarization", "code_generation", "line_completion"]
+
+
+class SimilarityParams(Section):
+    """RQ2: how much each hidden state changes with fine-tuning (RSA as the paper, CKA, Procrustes)."""
+
+    dataset: str = Field(min_length=1, description="representations dataset name: the first num_samples training codes")
+    num_samples: int = Field(ge=8, description="first N codes of the corpus train split (paper: 5000)")
+    max_length: int = Field(ge=8, description="every input padded/truncated to this many tokens (paper: 256)")
+    batch_size: int = Field(ge=1)
+    pooling: Literal["mean_unmasked", "mean"] = Field(
+        description="mean_unmasked = the paper's mean over all positions incl. padding; mean = real tokens only"
+    )
+    tasks: list[TaskName] = Field(min_length=1)
+    variant: str = Field(description="fine-tuned variant compared with the pre-trained model (paper: base)")
+    seed_variant: str | None = Field(
+        default=None, description="a second fine-tuning seed of each task (the noise baseline); null = not run"
+    )
+    block_rows: int = Field(ge=1, description="rows of the similarity matrix computed at once")
+    rsa_bootstrap_rounds: int = Field(ge=0, description="half-samples for RSA intervals (0 = none)")
+    bootstrap_rounds: int = Field(ge=0, description="half-samples for CKA and Procrustes intervals (0 = none)")
+    ci_level: float = Field(gt=0.5, lt=1.0)
+    seed: int
+    suggest_metric: Literal["rsa_spearman", "rsa_pearson", "cka"]
+    suggest_threshold: float = Field(gt=0, le=1, description="suggested K: deepest K with hidden states 0..K at or above this")
+    change_threshold: float = Field(gt=0, le=1, description="a hidden state 'changes much' below this similarity")
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"tasks repeat: {v}")
+        return v
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
@@ -93,7 +130,7 @@ class Params(Section):
     extract: OpenSection = OpenSection()
     probe: OpenSection = OpenSection()
     finetune: OpenSection = OpenSection()
-    similarity: OpenSection = OpenSection()
+    similarity: SimilarityParams | None = None
     tune: OpenSection = OpenSection()
     report: OpenSection = OpenSection()
 
