@@ -14,8 +14,8 @@ def test_retrieval_mrr_and_recall():
     scores = np.array([[0.9, 0.1, 0.5], [0.8, 0.2, 0.1], [0.1, 0.3, 0.2]])
     out = M.retrieval_metrics(scores)  # ranks 1, 2, 2
     assert out["mrr"] == pytest.approx((1 + 0.5 + 0.5) / 3)
-    assert out["r@1"] == pytest.approx(1 / 3)
-    assert out["r@5"] == pytest.approx(1.0)
+    assert out["r_at_1"] == pytest.approx(1 / 3)
+    assert out["r_at_5"] == pytest.approx(1.0)
 
 
 def test_threshold_and_f1():

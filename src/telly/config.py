@@ -117,6 +117,67 @@ class SimilarityParams(Section):
         return v
 
 
+# ----------------------------------------------------------------------- finetune
+
+
+class FinetuneTaskParams(Section):
+    """How one downstream task is trained and evaluated (sizes cap the task splits)."""
+
+    train_size: int = Field(ge=2, description="training rows used (a seeded sample); 0 is not allowed")
+    valid_size: int = Field(ge=2)
+    test_size: int = Field(ge=2)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=2, description="search needs >= 2 for in-batch negatives")
+    learning_rate: float = Field(gt=0)
+    max_source_length: int = Field(ge=8, description="tokens of code / source / left context")
+    max_target_length: int = Field(ge=4, description="tokens of query / target / next line")
+    beam_size: int = Field(ge=1)
+
+
+class FinetuneTasks(Section):
+    code_search: FinetuneTaskParams
+    clone_detection: FinetuneTaskParams
+    code_summarization: FinetuneTaskParams
+    code_generation: FinetuneTaskParams
+    line_completion: FinetuneTaskParams
+
+
+class FinetuneParams(Section):
+    """RQ3: Base and Telly-K fine-tuning on the five downstream tasks (docs/finetuning.md)."""
+
+    model: str = Field(min_length=1, description="encoder to fine-tune: a save_pretrained folder (models/pretrained)")
+    tasks_dir: Path
+    output_dir: Path = Field(description="best-on-valid encoders: <output_dir>/<task>/<variant>/")
+    results_dir: Path = Field(description="metrics json per run and the per-task tables")
+    checkpoint_dir: Path = Field(description="last-epoch state for resuming (not a DVC output)")
+    task_names: list[TaskName] = Field(min_length=1, description="tasks of the DVC matrix")
+    variants: list[str] = Field(min_length=1, description="base and telly-<K> names of the DVC matrix")
+    cache_frozen: bool = Field(description="frozen-prefix caching; false = the paper's regime (frozen layers run, dropout on)")
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    bf16: bool = Field(description="bf16 autocast on CUDA (ignored on CPU)")
+    weight_decay: float = Field(ge=0)
+    warmup_fraction: float = Field(ge=0, lt=1)
+    max_grad_norm: float = Field(gt=0)
+    eval_batch_size: int = Field(ge=1)
+    convergence_tolerance: float = Field(
+        ge=0, lt=1, description="converged = first epoch with valid score >= best - tolerance x |best|"
+    )
+    tasks: FinetuneTasks
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, v: list[str]) -> list[str]:
+        import re
+
+        bad = [name for name in v if not re.fullmatch(r"base|telly-(0|[1-9][0-9]*)", name)]
+        if bad:
+            raise ValueError(f"variant names must be 'base' or 'telly-<K>' (K = 0, 1, ...), got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"variants repeat: {v}")
+        return v
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
@@ -129,7 +190,7 @@ class Params(Section):
     pretrain: OpenSection = OpenSection()
     extract: OpenSection = OpenSection()
     probe: OpenSection = OpenSection()
-    finetune: OpenSection = OpenSection()
+    finetune: FinetuneParams | None = None
     similarity: SimilarityParams | None = None
     tune: OpenSection = OpenSection()
     report: OpenSection = OpenSection()

@@ -40,7 +40,7 @@ def retrieval_metrics(scores: np.ndarray) -> dict[str, float]:
     labels = np.arange(n_codes)
     for k in (1, 5, 10):
         # a code base no larger than k always holds the right code
-        out[f"r@{k}"] = 1.0 if k >= n_codes else float(top_k_accuracy_score(labels, scores, k=k, labels=labels))
+        out[f"r_at_{k}"] = 1.0 if k >= n_codes else float(top_k_accuracy_score(labels, scores, k=k, labels=labels))
     return out
 
 

@@ -1,0 +1,182 @@
+"""Task rows -> token sequences in UniXcoder's three modes, and batches of them.
+
+Every input is one token sequence with a *prefix length* that fixes its
+attention pattern (UniLM): positions ``< prefix`` see each other both ways,
+later positions see the prefix and, causally, the positions before them.
+
+- encoder-only (search, clone): ``[<s>, <encoder-only>, </s>] + code + [</s>]``, prefix = whole sequence;
+- encoder-decoder (summarization, generation): source ``[<s>, <encoder-decoder>, </s>, <mask0>] + src + [</s>]``
+  then target ``[<mask0>] + tgt + [</s>]``, prefix = source length;
+- decoder-only (completion): ``[<s>, <decoder-only>, </s>] + left context + line + [</s>]``, prefix = 0.
+
+Without UniXcoder mode tokens in the tokenizer the mode token is left out and
+``<s>`` starts the target.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from telly.errors import TellyError
+from telly.jsonl import read_jsonl
+
+TASKS = ("code_search", "clone_detection", "code_summarization", "code_generation", "line_completion")
+FIELDS = {
+    "code_search": ("query", "code"),
+    "clone_detection": ("code1", "code2", "label"),
+    "code_summarization": ("source", "target"),
+    "code_generation": ("source", "target"),
+    "line_completion": ("source", "target"),
+}
+SEQUENCE_FIELDS = {"code_search": ("query", "code"), "clone_detection": ("code1", "code2")}
+MIN_ROWS = 2  # in-batch negatives, a threshold, a ranking: nothing works on fewer
+
+
+class DatasetError(TellyError):
+    """A task dataset that is missing, empty or too small."""
+
+
+@dataclass(frozen=True)
+class Seq:
+    """One token sequence; ``prefix`` positions attend bidirectionally, the rest causally."""
+
+    ids: tuple[int, ...]
+    prefix: int
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The ids a task needs from its tokenizer."""
+
+    bos: int
+    eos: int
+    pad: int
+    modes: dict[str, int]
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> Tokens:
+        vocab = tokenizer.get_vocab()
+        modes = {m: vocab[f"<{m}>"] for m in ("encoder-only", "encoder-decoder", "decoder-only") if f"<{m}>" in vocab}
+        if "<mask0>" in vocab:
+            modes["mask0"] = vocab["<mask0>"]
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        if bos is None or eos is None or tokenizer.pad_token_id is None:
+            raise TellyError("the tokenizer needs <s>/[CLS], </s>/[SEP] and a pad token for fine-tuning")
+        return cls(bos=bos, eos=eos, pad=tokenizer.pad_token_id, modes=modes)
+
+    def head(self, mode: str) -> list[int]:
+        return [self.bos, self.modes[mode], self.eos] if mode in self.modes else [self.bos]
+
+    @property
+    def target_start(self) -> int:
+        """The token that starts every generated target (UniXcoder's ``<mask0>``)."""
+        return self.modes.get("mask0", self.bos)
+
+
+def _pieces(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encoder_only(tokenizer: Any, tok: Tokens, text: str, max_length: int) -> Seq:
+    head = tok.head("encoder-only")
+    ids = head + _pieces(tokenizer, text)[: max_length - len(head) - 1] + [tok.eos]
+    return Seq(tuple(ids), len(ids))
+
+
+def encoder_decoder_source(tokenizer: Any, tok: Tokens, text: str, max_length: int) -> list[int]:
+    head = tok.head("encoder-decoder") + ([tok.modes["mask0"]] if "mask0" in tok.modes else [])
+    return head + _pieces(tokenizer, text)[: max_length - len(head) - 1] + [tok.eos]
+
+
+def decoder_only_context(tokenizer: Any, tok: Tokens, text: str, max_length: int) -> list[int]:
+    head = tok.head("decoder-only")
+    keep = max_length - len(head)
+    pieces = _pieces(tokenizer, text)
+    return head + (pieces[-keep:] if keep > 0 else [])  # the nearest left context matters most
+
+
+def make_example(task: str, row: dict, tokenizer: Any, tok: Tokens, max_source: int, max_target: int) -> dict:
+    """One task row as the sequences (and labels, references) its head needs."""
+    if task == "code_search":
+        return {
+            "query": encoder_only(tokenizer, tok, row["query"], max_target),
+            "code": encoder_only(tokenizer, tok, row["code"], max_source),
+        }
+    if task == "clone_detection":
+        return {
+            "code1": encoder_only(tokenizer, tok, row["code1"], max_source),
+            "code2": encoder_only(tokenizer, tok, row["code2"], max_source),
+            "label": int(row["label"]),
+        }
+    target = _pieces(tokenizer, row["target"])[: max_target - 2] + [tok.eos]
+    if task == "line_completion":
+        prompt = decoder_only_context(tokenizer, tok, row["source"], max_source)
+        return {"seq": Seq(tuple(prompt + target), 0), "prompt": prompt, "loss_from": 0, "reference": row["target"]}
+    source = encoder_decoder_source(tokenizer, tok, row["source"], max_source)
+    prompt = source + [tok.target_start]
+    ids = prompt + target
+    return {"seq": Seq(tuple(ids), len(source)), "prompt": prompt, "loss_from": len(source), "reference": row["target"]}
+
+
+def load_split(
+    tasks_dir: Path, task: str, split: str, limit: int, seed: int, *, min_rows: int = MIN_ROWS
+) -> list[dict]:
+    """Rows of one split; at most ``limit`` (a seeded sample, in file order), never fewer than ``min_rows``."""
+    if task not in TASKS:
+        raise DatasetError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    path = Path(tasks_dir) / task / f"{split}.jsonl"
+    if not path.exists():
+        raise DatasetError(f"{path}: not found (run `dvc repro tasks` first)")
+    rows = read_jsonl(path, required=FIELDS[task])
+    if limit and len(rows) > limit:
+        keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
+        rows = [rows[i] for i in keep]
+    if len(rows) < min_rows:
+        raise DatasetError(f"{path}: {len(rows)} row(s); {task} needs at least {min_rows} in {split}")
+    if task == "clone_detection" and split == "valid" and len({int(r["label"]) for r in rows}) < 2:
+        raise DatasetError(f"{path}: needs both clone (1) and non-clone (0) pairs to choose the threshold")
+    return rows
+
+
+# --------------------------------------------------------------------- batches
+
+
+def attention_mask(lengths: torch.Tensor, prefixes: torch.Tensor, width: int) -> torch.Tensor:
+    """``[B, 1, T, T]`` boolean UniLM mask: query i sees key j < length when j < prefix or j <= i."""
+    i = torch.arange(width)[None, :, None]
+    j = torch.arange(width)[None, None, :]
+    seen = (j < prefixes[:, None, None]) | (j <= i)
+    return (seen & (j < lengths[:, None, None]))[:, None]
+
+
+def collate(seqs: list[Seq], pad_id: int, hidden: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded ids, lengths, the 4-D mask and, when given, cached hidden states padded alike."""
+    width = max(len(s.ids) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s.ids)] = torch.tensor(s.ids)
+    lengths = torch.tensor([len(s.ids) for s in seqs])
+    prefixes = torch.tensor([s.prefix for s in seqs])
+    batch = {"ids": ids, "lengths": lengths, "mask": attention_mask(lengths, prefixes, width)}
+    if hidden is not None:
+        states = torch.zeros(len(seqs), width, hidden[0].shape[-1], dtype=hidden[0].dtype)
+        for row, h in enumerate(hidden):
+            states[row, : h.shape[0]] = h
+        batch["hidden"] = states
+    return batch
+
+
+def lm_labels(examples: list[dict], width: int) -> torch.Tensor:
+    """Next-token labels from ``loss_from`` on (-100 elsewhere): the target for seq2seq, all for completion."""
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    for row, ex in enumerate(examples):
+        ids = ex["seq"].ids
+        start = ex["loss_from"]
+        labels[row, start : len(ids) - 1] = torch.tensor(ids[start + 1 :])
+    return labels

@@ -1,0 +1,93 @@
+"""Evaluate a task model on a split: the paper's metrics plus one ``score`` that selects checkpoints.
+
+Selection scores (higher is better): code search MRR, clone F1, summarization
+BLEU, generation BLEU + EM (UniXcoder's ``best-score``), completion EM + edit
+similarity (EM alone is flat at zero for a small model, so ties would always
+pick the first epoch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from telly.finetuning import metrics as M
+from telly.finetuning.caching import HiddenCache
+from telly.finetuning.data import SEQUENCE_FIELDS, Tokens, collate
+from telly.finetuning.generation import beam_search
+from telly.finetuning.heads import TaskModel
+
+
+@torch.no_grad()
+def embed_all(
+    model: TaskModel, examples: list[dict], field: str, pad_id: int, batch_size: int, cache: HiddenCache | None = None
+) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(examples), batch_size):
+        idx = range(start, min(start + batch_size, len(examples)))
+        hidden = [cache[i] for i in idx] if cache is not None else None
+        batch = collate([examples[i][field] for i in idx], pad_id, hidden)
+        out.append(model.embed({k: v.to(device) for k, v in batch.items()}).float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(
+    model: TaskModel,
+    examples: list[dict],
+    tok: Tokens,
+    tokenizer: Any,
+    *,
+    batch_size: int,
+    beam_size: int,
+    max_new_tokens: int,
+    threshold: float | None = None,
+    caches: dict[str, HiddenCache] | None = None,
+) -> dict[str, float]:
+    """Metrics of ``model`` on ``examples``. Clone detection picks its threshold on these
+    examples unless ``threshold`` (chosen on valid) is given."""
+    caches = caches or {}
+    task = model.task
+    if task in SEQUENCE_FIELDS:
+        a, b = SEQUENCE_FIELDS[task]
+        va = embed_all(model, examples, a, tok.pad, batch_size, caches.get(a))
+        vb = embed_all(model, examples, b, tok.pad, batch_size, caches.get(b))
+        if task == "code_search":
+            out = M.retrieval_metrics((va @ vb.T).numpy())
+            return {**out, "score": out["mrr"]}
+        cos = (va * vb).sum(-1).numpy()
+        labels = np.array([ex["label"] for ex in examples])
+        chosen = M.best_threshold(cos, labels) if threshold is None else threshold
+        out = M.classification_metrics(cos, labels, chosen)
+        return {**out, "score": out["f1"]}
+
+    generated = beam_search(
+        model,
+        [ex["prompt"] for ex in examples],
+        [ex["seq"].prefix for ex in examples],
+        beam_size=beam_size,
+        max_new_tokens=max_new_tokens,
+        eos_id=tok.eos,
+        pad_id=tok.pad,
+        batch_size=batch_size,
+    )
+    hyps = [" ".join(tokenizer.decode(g, skip_special_tokens=True).split()) for g in generated]
+    refs = [" ".join(ex["reference"].split()) for ex in examples]
+    if task == "code_summarization":
+        out = {
+            "bleu": M.smoothed_bleu4(refs, hyps),
+            "meteor": M.meteor(refs, hyps),
+            "rouge_l": M.rouge_l(refs, hyps),
+            "cider": M.cider(refs, hyps),
+        }
+        return {**out, "score": out["bleu"]}
+    if task == "code_generation":
+        out = {"bleu": M.corpus_bleu_codexglue(refs, hyps), "em": M.exact_match(refs, hyps)}
+        return {**out, "score": out["bleu"] + out["em"]}
+    out = {"em": M.exact_match(refs, hyps), "edit_sim": M.edit_similarity(refs, hyps)}
+    return {**out, "score": out["em"] + out["edit_sim"]}
