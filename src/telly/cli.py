@@ -95,6 +95,25 @@ def similarity_represent(
         represent(p, tag)
 
 
+@app.command()
+def finetune(
+    task: Annotated[str, typer.Option(help="code_search, clone_detection, code_summarization, code_generation, line_completion")],
+    variant: Annotated[str | None, typer.Option(help="base or telly-<K>")] = None,
+    table: Annotated[bool, typer.Option("--table", help="aggregate the task's runs into its table instead")] = False,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """RQ3: fine-tune one variant on one task (Base or Telly-K), or write the task's table."""
+    from telly.finetuning import stage
+
+    p = _params(params)
+    if table:
+        stage.table(p, task)
+    elif variant is None:
+        raise TellyError("telly finetune: give --variant (base or telly-<K>) or --table")
+    else:
+        stage.run(p, task, variant)
+
+
 def main() -> None:
     try:
         app()

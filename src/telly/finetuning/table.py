@@ -1,0 +1,110 @@
+"""One table per task, as the paper's section 3.3: cost and quality of every variant, with ratios to Base.
+
+"↓%" columns are reductions against Base (100 x (1 - variant / Base)); "Δ% vs Base"
+is the change of the task's main metric (100 x (variant / Base - 1), positive = better).
+Time to convergence follows the run's convergence rule (docs/finetuning.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from telly.errors import TellyError
+from telly.jsonl import write_json
+
+METRICS = {
+    "code_search": ["mrr", "r_at_1", "r_at_5", "r_at_10"],
+    "clone_detection": ["f1", "precision", "recall"],
+    "code_summarization": ["bleu", "meteor", "rouge_l", "cider"],
+    "code_generation": ["bleu", "em"],
+    "line_completion": ["em", "edit_sim"],
+}
+
+
+def _variant_order(name: str) -> tuple[int, int]:
+    m = re.fullmatch(r"telly-(\d+)", name)
+    return (1, int(m.group(1))) if m else (0, 0)
+
+
+def clock(seconds: float) -> str:
+    """12.3s, 4m05s or 1h02m03s."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def load_runs(folder: Path) -> list[dict]:
+    runs = []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            runs.append(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as err:
+            raise TellyError(f"{path}: not valid JSON ({err.msg})") from None
+    return sorted(runs, key=lambda r: _variant_order(r["variant"]))
+
+
+def task_table(task: str, runs: list[dict]) -> pd.DataFrame:
+    """The numeric table (one row per variant); ratios need a Base run among ``runs``."""
+    base = next((r for r in runs if r["variant"] == "base"), None)
+    if base is None:
+        raise TellyError(f"{task}: no Base run among {[r['variant'] for r in runs]}; ratios need one")
+    main = METRICS[task][0]
+    rows = []
+    for r in runs:
+        c, b = r["cost"], base["cost"]
+        rows.append({
+            "variant": r["variant"],
+            "paper_params_m": c["paper_params"] / 1e6,
+            "params_reduction_pct": 100 * (1 - c["paper_params"] / b["paper_params"]),
+            "trainable_params_m": c["trainable_params"] / 1e6,
+            "epoch_seconds": c["epoch_seconds"],
+            "epoch_reduction_pct": 100 * (1 - c["epoch_seconds"] / b["epoch_seconds"]),
+            "epochs_to_convergence": c["epochs_to_convergence"],
+            "convergence_seconds": c["time_to_convergence"],
+            "convergence_reduction_pct": 100 * (1 - c["time_to_convergence"] / b["time_to_convergence"]),
+            "cache_seconds": c["cache_seconds"],
+            "peak_memory_mb": c["peak_memory_mb"],
+            **{m: r["test"][m] for m in METRICS[task]},
+            f"{main}_vs_base_pct": 100 * (r["test"][main] / base["test"][main] - 1) if base["test"][main] else float("nan"),
+        })
+    return pd.DataFrame(rows)
+
+
+def to_markdown(task: str, df: pd.DataFrame) -> str:
+    main = METRICS[task][0]
+    header = ["Variant", "Train params (M)", "↓%", "Trainable (M)", "Epoch time", "↓%", "#Ep→conv",
+              "Conv. time", "↓%", "Peak mem (MB)", *METRICS[task], f"{main} Δ% vs Base"]
+    lines = [f"#### {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in df.to_dict("records"):
+        cells = [
+            r["variant"].replace("telly-", "Telly-").replace("base", "Base"),
+            f"{r['paper_params_m']:.2f}", f"{r['params_reduction_pct']:.1f}", f"{r['trainable_params_m']:.2f}",
+            clock(r["epoch_seconds"]), f"{r['epoch_reduction_pct']:.1f}", str(r["epochs_to_convergence"]),
+            clock(r["convergence_seconds"]), f"{r['convergence_reduction_pct']:.1f}", f"{r['peak_memory_mb']:.0f}",
+            *(f"{r[m]:.4g}" for m in METRICS[task]), f"{r[f'{main}_vs_base_pct']:+.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(task: str, runs_dir: Path, out_dir: Path) -> pd.DataFrame:
+    """Read ``runs_dir/*.json`` and write ``out_dir/<task>.{csv,md,json}``."""
+    runs = load_runs(runs_dir)
+    if not runs:
+        raise TellyError(f"{runs_dir}: no run results (run `dvc repro finetune-run` first)")
+    df = task_table(task, runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{task}.csv.tmp"
+    df.to_csv(tmp, index=False, float_format="%.6g")
+    tmp.replace(out_dir / f"{task}.csv")
+    md = out_dir / f".{task}.md.tmp"
+    md.write_text(to_markdown(task, df), encoding="utf-8")
+    md.replace(out_dir / f"{task}.md")
+    write_json(out_dir / f"{task}.json", {r["variant"]: r for r in json.loads(df.to_json(orient="records"))})
+    return df

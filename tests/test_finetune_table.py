@@ -1,0 +1,55 @@
+"""The per-task table: ratios to Base as the paper's section 3.3, and the CLI around it."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from telly.cli import app
+from telly.errors import TellyError
+from telly.finetuning.table import clock, task_table, write_table
+from telly.jsonl import write_json
+
+
+def run(variant, paper, trainable, epoch_s, conv_epochs, mrr):
+    return {
+        "task": "code_search", "variant": variant,
+        "cost": {"paper_params": paper, "trainable_params": trainable, "epoch_seconds": epoch_s,
+                 "epochs_to_convergence": conv_epochs, "time_to_convergence": epoch_s * conv_epochs,
+                 "cache_seconds": 0.0, "peak_memory_mb": 100.0},
+        "test": {"mrr": mrr, "r_at_1": 0.5, "r_at_5": 0.8, "r_at_10": 0.9},
+    }
+
+
+def test_ratios_to_base():
+    df = task_table("code_search", [run("base", 100, 101, 10.0, 4, 0.5), run("telly-2", 40, 41, 4.0, 2, 0.55)])
+    t = df.set_index("variant").loc["telly-2"]
+    assert t["params_reduction_pct"] == pytest.approx(60.0)
+    assert t["epoch_reduction_pct"] == pytest.approx(60.0)
+    assert t["convergence_reduction_pct"] == pytest.approx(80.0)  # 8 s vs 40 s
+    assert t["mrr_vs_base_pct"] == pytest.approx(10.0)
+    with pytest.raises(TellyError, match="no Base run"):
+        task_table("code_search", [run("telly-2", 40, 41, 4.0, 2, 0.55)])
+
+
+def test_clock():
+    assert (clock(12.34), clock(125), clock(3723)) == ("12.3s", "2m05s", "1h02m03s")
+
+
+def test_cli_writes_the_table(tmp_path, raw_params, monkeypatch):
+    import yaml
+
+    from finetune_fixture import make_setup
+
+    _, raw = make_setup(tmp_path, raw_params)
+    results = tmp_path / "results"
+    for variant, k in (("telly-10", 0.4), ("base", 0.5), ("telly-2", 0.45)):
+        write_json(results / "code_search" / f"{variant}.json", run(variant, 100 - 10 * (variant != "base"), 1, 5.0, 2, k))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    out = CliRunner().invoke(app, ["finetune", "--task", "code_search", "--table", "-p", str(tmp_path / "params.yaml")])
+    assert out.exit_code == 0, out.output
+    md = (results / "tables" / "code_search.md").read_text()
+    assert [line.split("|")[1].strip() for line in md.splitlines()[4:]] == ["Base", "Telly-2", "Telly-10"]
+    assert (results / "tables" / "code_search.csv").exists()
+    with pytest.raises(TellyError, match="no run results"):
+        write_table("clone_detection", results / "clone_detection", results / "tables")
