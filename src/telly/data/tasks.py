@@ -1,0 +1,443 @@
+"""The ``tasks`` stage: four probing sets and five downstream sets (paper sections 1 and 4).
+
+From the corpus (or, per set, a copy of the paper's real data) it writes
+
+- ``<probing_dir>/<property>/{train,valid,test}.jsonl`` for lexical, syntactic,
+  structural and semantic probing;
+- ``<out_dir>/<task>/{train,valid,test}.jsonl`` for code search, clone detection,
+  code summarization, code generation and line completion;
+- ``<out_dir>/metrics.json``: rows and label balance per set and split.
+
+Row formats are in docs/architecture.md, constructions in docs/datasets.md. Every
+split of a set is drawn from the same corpus split (splits are by project), in an
+order fixed by ``tasks.seed``; rows are shuffled, so the first N rows of a file are
+a fair sample (later stages read prefixes). Functions that do not parse are skipped
+and counted.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import itertools
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from rapidfuzz import fuzz
+from rich.console import Console
+from rich.table import Table
+
+from telly.config import ConfigError, Params, RealData, TaskSet, TasksParams
+from telly.data import analysis, clones, loaders
+from telly.jsonl import iter_jsonl, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+PROBING = ("lexical", "syntactic", "structural", "semantic")
+DOWNSTREAM = ("code_search", "clone_detection", "code_summarization", "code_generation", "line_completion")
+CORPUS_FIELDS = ("id", "repo", "code", "docstring_tokens", "func_name", "signature", "class_name", "class_members")
+
+
+class Functions:
+    """A corpus split, shuffled per set, with the analysis of each function cached."""
+
+    def __init__(self, rows: list[dict], language: str):
+        self.rows = rows
+        self.language = language
+        self._clean: dict[str, str | None] = {}
+        self.unparsable: set[str] = set()
+
+    @functools.cached_property
+    def mined(self) -> list[clones.CloneClass]:
+        """Real clones of this split (same code up to renaming), found once."""
+        return clones.mined_classes(self.rows)
+
+    def shuffled(self, seed: str) -> list[dict]:
+        rows = list(self.rows)
+        random.Random(seed).shuffle(rows)
+        return rows
+
+    def clean(self, row: dict) -> str | None:
+        """Code without docstring and comments; None (and counted) if it does not parse."""
+        key = row["id"]
+        if key not in self._clean:
+            try:
+                self._clean[key] = analysis.clean_code(row["code"], self.language)
+            except analysis.UnparsableCode:
+                self._clean[key] = None
+                self.unparsable.add(key)
+        return self._clean[key]
+
+
+def _take(rows: Iterable[dict], size: int | None) -> list[dict]:
+    return list(itertools.islice(rows, size))
+
+
+def _interleave(positives: list[dict], negatives: list[dict]) -> list[dict]:
+    """Alternate labels so that every prefix of the file stays balanced."""
+    out = []
+    for pos, neg in itertools.zip_longest(positives, negatives):
+        out.extend(r for r in (pos, neg) if r is not None)
+    return out
+
+
+# --------------------------------------------------------------- probing sets
+
+
+def lexical(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+    def rows() -> Iterator[dict]:
+        for row in fns.shuffled(f"{p.seed}:lexical:{split}"):
+            code = fns.clean(row)
+            if code is not None:
+                spans = analysis.lexical_tokens(code, fns.language)
+                yield {"id": row["id"], "code": code, "tokens": [list(s) for s in spans]}
+
+    return _take(rows(), size)
+
+
+def syntactic(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+    """Half true pairs (code, its own SBT-AO), half false (code, another function's), alternating."""
+    pool = []
+    for row in fns.shuffled(f"{p.seed}:syntactic:{split}"):
+        code = fns.clean(row)
+        if code is not None:
+            pool.append((row["id"], code, " ".join(analysis.ast_only(code, fns.language))))
+        if size is not None and len(pool) >= size:
+            break
+    rng = random.Random(f"{p.seed}:syntactic-pairs:{split}")
+    by_length = sorted(range(len(pool)), key=lambda i: (len(pool[i][2]), pool[i][0]))
+    rank = {i: r for r, i in enumerate(by_length)}
+    half = len(pool) // 2
+    positives = [{"id": i, "code": c, "ast_only": sbt, "label": 1} for i, c, sbt in pool[:half]]
+    negatives = []
+    for k in range(half, len(pool)):
+        fid, code, sbt = pool[k]
+        if p.syntactic_negatives == "similar_length":  # a neighbour in SBT length: length alone does not tell
+            r = rank[k]
+            near = [by_length[j] for j in range(max(0, r - 5), min(len(pool), r + 6)) if by_length[j] != k]
+        else:
+            near = [j for j in range(len(pool)) if j != k]
+        near = [j for j in near if pool[j][2] != sbt]
+        if near:
+            negatives.append({"id": fid, "code": code, "ast_only": pool[rng.choice(near)][2], "label": 0})
+    return _interleave(positives, negatives)
+
+
+def structural(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+    """Complexity class per function; ``balanced`` takes an equal share per class where there are enough."""
+    quota = None if size is None or p.structural_sampling == "natural" else -(-size // 6)
+    taken: Counter[int] = Counter()
+    out = []
+    for row in fns.shuffled(f"{p.seed}:structural:{split}"):
+        if size is not None and len(out) >= size:
+            break
+        code = fns.clean(row)
+        if code is None:
+            continue
+        cc = analysis.cyclomatic_complexity(code, fns.language)
+        label = analysis.complexity_class(cc)
+        if quota is not None and taken[label] >= quota:
+            continue
+        taken[label] += 1
+        out.append({"id": row["id"], "code": code, "complexity": cc, "label": label})
+    random.Random(f"{p.seed}:structural-order:{split}").shuffle(out)
+    return out
+
+
+def _mined(fns: Functions, n_classes: int | None, p: TasksParams, key: str) -> list[clones.CloneClass]:
+    """Mined real clone classes, at most ``mined_share`` of the classes (a random pick of them)."""
+    if p.clones.mined_share == 0:
+        return []
+    found = list(fns.mined)
+    random.Random(f"{p.seed}:mined:{key}").shuffle(found)
+    cap = len(found) if n_classes is None else int(n_classes * p.clones.mined_share)
+    return found[:cap]
+
+
+def semantic(fns: Functions, size: int | None, p: TasksParams, split: str, label_offset: int) -> list[dict]:
+    members = 1 + p.clones.semantic_variants
+    n_classes = None if size is None else max(2, size // members)
+    found = _mined(fns, n_classes, p, f"semantic:{split}")
+    rest = None if n_classes is None else max(0, n_classes - len(found))
+    rewritten, _ = clones.rewritten_classes(
+        fns.shuffled(f"{p.seed}:semantic:{split}"),
+        len(fns.rows) if rest is None else rest,
+        p.clones.semantic_variants,
+        random.Random(f"{p.seed}:semantic-variants:{split}"),
+        min_statements=p.clones.min_statements,
+        min_rewrites=p.clones.min_rewrites,
+        max_rewrites=p.clones.max_rewrites,
+        desc=f"semantic {split}",
+    )
+    out = [
+        {"id": f"{c.ids[0]}#{j}", "code": code, "label": label_offset + n, "kind": c.kind}
+        for n, c in enumerate(found + rewritten)
+        for j, code in enumerate(c.members)
+    ]
+    random.Random(f"{p.seed}:semantic-order:{split}").shuffle(out)
+    return out
+
+
+# ------------------------------------------------------------ downstream sets
+
+
+def code_search(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+    def rows() -> Iterator[dict]:
+        for row in fns.shuffled(f"{p.seed}:code_search:{split}"):
+            code = fns.clean(row)
+            if code is not None:
+                yield {"id": row["id"], "query": " ".join(row["docstring_tokens"]), "code": code}
+
+    return _take(rows(), size)
+
+
+def code_summarization(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+    def rows() -> Iterator[dict]:
+        for row in fns.shuffled(f"{p.seed}:code_summarization:{split}"):
+            code = fns.clean(row)
+            if code is not None:
+                yield {"id": row["id"], "source": code, "target": " ".join(row["docstring_tokens"])}
+
+    return _take(rows(), size)
+
+
+def concode_source(row: dict) -> str:
+    """CONCODE's input in Python: the NL, then the signature and the enclosing class's members."""
+    parts = [" ".join(row["docstring_tokens"]), row["signature"]]
+    if row.get("class_name"):
+        own = clones.function_name(row)
+        members = [m for m in row.get("class_members") or [] if m != own]
+        parts.append(" concode_elem_sep ".join([row["class_name"], *members]))
+    return " concode_field_sep ".join(parts)
+
+
+def code_generation(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+    def rows() -> Iterator[dict]:
+        for row in fns.shuffled(f"{p.seed}:code_generation:{split}"):
+            if fns.clean(row) is None or not row.get("signature"):
+                continue
+            target = analysis.body(row["code"], fns.language)
+            lines = target.count("\n") + 1
+            if lines <= p.generation_max_body_lines and target.strip() not in ("pass", "...", ""):
+                yield {"id": row["id"], "source": concode_source(row), "target": target}
+
+    return _take(rows(), size)
+
+
+def line_completion(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+    """Left context = the function up to a random body line; target = that (non-empty) line."""
+
+    def rows() -> Iterator[dict]:
+        for row in fns.shuffled(f"{p.seed}:line_completion:{split}"):
+            if fns.clean(row) is None:
+                continue
+            code = row["code"]
+            lines = code.split("\n")
+            start = analysis.body_start_line(code, fns.language)
+            targets = [i for i in range(start, len(lines)) if lines[i].strip() and not lines[i].strip().startswith("#")]
+            if not targets:
+                continue
+            i = random.Random(f"{p.seed}:{row['id']}").choice(targets)
+            yield {"id": row["id"], "source": "\n".join(lines[:i]) + "\n", "target": lines[i].strip()}
+
+    return _take(rows(), size)
+
+
+def clone_detection(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+    """Balanced pairs; positives inside a clone class, negatives across classes of other projects."""
+    n_pos = None if size is None else -(-size // 2)
+    rng = random.Random(f"{p.seed}:clone-pairs:{split}")
+    pool = _mined(fns, n_pos, p, f"clone:{split}")
+    want = len(fns.rows) if n_pos is None else max(0, n_pos - len(pool))
+    rewritten, _ = clones.rewritten_classes(
+        fns.shuffled(f"{p.seed}:clone_detection:{split}"),
+        want,
+        p.clones.pair_variants,
+        random.Random(f"{p.seed}:clone-variants:{split}"),
+        min_statements=p.clones.min_statements,
+        min_rewrites=p.clones.min_rewrites,
+        max_rewrites=p.clones.max_rewrites,
+        desc=f"clone pairs {split}",
+    )
+    pool = (pool + rewritten)[: len(pool) + want]
+    if len(pool) < 2:
+        return []
+    by_name: dict[str, list[int]] = {}
+    for i, c in enumerate(pool):
+        by_name.setdefault(c.name, []).append(i)
+    by_size = sorted(range(len(pool)), key=lambda i: (len(pool[i].members[0]), i))
+    sizes = [len(pool[i].members[0]) for i in by_size]
+
+    def other_project(i: int, j: int) -> bool:
+        return j != i and not set(pool[i].repos) & set(pool[j].repos)
+
+    def negative_partner(i: int) -> tuple[int, str] | None:
+        if rng.random() < p.clones.hard_negatives:
+            same_name = [j for j in by_name[pool[i].name] if other_project(i, j)]
+            if same_name:
+                return rng.choice(same_name), "same_name"
+            length = len(pool[i].members[0])  # similar size: within 10% characters
+            lo, hi = bisect.bisect_left(sizes, length * 0.9), bisect.bisect_right(sizes, length * 1.1)
+            near = [by_size[k] for k in range(lo, hi) if other_project(i, by_size[k])]
+            if near:
+                return rng.choice(near), "similar_size"
+        others = [j for j in range(len(pool)) if other_project(i, j)]
+        return (rng.choice(others), "random") if others else None
+
+    positives, negatives = [], []
+    for i, c in enumerate(pool):
+        a, b = rng.sample(c.members, 2)
+        positives.append({"id": f"{c.ids[0]}+", "code1": a, "code2": b, "label": 1, "kind": c.kind})
+        partner = negative_partner(i)
+        if partner is None:
+            continue
+        j, kind = partner
+        mine, theirs = rng.choice(c.members), rng.choice(pool[j].members)
+        if fuzz.ratio(pool[i].members[0], pool[j].members[0]) >= 90:
+            continue  # near-identical code in two projects is more likely a clone than not
+        negatives.append({"id": f"{c.ids[0]}-{pool[j].ids[0]}", "code1": mine, "code2": theirs, "label": 0, "kind": kind})
+    n = min(len(positives), len(negatives))
+    return _interleave(positives[:n], negatives[:n])
+
+
+BUILDERS: dict[str, Callable[..., list[dict]]] = {
+    "lexical": lexical, "syntactic": syntactic, "structural": structural,
+    "code_search": code_search, "clone_detection": clone_detection, "code_summarization": code_summarization,
+    "code_generation": code_generation, "line_completion": line_completion,
+}
+
+
+# ------------------------------------------------------------------ real data
+
+
+def real_rows(name: str, real: RealData, split: str, size: int | None, seed: int) -> tuple[list[dict], list[dict] | None]:
+    """Rows of one split of a real dataset (and UniXcoder's code base for code search's test split)."""
+    path = getattr(real, split)
+    if name == "code_search":
+        rows = _take(loaders.codesearchnet_search(path), size)
+        codebase = list(loaders.codesearchnet_codebase(real.codebase)) if real.codebase and split == "test" else None
+        return rows, codebase
+    readers: dict[str, Callable[[], Iterable[dict]]] = {
+        "code_summarization": lambda: loaders.codesearchnet_summarization(path),
+        "clone_detection": lambda: loaders.bigclonebench(real.data, path),
+        "semantic": lambda: loaders.poj104(path),
+        "code_generation": lambda: loaders.concode(path),
+        "line_completion": lambda: loaders.codexglue_lines(path, seed),
+    }
+    return _take(readers[name](), size), None
+
+
+# ---------------------------------------------------------------------- stage
+
+
+def balance(name: str, rows: list[dict]) -> dict[str, float]:
+    """Label shares (token-type shares for lexical); what the table and metrics report."""
+    if not rows:
+        return {}
+    if name == "lexical":
+        counts = Counter(t[2] for r in rows for t in r["tokens"])
+    elif name == "structural":
+        counts = Counter(analysis.COMPLEXITY_CLASSES[r["label"]] for r in rows)
+    elif name in ("syntactic", "clone_detection"):
+        counts = Counter(str(r["label"]) for r in rows)
+    elif name == "semantic":
+        labels = Counter(r["label"] for r in rows)
+        return {"classes": len(labels), "members_per_class": round(len(rows) / len(labels), 2)}
+    else:
+        return {"mean_target_chars": round(sum(len(r.get("target", r.get("query", ""))) for r in rows) / len(rows), 1)}
+    total = sum(counts.values())
+    return {k: round(v / total, 4) for k, v in sorted(counts.items())}
+
+
+def _corpus(params: Params) -> dict[str, Functions]:
+    folder = Path(params.data.corpus_dir) / params.prepare.language
+    return {
+        split: Functions(list(iter_jsonl(folder / f"{split}.jsonl", required=CORPUS_FIELDS)), params.prepare.language)
+        for split in SPLITS
+    }
+
+
+def _functions_from_real(real: RealData, language: str) -> dict[str, Functions]:
+    return {s: Functions(list(loaders.codesearchnet_functions(getattr(real, s))), language) for s in SPLITS}
+
+
+def build(params: Params) -> dict:
+    """Write every set; return the metrics."""
+    p = params.tasks
+    if p is None:
+        raise ConfigError("params: the 'tasks' section is missing (see params.yaml in the repository)")
+    corpus: dict[str, Functions] | None = None
+    metrics: dict = {"probing": {}, "tasks": {}, "unparsable": {}}
+    for name in (*PROBING, *DOWNSTREAM):
+        task_set: TaskSet = getattr(p, name)
+        group, folder = ("probing", Path(p.probing_dir)) if name in PROBING else ("tasks", Path(p.out_dir))
+        metrics[group][name] = {}
+        real = task_set.source if isinstance(task_set.source, RealData) else None
+        functions = None
+        if real is None or real.format == "codesearchnet" and name in PROBING:
+            if real is None:
+                corpus = corpus or _corpus(params)
+                functions = corpus
+            else:
+                functions = _functions_from_real(real, params.prepare.language)
+        label_offset = 0
+        for split in SPLITS:
+            size = getattr(task_set.sizes, split)
+            codebase = None
+            if functions is None:
+                rows, codebase = real_rows(name, real, split, size, p.seed)
+            elif name == "semantic":
+                rows = semantic(functions[split], size, p, split, label_offset)
+                label_offset += len({r["label"] for r in rows})
+            else:
+                rows = BUILDERS[name](functions[split], size, p, split)
+            write_jsonl(folder / name / f"{split}.jsonl", rows)
+            if codebase is not None:
+                write_jsonl(folder / name / "codebase.jsonl", codebase)
+            metrics[group][name][split] = {"rows": len(rows), "balance": balance(name, rows)}
+            log.info("%s/%s: %d rows", name, split, len(rows))
+        if functions is not None:
+            metrics["unparsable"][name] = sum(len(f.unparsable) for f in functions.values())
+    return metrics
+
+
+def print_table(metrics: dict, console: Console | None = None) -> None:
+    table = Table(title="tasks: rows per split and label balance (test split)")
+    for column in ("set", "kind", "train", "valid", "test", "balance (test)"):
+        table.add_column(column, justify="right" if column in SPLITS else "left")
+    for group in ("probing", "tasks"):
+        for name, splits in metrics[group].items():
+            shares = splits.get("test", {}).get("balance", {})
+            text = ", ".join(f"{k} {v:.0%}" if isinstance(v, float) and v <= 1 else f"{k} {v}" for k, v in shares.items())
+            table.add_row(name, group, *(str(splits[s]["rows"]) for s in SPLITS), text)
+    (console or Console()).print(table)
+
+
+def _numeric(d: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}".replace(">", "gt")
+        if isinstance(v, dict):
+            out.update(_numeric(v, f"{key}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+def run(params: Params) -> dict:
+    from telly.tracking import start_run
+
+    if params.tasks is None:
+        raise ConfigError("params: the 'tasks' section is missing (see params.yaml in the repository)")
+    with start_run(params, "tasks", log_params=params.tasks.model_dump(mode="json")) as _:
+        import mlflow
+
+        metrics = build(params)
+        write_json(Path(params.tasks.out_dir) / "metrics.json", metrics)
+        mlflow.log_metrics(_numeric(metrics))
+    print_table(metrics)
+    return metrics

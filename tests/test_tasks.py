@@ -1,0 +1,168 @@
+"""The tasks stage on a small corpus of standard-library functions (module = project)."""
+
+import json
+
+import pytest
+from python_functions import corpus_rows
+
+from telly.config import ConfigError, parse_params
+from telly.data import analysis, tasks
+from telly.jsonl import read_jsonl, write_jsonl
+
+SPLIT_MODULES = {
+    "train": ["difflib", "calendar", "tarfile", "textwrap"],
+    "valid": ["ftplib", "fractions", "heapq"],
+    "test": ["statistics", "zipfile", "pprint"],
+}
+FIELDS = {
+    "lexical": ("id", "code", "tokens"),
+    "syntactic": ("id", "code", "ast_only", "label"),
+    "structural": ("id", "code", "complexity", "label"),
+    "semantic": ("id", "code", "label"),
+    "code_search": ("id", "query", "code"),
+    "clone_detection": ("id", "code1", "code2", "label"),
+    "code_summarization": ("id", "source", "target"),
+    "code_generation": ("id", "source", "target"),
+    "line_completion": ("id", "source", "target"),
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    for split, modules in SPLIT_MODULES.items():
+        write_jsonl(folder / "python" / f"{split}.jsonl", corpus_rows(modules))
+    return folder
+
+
+def _params(raw, corpus, out, sizes=(40, 16, 20)):
+    raw["data"]["corpus_dir"] = str(corpus)
+    t = raw["tasks"]
+    t["out_dir"], t["probing_dir"] = str(out / "tasks"), str(out / "probing")
+    for name in FIELDS:
+        t[name] = {"sizes": dict(zip(("train", "valid", "test"), sizes)), "source": "corpus"}
+    t["clones"]["semantic_variants"] = 2
+    return raw
+
+
+@pytest.fixture(scope="module")
+def built(corpus, tmp_path_factory):
+    import yaml
+
+    from conftest import REPO
+
+    out = tmp_path_factory.mktemp("out")
+    raw = _params(yaml.safe_load((REPO / "params.yaml").read_text()), corpus, out)
+    metrics = tasks.build(parse_params(raw))
+    return out, metrics, raw
+
+
+def _rows(out, name, split):
+    group = "probing" if name in tasks.PROBING else "tasks"
+    return read_jsonl(out / group / name / f"{split}.jsonl", required=FIELDS[name])
+
+
+def test_every_set_and_split_is_written_in_the_contract_format(built):
+    out, metrics, _ = built
+    for name in FIELDS:
+        for split, size in zip(tasks.SPLITS, (40, 16, 20)):
+            rows = _rows(out, name, split)
+            assert 0 < len(rows) <= size, (name, split, len(rows))
+            group = "probing" if name in tasks.PROBING else "tasks"
+            assert metrics[group][name][split]["rows"] == len(rows)
+
+
+def test_lexical_spans_cover_tokens_of_the_code(built):
+    for row in _rows(built[0], "lexical", "test"):
+        assert '"""' not in row["code"]  # docstrings are removed
+        assert row["tokens"] == [list(t) for t in analysis.lexical_tokens(row["code"])]
+        assert all(row["code"][s:e].strip() and kind in analysis.TOKEN_TYPES for s, e, kind in row["tokens"])
+
+
+def test_syntactic_pairs_are_balanced_and_true_pairs_are_true(built):
+    for split in tasks.SPLITS:
+        rows = _rows(built[0], "syntactic", split)
+        labels = [r["label"] for r in rows]
+        assert abs(labels.count(1) - labels.count(0)) <= 1
+        assert labels[:4] == [1, 0, 1, 0]  # alternating: every prefix is balanced
+        for r in rows:
+            own = " ".join(analysis.ast_only(r["code"]))
+            assert (r["ast_only"] == own) == (r["label"] == 1)
+
+
+def test_structural_labels_and_stratification(built):
+    rows = _rows(built[0], "structural", "train")
+    for r in rows:
+        assert r["complexity"] == analysis.cyclomatic_complexity(r["code"])
+        assert r["label"] == analysis.complexity_class(r["complexity"])
+    counts = [sum(r["label"] == c for r in rows) for c in range(6)]
+    assert max(counts) <= -(-40 // 6)  # no class above its quota
+    assert sum(built[1]["probing"]["structural"]["train"]["balance"].values()) == pytest.approx(1, abs=1e-3)
+
+
+def test_semantic_classes_are_disjoint_across_splits_and_behave_alike(built):
+    labels = {s: {r["label"] for r in _rows(built[0], "semantic", s)} for s in tasks.SPLITS}
+    assert not (labels["train"] & labels["valid"]) and not (labels["train"] & labels["test"])
+    rows = _rows(built[0], "semantic", "train")
+    by_label: dict = {}
+    for r in rows:
+        by_label.setdefault(r["label"], []).append(r["code"])
+    assert all(len(set(members)) >= 2 for members in by_label.values())
+
+
+def test_clone_detection_is_balanced_with_negatives_from_other_projects(built):
+    rows = _rows(built[0], "clone_detection", "train")
+    labels = [r["label"] for r in rows]
+    assert labels.count(1) == labels.count(0) and labels[:2] == [1, 0]
+    for r in rows:
+        if r["label"] == 0:
+            a, b = r["id"].split("-", 1)
+            assert a.split("/")[0] != b.split("/")[0]  # the two functions come from different projects
+
+
+def test_downstream_rows(built):
+    out = built[0]
+    for r in _rows(out, "code_summarization", "test"):
+        assert r["target"] and '"""' not in r["source"]
+    for r in _rows(out, "code_generation", "test"):
+        assert " concode_field_sep def " in r["source"] and not r["target"].startswith("def ")
+        assert r["target"].count("\n") < 12
+    for r in _rows(out, "line_completion", "test"):
+        assert r["target"] and r["target"] == r["target"].strip()
+        assert r["source"].endswith("\n")
+
+
+def test_deterministic(built, corpus, tmp_path):
+    out, _, raw = built
+    again = _params(json.loads(json.dumps(raw)), corpus, tmp_path)
+    tasks.build(parse_params(again))
+    for name in FIELDS:
+        group = "probing" if name in tasks.PROBING else "tasks"
+        for split in tasks.SPLITS:
+            first = (out / group / name / f"{split}.jsonl").read_text()
+            assert first == (tmp_path / group / name / f"{split}.jsonl").read_text(), (name, split)
+
+
+def test_stage_writes_metrics_logs_and_prints_the_table(corpus, raw_params, tmp_path, tracking_env, capsys):
+    raw = _params(raw_params, corpus, tmp_path, sizes=(6, 4, 4))
+    concode = tmp_path / "concode.json"
+    concode.write_text('{"nl": "return one . concode_field_sep int x", "code": "int f ( ) { return 1 ; }"}\n')
+    raw["tasks"]["code_generation"]["source"] = {"format": "concode", "train": str(concode), "valid": str(concode), "test": str(concode)}
+    metrics = tasks.run(parse_params(raw))
+    written = json.loads((tmp_path / "tasks" / "metrics.json").read_text())
+    assert written == metrics and written["tasks"]["code_generation"]["test"]["rows"] == 1
+    table = capsys.readouterr().out
+    assert "code_generation" in table and "balance" in table and "lexical" in table
+
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_env)
+    (run,) = mlflow.search_runs(experiment_names=["telly-tasks"], output_format="list")
+    assert run.data.metrics["tasks.code_generation.test.rows"] == 1
+
+
+def test_real_data_format_must_fit_the_set(raw_params, corpus, tmp_path):
+    raw = _params(raw_params, corpus, tmp_path)
+    raw["tasks"]["code_search"]["source"] = {"format": "poj104", "train": "a", "valid": "b", "test": "c"}
+    with pytest.raises(ConfigError, match=r"tasks\.code_search.*'poj104' cannot feed this set"):
+        parse_params(raw)
