@@ -51,6 +51,14 @@ def prepare(params: ParamsOption = DEFAULT_PARAMS) -> None:
 
 
 @app.command()
+def tasks(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Build the four probing sets and the five downstream sets from the corpus (or real data)."""
+    from telly.data.tasks import run
+
+    run(_params(params))
+
+
+@app.command()
 def ui(
     params: ParamsOption = DEFAULT_PARAMS,
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
