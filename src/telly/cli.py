@@ -122,6 +122,63 @@ def finetune(
         stage.run(p, task, variant)
 
 
+@app.command()
+def pretrain(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Train the embedded code model (byte-level BPE + RoBERTa masked-LM) into models/pretrained."""
+    from telly.models.pretrain import run
+
+    run(_params(params))
+
+
+@app.command()
+def extract(
+    params: ParamsOption = DEFAULT_PARAMS,
+    model: Annotated[list[str] | None, typer.Option("--model", help="tag (pretrained, random, finetuned-<task>-<variant>) or a model folder / hub id; repeatable; default: extract.models")] = None,
+    dataset: Annotated[list[str] | None, typer.Option("--dataset", help="dataset name from extract.datasets (repeatable), or the output name for --input")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="output folder name for a model given by path")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", help="a jsonl file not in params (needs one --dataset)")] = None,
+    field: Annotated[str, typer.Option(help="jsonl field with the text, for --input")] = "code",
+    limit: Annotated[int | None, typer.Option(help="first N rows, for --input")] = None,
+    max_length: Annotated[int, typer.Option(help="tokens per input, for --input")] = 256,
+    kinds: Annotated[list[str] | None, typer.Option("--kind", help="pooling for --input: mean, first, mean_unmasked (repeatable)")] = None,
+    token_examples: Annotated[int, typer.Option(help="rows whose token-level states are kept, for --input")] = 0,
+) -> None:
+    """Layer-wise representations under data/representations/<model_tag>/<dataset>/."""
+    from pydantic import ValidationError
+
+    from telly.config import ExtractDataset
+    from telly.models.extract_stage import run
+
+    p = _params(params)
+    adhoc = None
+    if input_file is not None:
+        try:
+            adhoc = ExtractDataset(input=input_file, field=field, limit=limit, max_length=max_length,
+                                   kinds=kinds or ["mean", "first"], token_examples=token_examples)
+        except ValidationError as err:
+            raise TellyError(f"telly extract --input {input_file}: {err}") from None
+    run(p, models=model, datasets=dataset, tag=tag, adhoc=adhoc)
+
+
+@app.command()
+def finetune(
+    task: Annotated[str, typer.Option(help="code_search, clone_detection, code_summarization, code_generation, line_completion")],
+    variant: Annotated[str | None, typer.Option(help="base or telly-<K>")] = None,
+    table: Annotated[bool, typer.Option("--table", help="aggregate the task's runs into its table instead")] = False,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """RQ3: fine-tune one variant on one task (Base or Telly-K), or write the task's table."""
+    from telly.finetuning import stage
+
+    p = _params(params)
+    if table:
+        stage.table(p, task)
+    elif variant is None:
+        raise TellyError("telly finetune: give --variant (base or telly-<K>) or --table")
+    else:
+        stage.run(p, task, variant)
+
+
 def main() -> None:
     try:
         app()

@@ -80,6 +80,91 @@ class OpenSection(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
+# ------------------------------------------------------------------------- models
+
+PoolingKind = Literal["mean", "first", "mean_unmasked"]
+
+
+class ModelParams(Section):
+    """The encoder every stage starts from (docs/models.md)."""
+
+    name_or_path: str = Field(
+        min_length=1,
+        description="models/pretrained (the embedded model), any save_pretrained folder, a hub id, or random",
+    )
+    device: Literal["auto", "cpu", "cuda"]
+    bf16: bool = Field(description="bf16 autocast on CUDA (ignored on CPU)")
+    seed: int = Field(description="seeds random weights (`random`, weights missing from a checkpoint)")
+
+
+class PretrainParams(Section):
+    """The embedded code model: byte-level BPE + RoBERTa masked-LM on the corpus train split."""
+
+    train: Path
+    valid: Path
+    field: str = Field(min_length=1, description="jsonl field holding the code")
+    out_dir: Path
+    checkpoint_dir: Path = Field(description="resume point, outside the DVC output")
+    metrics: Path
+    vocab_size: int = Field(ge=300)
+    min_frequency: int = Field(ge=1)
+    max_length: int = Field(ge=8, description="tokens per input, special tokens included")
+    layers: int = Field(ge=1)
+    hidden_size: int = Field(ge=8)
+    heads: int = Field(ge=1)
+    ffn_size: int = Field(ge=8)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    warmup_steps: int = Field(ge=0)
+    weight_decay: float = Field(ge=0)
+    max_steps: int = Field(ge=1)
+    time_budget_minutes: float = Field(gt=0, description="training stops here even before max_steps")
+    mlm_probability: float = Field(gt=0, lt=1)
+    eval_examples: int = Field(ge=1, description="held-out functions for masked-token accuracy")
+    eval_every: int = Field(ge=1)
+    log_every: int = Field(ge=1)
+    checkpoint_every_minutes: float = Field(gt=0)
+    seed: int
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_divide_hidden(cls, v: int, info: Any) -> int:
+        hidden = info.data.get("hidden_size")
+        if hidden and hidden % v:
+            raise ValueError(f"hidden_size {hidden} is not divisible by heads {v}")
+        return v
+
+
+class ExtractDataset(Section):
+    """One input set whose layer-wise representations are extracted."""
+
+    input: Path = Field(description="jsonl file")
+    field: str = Field(default="code", min_length=1)
+    id_field: str = Field(default="id", min_length=1)
+    limit: int | None = Field(default=None, ge=1, description="first N rows (paper RSA: 5000)")
+    max_length: int = Field(ge=8)
+    kinds: list[PoolingKind] = Field(min_length=1)
+    token_examples: int = Field(default=0, ge=0, description="rows whose token-level states are kept")
+    mode: Literal["encoder-only", "encoder-decoder", "decoder-only"] = "encoder-only"
+
+
+class ExtractParams(Section):
+    """Which models' representations of which inputs the extract stage writes."""
+
+    out_dir: Path
+    models: list[str] = Field(min_length=1, description="model tags: pretrained, random, finetuned-<task>-<variant>")
+    datasets: dict[str, ExtractDataset] = Field(min_length=1)
+    batch_size: int = Field(ge=1)
+
+    @field_validator("datasets")
+    @classmethod
+    def _names_not_taken(cls, v: dict[str, Any]) -> dict[str, Any]:
+        taken = [n for n in v if n == "rsa" or n.startswith("probing-") or "/" in n]
+        if taken:
+            raise ValueError(f"dataset names {taken} are taken by the similarity/probe stages or not folder names")
+        return v
+
+
 # --------------------------------------------------------------------- similarity
 
 TaskName = Literal["code_search", "clone_detection", "code_summarization", "code_generation", "line_completion"]
@@ -266,9 +351,9 @@ class Params(Section):
     prepare: PrepareParams
     tracking: TrackingParams
     tasks: TasksParams | None = None
-    model: OpenSection = OpenSection()
-    pretrain: OpenSection = OpenSection()
-    extract: OpenSection = OpenSection()
+    model: ModelParams | None = None
+    pretrain: PretrainParams | None = None
+    extract: ExtractParams | None = None
     probe: OpenSection = OpenSection()
     finetune: FinetuneParams | None = None
     similarity: SimilarityParams | None = None

@@ -1,0 +1,113 @@
+"""The pretrain stage on a tiny corpus: it learns, saves a loadable model, and resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from telly.config import parse_params
+from telly.models import load_encoder
+from telly.models import pretrain as stage
+
+TEMPLATES = [
+    "def get_{n}(self):\n    return self.{n}\n",
+    "def set_{n}(self, value):\n    self.{n} = value\n",
+    "def has_{n}(self):\n    return self.{n} is not None\n",
+]
+NAMES = ["name", "size", "color", "owner", "path", "mode", "parent", "count", "label", "value", "index", "state",
+         "key", "data", "text", "width", "height", "depth", "level", "title"]
+
+
+def write_corpus(folder):
+    for split, names in (("train", NAMES[:14]), ("valid", NAMES[14:])):
+        rows = [{"id": f"{split}{i}", "code": t.format(n=n)} for i, (t, n) in enumerate((t, n) for n in names for t in TEMPLATES)]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def params(raw_params, tmp_path, tracking_env):
+    write_corpus(tmp_path)
+    raw_params["pretrain"].update(
+        train=str(tmp_path / "train.jsonl"), valid=str(tmp_path / "valid.jsonl"),
+        out_dir=str(tmp_path / "pretrained"), checkpoint_dir=str(tmp_path / "ckpt"),
+        metrics=str(tmp_path / "results" / "metrics.json"),
+        vocab_size=300, layers=2, hidden_size=32, heads=2, ffn_size=64, max_length=32, batch_size=8,
+        lr=1e-2, warmup_steps=2, max_steps=40, eval_every=10, log_every=5, eval_examples=50,
+    )
+    return raw_params
+
+
+def test_learns_and_saves_a_loadable_model(params, tmp_path):
+    metrics = stage.run(parse_params(params))
+    assert metrics["steps"] == 40 and not metrics["budget_reached"]
+    assert metrics["masked_token_accuracy"] > metrics["random_init_masked_token_accuracy"] + 0.1
+    assert metrics["valid_loss"] < metrics["random_init_valid_loss"] - 1.0
+    assert metrics["eval_masked_tokens"] > 0 and metrics["tokens_per_second"] > 0
+    saved = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    assert saved["masked_token_accuracy"] == metrics["masked_token_accuracy"]
+    curve = json.loads((tmp_path / "results" / "curve.json").read_text())
+    assert [p["step"] for p in curve] == list(range(5, 41, 5)) and "valid_accuracy" in curve[1]
+    assert (tmp_path / "pretrained" / "model.safetensors").exists()
+    assert not (tmp_path / "ckpt").exists()  # finished: nothing left to resume
+
+    enc = load_encoder(str(tmp_path / "pretrained"), device="cpu")
+    assert enc.num_layers == 2 and enc.max_length == 32 and enc.pad_token_id == 1
+    assert set(enc.mode_tokens) == {"<encoder-only>", "<encoder-decoder>", "<decoder-only>", "<mask0>"}
+
+
+def test_pieces_carry_the_encoder_prefix_and_fit():
+    from telly.models.tokenizer import train_tokenizer
+
+    tok = train_tokenizer([t.format(n=n) for n in NAMES for t in TEMPLATES], vocab_size=300, max_length=16)
+    pieces = stage.to_pieces(tok, ["def f(x):\n    return x * 2 + 1 if x else None\n"], max_length=16)
+    assert len(pieces) >= 2 and all(len(p) <= 16 for p in pieces)
+    assert all(tok.convert_ids_to_tokens(p[:3]) == ["<s>", "<encoder-only>", "</s>"] for p in pieces)
+
+
+def test_batches_are_a_seeded_permutation():
+    lengths = np.arange(100) % 17
+    a = stage.epoch_batches(lengths, 8, seed=1, epoch=0)
+    assert sorted(np.concatenate(a).tolist()) == list(range(100))
+    assert all(np.array_equal(x, y) for x, y in zip(a, stage.epoch_batches(lengths, 8, seed=1, epoch=0)))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, stage.epoch_batches(lengths, 8, seed=1, epoch=1)))
+
+
+def test_interrupted_run_resumes_to_the_same_weights(params, tmp_path, monkeypatch):
+    params["pretrain"]["max_steps"] = 12
+    p = parse_params(params)
+    stage.run(p)
+    reference = load_encoder(str(tmp_path / "pretrained"), device="cpu").model.state_dict()
+
+    calls = {"n": 0}
+    real_loss = stage.mlm_loss
+
+    def interrupt_at_step_5(model, batch):
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                signal.raise_signal(signal.SIGINT)  # as Ctrl-C would
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(stage, "mlm_loss", interrupt_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        stage.run(p)
+    state = torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)
+    assert state["step"] == 5  # the step in flight finished, then it stopped
+
+    monkeypatch.setattr(stage, "mlm_loss", real_loss)
+    metrics = stage.run(p)
+    assert metrics["steps"] == 12
+    resumed = load_encoder(str(tmp_path / "pretrained"), device="cpu").model.state_dict()
+    for key, value in reference.items():
+        if not key.startswith("pooler."):
+            torch.testing.assert_close(resumed[key], value, msg=key)
+
+
+def test_wall_clock_budget_stops_training(params):
+    params["pretrain"]["time_budget_minutes"] = 1e-6
+    metrics = stage.run(parse_params(params))
+    assert metrics["budget_reached"] and metrics["steps"] <= 1
