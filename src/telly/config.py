@@ -343,6 +343,51 @@ class TasksParams(Section):
         return v
 
 
+# -------------------------------------------------------------------------- probe
+
+ProbingProperty = Literal["lexical", "syntactic", "structural", "semantic"]
+ModelStateName = Literal["random", "pretrained", "finetuned"]
+
+
+class ProbeParams(Section):
+    """RQ1: probes on cached hidden states of the probing sets (docs/probing.md)."""
+
+    properties: list[ProbingProperty] = Field(min_length=1)
+    states: list[ModelStateName] = Field(min_length=1, description="model states probed")
+    finetuned_model: str = Field(description="the fine-tuned checkpoint probed as 'finetuned' (paper: code search, Base)")
+    probing_dir: Path = Field(description="probing sets written by the tasks stage")
+    representations_dir: Path = Field(description="cache of extracted hidden states")
+    out_dir: Path
+    max_rows: dict[Literal["train", "valid", "test"], int] = Field(description="first rows per split (functions)")
+    max_length: int = Field(ge=8, description="subword tokens per input at extraction")
+    extract_batch_size: int = Field(ge=1)
+    pooling: Literal["mean", "first"] = Field(description="function vector for sequence-level probes")
+    probe_types: list[Literal["layer-wise", "weighted-layer-wise"]] = Field(min_length=1)
+    head: Literal["linear", "mlp"] = Field(description="linear (default) or MLP (upper bound)")
+    mlp_hidden: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=2)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    seeds: list[int] = Field(min_length=1)
+    control_seed: int
+
+    @field_validator("properties", "states", "seeds", "probe_types")
+    @classmethod
+    def _no_repeats(cls, v: list[Any]) -> list[Any]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"values repeat: {v}")
+        return v
+
+    @field_validator("max_rows")
+    @classmethod
+    def _all_splits(cls, v: dict[str, int]) -> dict[str, int]:
+        missing = {"train", "valid", "test"} - set(v)
+        if missing or any(n < 2 for n in v.values()):
+            raise ValueError(f"needs train, valid and test, each at least 2 (missing {sorted(missing)})")
+        return v
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
@@ -354,7 +399,7 @@ class Params(Section):
     model: ModelParams | None = None
     pretrain: PretrainParams | None = None
     extract: ExtractParams | None = None
-    probe: OpenSection = OpenSection()
+    probe: ProbeParams | None = None
     finetune: FinetuneParams | None = None
     similarity: SimilarityParams | None = None
     tune: OpenSection = OpenSection()
