@@ -51,5 +51,26 @@ def main() -> None:
         del a, b, vec
 
 
+
+
+def whole_stage(hidden: int = 256, states: int = 7, rsa_rounds: int = 10, rounds: int = 30) -> None:
+    """compute() as the stage runs it: 5 tasks + random vs pre-trained, every hidden state."""
+    from telly.similarity.compute import Comparison, compute
+
+    rng = np.random.default_rng(0)
+    pre = rng.normal(size=(N, states, hidden)).astype(np.float32)
+    tasks = ["code_search", "clone_detection", "code_summarization", "code_generation", "line_completion"]
+    models = {"pretrained": pre, "random": rng.normal(size=pre.shape).astype(np.float32)}
+    comparisons = [Comparison("random", "all", "pretrained", "random")]
+    for t in tasks:
+        models[f"finetuned-{t}-base"] = pre + rng.normal(size=pre.shape).astype(np.float32)
+        comparisons.append(Comparison("finetuned", t, "pretrained", f"finetuned-{t}-base"))
+    _, t, mb = timed(lambda: compute(lambda tag, h: models[tag][:, h], comparisons, states, num_samples=N,
+                                     rsa_rounds=rsa_rounds, rounds=rounds))
+    print(f"| whole stage: {len(comparisons)} comparisons x {states} hidden states, "
+          f"{rsa_rounds} RSA + {rounds} CKA half-samples | {hidden} | {t:.0f} | {mb:.0f} |")
+
+
 if __name__ == "__main__":
     main()
+    whole_stage()

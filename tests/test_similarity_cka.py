@@ -78,6 +78,20 @@ def test_independent_random_gives_about_zero_only_when_debiased():
     assert procrustes_distance(x, y) > 0.5
 
 
+def test_procrustes_is_scipys_orthogonal_procrustes():
+    from scipy.linalg import orthogonal_procrustes
+
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(50, 5)) + 1.0, rng.normal(size=(50, 5))
+    x[:, :2] += 2 * y[:, :2]
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    xc, yc = xc / np.linalg.norm(xc), yc / np.linalg.norm(yc)
+    rotation, scale = orthogonal_procrustes(xc, yc)
+    want = np.linalg.norm(xc @ rotation - yc) ** 2  # the distance left after the best rotation
+    assert want == pytest.approx(2 - 2 * scale)
+    assert procrustes_distance(x, y) == pytest.approx(want, abs=1e-12)
+
+
 def test_procrustes_orders_by_noise_and_handles_width_mismatch():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(80, 6))
@@ -90,7 +104,7 @@ def test_procrustes_orders_by_noise_and_handles_width_mismatch():
 def test_bad_shapes_are_named():
     with pytest.raises(TellyError, match="same N samples"):
         linear_cka(np.zeros((5, 2)), np.zeros((6, 2)))
-    with pytest.raises(TellyError, match="at least 4 samples"):
+    with pytest.raises(TellyError, match="N >= 4 samples"):
         linear_cka(np.zeros((3, 2)), np.zeros((3, 2)))
 
 
@@ -110,7 +124,9 @@ def test_half_sample_interval_covers_a_mean_like_the_normal_theory_one():
     assert (ci.high - ci.low) / 2 == pytest.approx(half_width, rel=0.2)
 
 
-def test_basic_interval_reflects_around_the_estimate():
+def test_interval_is_the_replicates_spread_around_the_estimate():
     ci = basic_interval(0.5, [0.4, 0.45, 0.5, 0.55, 0.8], level=0.5)
-    # deltas -0.1..0.3; quartiles -0.05 and 0.05 -> [0.45, 0.55]
-    assert (ci.low, ci.high) == pytest.approx((0.45, 0.55))
+    # replicates minus their mean (0.54): -0.14..0.26; quartiles -0.09 and 0.01 -> [0.49, 0.59]
+    assert (ci.low, ci.high) == pytest.approx((0.49, 0.59))
+    shifted = basic_interval(0.2, [0.35, 0.36, 0.34, 0.35], level=0.9)
+    assert shifted.low < 0.2 < shifted.high  # a biased shift of the replicates does not move it

@@ -81,11 +81,11 @@ def test_stage_scores_each_hidden_state_and_suggests_k(workspace, tmp_path, caps
     suggested = json.loads((out / "suggested_k.json").read_text())
     assert suggested["code_search"]["suggested_k"] == 1 and len(suggested["code_search"]["curve"]) == 3
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["code_search"]["cka"]["h0"] == pytest.approx(1.0) and "random:all" in metrics
+    assert metrics["code_search"]["cka"]["h0"] == pytest.approx(1.0) and "random" in metrics
     plot = (out / "plots/rsa_spearman.csv").read_text().splitlines()
-    assert plot[0] == "hidden_state,code_search,clone_detection,random:all" and len(plot) == 4
+    assert plot[0] == "hidden_state,code_search,clone_detection,random" and len(plot) == 4
     md = (out / "table.md").read_text()
-    assert "| h | code_search | clone_detection | random:all |" in md
+    assert "| h | code_search | clone_detection | random |" in md
     printed = capsys.readouterr().out
     assert "code_search" in printed and "suggested K = 1" in printed and "claim holds for" in printed
 

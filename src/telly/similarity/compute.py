@@ -8,6 +8,7 @@ samples and on each half-sample of the bootstrap.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from telly.errors import TellyError
 from telly.similarity.bootstrap import basic_interval, half_samples
-from telly.similarity.cka import linear_cka, procrustes_distance
+from telly.similarity.cka import Centred, scores
 from telly.similarity.rsa import RSAReference, compare
 
 METRICS = ("rsa_spearman", "rsa_pearson", "cka", "procrustes")
@@ -42,16 +43,29 @@ class Comparison:
 LayerGetter = Callable[[str, int], np.ndarray]
 
 
-def _scores(a: np.ndarray, b: np.ndarray, ref_a: RSAReference, ref_b: RSAReference) -> dict[str, float]:
-    r = compare(ref_a, ref_b)
-    return {
-        "rsa_spearman": r.spearman,
-        "rsa_spearman_p": r.spearman_p,
-        "rsa_pearson": r.pearson,
-        "rsa_pearson_p": r.pearson_p,
-        "cka": linear_cka(a, b),
-        "procrustes": procrustes_distance(a, b),
-    }
+class _Shared:
+    """Per-tag preparations for one pass over the comparisons, dropped after their last use.
+
+    An RSA reference is 100 MB at N = 5,000 (vector + ranks): keeping only the ones still
+    needed holds the pre-trained one plus one or two others, not one per model.
+    """
+
+    def __init__(self, comparisons: Sequence[Comparison], make: Callable[[str], object]) -> None:
+        self.left = Counter(tag for c in comparisons for tag in (c.a, c.b))
+        self.make = make
+        self.ready: dict[str, object] = {}
+
+    def pair(self, c: Comparison) -> tuple:
+        out = []
+        for tag in (c.a, c.b):
+            if tag not in self.ready:
+                self.ready[tag] = self.make(tag)
+            out.append(self.ready[tag])
+            self.left[tag] -= 1
+        for tag in (c.a, c.b):
+            if self.left[tag] == 0:
+                self.ready.pop(tag, None)
+        return tuple(out)
 
 
 def compute(
@@ -71,42 +85,27 @@ def compute(
         raise TellyError("similarity: nothing to compare")
     subsets = half_samples(num_samples, max(rsa_rounds, rounds), seed)
     rows = []
-    bar = tqdm(total=num_hidden_states * len(comparisons), desc="similarity", unit="layer-pair")
+    bar = tqdm(total=num_hidden_states * (1 + len(subsets)), desc="similarity", unit="pass")
     for h in range(num_hidden_states):
-        reps: dict[str, np.ndarray] = {}
+        arrays: dict[str, np.ndarray] = {}
 
         def get(tag: str) -> np.ndarray:
-            if tag not in reps:
-                reps[tag] = layer(tag, h)
-                if reps[tag].shape[0] != num_samples:
-                    raise TellyError(f"{tag}: {reps[tag].shape[0]} samples at hidden state {h}, expected {num_samples}")
-            return reps[tag]
+            if tag not in arrays:
+                arrays[tag] = layer(tag, h)
+                if arrays[tag].shape[0] != num_samples:
+                    raise TellyError(f"{tag}: {arrays[tag].shape[0]} samples at hidden state {h}, expected {num_samples}")
+            return arrays[tag]
 
-        # RSA vectors are 50 MB each at N = 5,000: keep one per tag for this layer only.
-        refs: dict[str, RSAReference] = {}
-
-        def ref(tag: str) -> RSAReference:
-            if tag not in refs:
-                refs[tag] = RSAReference.of(get(tag), block_rows)
-            return refs[tag]
-
-        full = {c: _scores(get(c.a), get(c.b), ref(c.a), ref(c.b)) for c in _advance(comparisons, bar)}
+        full = _scores_all(comparisons, get, None, rsa=True, other=True, block_rows=block_rows)
+        bar.update(1)
         replicates: dict[Comparison, dict[str, list[float]]] = {c: {m: [] for m in METRICS} for c in comparisons}
         for i, idx in enumerate(subsets):
-            sub_refs: dict[str, RSAReference] = {}
-            for c in comparisons:
-                a, b = get(c.a)[idx], get(c.b)[idx]
-                rep = replicates[c]
-                if i < rsa_rounds:
-                    for tag, x in ((c.a, a), (c.b, b)):
-                        if tag not in sub_refs:
-                            sub_refs[tag] = RSAReference.of(x, block_rows)
-                    r = compare(sub_refs[c.a], sub_refs[c.b])
-                    rep["rsa_spearman"].append(r.spearman)
-                    rep["rsa_pearson"].append(r.pearson)
-                if i < rounds:
-                    rep["cka"].append(linear_cka(a, b))
-                    rep["procrustes"].append(procrustes_distance(a, b))
+            scored = _scores_all(comparisons, get, idx, rsa=i < rsa_rounds, other=i < rounds, block_rows=block_rows)
+            for c, values in scored.items():
+                for m, v in values.items():
+                    if m in METRICS:
+                        replicates[c][m].append(v)
+            bar.update(1)
         for c in comparisons:
             row = {"kind": c.kind, "task": c.task, "model_a": c.a, "model_b": c.b, "hidden_state": h}
             row.update(full[c])
@@ -115,15 +114,37 @@ def compute(
                 row[f"{m}_ci_low"], row[f"{m}_ci_high"] = ci.low, ci.high
             row["n_samples"] = num_samples
             rows.append(row)
-        del refs, reps
     bar.close()
     return rows
 
 
-def _advance(items: Sequence[Comparison], bar: tqdm):
-    for item in items:
-        yield item
-        bar.update(1)
+def _scores_all(
+    comparisons: Sequence[Comparison],
+    get: Callable[[str], np.ndarray],
+    idx: np.ndarray | None,
+    *,
+    rsa: bool,
+    other: bool,
+    block_rows: int,
+) -> dict[Comparison, dict[str, float]]:
+    """Every comparison's scores on the samples ``idx`` (None = all)."""
+
+    def rows_of(tag: str) -> np.ndarray:
+        return get(tag) if idx is None else get(tag)[idx]
+
+    refs = _Shared(comparisons, lambda tag: RSAReference.of(rows_of(tag), block_rows)) if rsa else None
+    centred = _Shared(comparisons, lambda tag: Centred.of(rows_of(tag))) if other else None
+    out = {}
+    for c in comparisons:
+        values: dict[str, float] = {}
+        if refs is not None:
+            r = compare(*refs.pair(c))
+            values.update(rsa_spearman=r.spearman, rsa_spearman_p=r.spearman_p, rsa_pearson=r.pearson,
+                          rsa_pearson_p=r.pearson_p)
+        if centred is not None:
+            values["cka"], values["procrustes"] = scores(*centred.pair(c))
+        out[c] = values
+    return out
 
 
 def curves(rows: Sequence[Mapping], metric: str, kind: str = "finetuned") -> dict[str, list[float]]:

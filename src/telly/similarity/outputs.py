@@ -54,7 +54,10 @@ def clean(value: Any) -> Any:
 
 
 def _column(row: Mapping[str, Any]) -> str:
-    return row["task"] if row["kind"] == "finetuned" else f"{row['kind']}:{row['task']}"
+    """Table/plot column: the task, ``random``, or ``seed_<task>`` / ``seed_pair_<task>``."""
+    if row["kind"] == "finetuned":
+        return row["task"]
+    return "random" if row["kind"] == "random" else f"{row['kind']}_{row['task']}"
 
 
 def write_table(rows: Sequence[Mapping[str, Any]], out: Path) -> None:
@@ -86,8 +89,8 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     parts = [
         "# RQ2: similarity of each hidden state before and after fine-tuning\n",
         f"{n} inputs; hidden state 0 = embeddings, h = output of layer h. "
-        "Brackets: half-sample bootstrap interval. Columns: " + "; ".join(f"`{k}:` {v}" for k, v in KINDS.items()
-                                                                      if k != "finetuned") + ".\n",
+        "Brackets: half-sample interval. Baseline columns: " + "; ".join(f"`{k}`: {v}" for k, v in KINDS.items()
+                                                                     if k != "finetuned") + ".\n",
     ]
     for metric in METRICS:
         parts.append(f"\n## {LABELS[metric]}\n")
@@ -159,7 +162,7 @@ def metrics(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Mapping[str
     for metric in METRICS:
         for kind in ("finetuned", "random", "seed", "seed_pair"):
             for task, curve in curves(rows, metric, kind).items():
-                key = task if kind == "finetuned" else f"{kind}:{task}"
+                key = _column({"kind": kind, "task": task})
                 out.setdefault(key, {})[metric] = {f"h{h}": clean(v) for h, v in enumerate(curve)}
     for task, facts in summary.items():
         out.setdefault(task, {}).update({k: clean(v) for k, v in facts.items()})

@@ -3,8 +3,8 @@
 Inputs (R:RSA/run.py): the first N functions of the training split, in file order,
 code only (``code_tokens`` joined by spaces), every input padded to one fixed
 length. The same inputs serve every model, whatever task it was fine-tuned on.
-Extraction itself is the models package's (``telly.models.extraction.extract``);
-this module only chooses the inputs, the model and the folder.
+Extraction and model tags are the models package's (``extraction.extract``,
+``extract_stage.resolve_model``); this module only chooses the inputs and the folder.
 
 Model tags (docs/architecture.md): ``pretrained`` (``model.name_or_path``),
 ``random`` (its architecture, freshly initialised) and ``finetuned-<task>-<variant>``
@@ -23,7 +23,6 @@ from telly.jsonl import iter_jsonl
 log = logging.getLogger(__name__)
 
 REPRESENTATIONS = Path("data/representations")
-FINETUNED = Path("models/finetuned")
 POOLINGS = ("mean_unmasked", "mean")  # the paper's, and the real-token mean to compare
 
 
@@ -41,22 +40,11 @@ def folder(tag: str, dataset: str) -> Path:
     return REPRESENTATIONS / tag / dataset
 
 
-def pretrained_source(params: Params) -> str:
-    from telly.models import DEFAULT_MODEL
+def check_tag(tag: str) -> None:
+    from telly.models.extract_stage import FINETUNED
 
-    return str(getattr(params.model, "name_or_path", None) or DEFAULT_MODEL)
-
-
-def model_source(params: Params, tag: str) -> str:
-    """What ``load_encoder`` loads for a model tag."""
-    if tag == "pretrained":
-        return pretrained_source(params)
-    if tag == "random":
-        return "random"
-    if tag.startswith("finetuned-") and tag.count("-") >= 2:
-        task, variant = tag.removeprefix("finetuned-").split("-", 1)
-        return str(FINETUNED / task / variant)
-    raise TellyError(f"model tag {tag!r}: expected pretrained, random or finetuned-<task>-<variant>")
+    if tag not in ("pretrained", "random") and not FINETUNED.fullmatch(tag):
+        raise TellyError(f"model tag {tag!r}: expected pretrained, random or finetuned-<task>-<variant>")
 
 
 def rsa_inputs(params: Params) -> tuple[list[str], list[str]]:
@@ -77,21 +65,20 @@ def rsa_inputs(params: Params) -> tuple[list[str], list[str]]:
 def represent(params: Params, tag: str) -> Path:
     """Extract ``tag``'s unmasked-mean representations of the RSA inputs; return the folder."""
     from telly.models import load_encoder
+    from telly.models.extract_stage import resolve_model
     from telly.models.extraction import extract
+    from telly.runtime import device
 
     sp = section(params)
-    source = model_source(params, tag)
+    check_tag(tag)
+    _, source = resolve_model(params, tag)
     if tag.startswith("finetuned-") and not Path(source).exists():
         raise TellyError(
             f"{source}: no fine-tuned checkpoint for model tag {tag!r}; run `dvc repro finetune` "
-            f"(the finetune stage writes models/finetuned/<task>/<variant>/)"
+            f"(the finetune stage writes <finetune.output_dir>/<task>/<variant>/)"
         )
     texts, ids = rsa_inputs(params)
-    device = getattr(params.model, "device", "auto")
-    encoder = load_encoder(
-        source, like=pretrained_source(params), seed=getattr(params.model, "seed", sp.seed),
-        device=None if device == "auto" else device,
-    )
+    encoder = load_encoder(source, device=device(params.model.device), seed=params.model.seed)
     if encoder.max_length < sp.max_length:
         log.warning(
             "%s embeds at most %d positions: inputs are padded to %d, not similarity.max_length = %d",
@@ -100,6 +87,6 @@ def represent(params: Params, tag: str) -> Path:
     out = folder(tag, sp.dataset)
     extract(
         encoder, texts, ids, out, kinds=POOLINGS, batch_size=sp.batch_size, max_length=sp.max_length,
-        meta={"model_tag": tag, "dataset": sp.dataset},
+        bf16=params.model.bf16, meta={"model": tag, "dataset": sp.dataset, "input": "code_tokens joined by spaces"},
     )
     return out

@@ -73,7 +73,7 @@ def ranks(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values).ravel()
     n = values.size
     dtype = np.float32 if n <= 2**24 else np.float64
-    order = np.argsort(values, kind="stable")
+    order = np.argsort(values)  # unstable is fine (tied values get one average) and 3x faster
     out = np.empty(n, dtype=dtype)
     out[order] = np.arange(1, n + 1, dtype=dtype)
     sorted_values = values[order]
