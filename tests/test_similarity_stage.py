@@ -89,6 +89,13 @@ def test_stage_scores_each_hidden_state_and_suggests_k(workspace, tmp_path, caps
     printed = capsys.readouterr().out
     assert "code_search" in printed and "suggested K = 1" in printed and "claim holds for" in printed
 
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["telly-similarity"], output_format="list")
+    assert len(runs) == 1 and runs[0].data.metrics["suggested_k.code_search"] == 1
+    curve = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "rsa_spearman.clone_detection")
+    assert [m.step for m in curve] == [0, 1, 2]  # step = hidden state
+
     # The real-token mean (beyond the paper) works on the same extraction.
     masked = params.model_copy(update={"similarity": params.similarity.model_copy(update={"pooling": "mean"})})
     run(masked, out=tmp_path / "masked")
