@@ -53,7 +53,7 @@ def main() -> None:
 
 
 
-def whole_stage(hidden: int = 256, states: int = 7, rsa_rounds: int = 10, rounds: int = 30) -> None:
+def whole_stage(hidden: int = 256, states: int = 7, rsa_rounds: int = 5, rounds: int = 20) -> None:
     """compute() as the stage runs it: 5 tasks + random vs pre-trained, every hidden state."""
     from telly.similarity.compute import Comparison, compute
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from telly.errors import TellyError
-from telly.similarity.bootstrap import basic_interval, half_samples, interval
+from telly.similarity.bootstrap import half_samples, interval, spread_interval
 from telly.similarity.cka import linear_cka, procrustes_distance
 
 
@@ -125,8 +125,9 @@ def test_half_sample_interval_covers_a_mean_like_the_normal_theory_one():
 
 
 def test_interval_is_the_replicates_spread_around_the_estimate():
-    ci = basic_interval(0.5, [0.4, 0.45, 0.5, 0.55, 0.8], level=0.5)
-    # replicates minus their mean (0.54): -0.14..0.26; quartiles -0.09 and 0.01 -> [0.49, 0.59]
-    assert (ci.low, ci.high) == pytest.approx((0.49, 0.59))
-    shifted = basic_interval(0.2, [0.35, 0.36, 0.34, 0.35], level=0.9)
+    reps = [0.4, 0.45, 0.5, 0.55, 0.6]  # sd 0.0791
+    ci = spread_interval(0.5, reps, level=0.95)
+    assert (ci.low, ci.high) == pytest.approx((0.5 - 1.96 * 0.0791, 0.5 + 1.96 * 0.0791), abs=1e-3)
+    shifted = spread_interval(0.2, [0.35, 0.36, 0.34, 0.35], level=0.9)
     assert shifted.low < 0.2 < shifted.high  # a biased shift of the replicates does not move it
+    assert np.isnan(spread_interval(0.2, [0.3], level=0.9).low)  # one replicate has no spread

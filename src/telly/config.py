@@ -255,9 +255,9 @@ class FinetuneParams(Section):
     def _variant_names(cls, v: list[str]) -> list[str]:
         import re
 
-        bad = [name for name in v if not re.fullmatch(r"base|telly-(0|[1-9][0-9]*)", name)]
+        bad = [name for name in v if not re.fullmatch(r"base(-seed[0-9]+)?|telly-(0|[1-9][0-9]*)", name)]
         if bad:
-            raise ValueError(f"variant names must be 'base' or 'telly-<K>' (K = 0, 1, ...), got {bad}")
+            raise ValueError(f"variant names must be 'base', 'base-seed<S>' or 'telly-<K>' (K = 0, 1, ...), got {bad}")
         if len(set(v)) != len(v):
             raise ValueError(f"variants repeat: {v}")
         return v

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from telly.errors import TellyError
-from telly.similarity.bootstrap import basic_interval, half_samples
+from telly.similarity.bootstrap import spread_interval, half_samples
 from telly.similarity.cka import Centred, scores
 from telly.similarity.rsa import RSAReference, compare
 
@@ -110,7 +110,7 @@ def compute(
             row = {"kind": c.kind, "task": c.task, "model_a": c.a, "model_b": c.b, "hidden_state": h}
             row.update(full[c])
             for m in METRICS:
-                ci = basic_interval(full[c][m], replicates[c][m], ci_level)
+                ci = spread_interval(full[c][m], replicates[c][m], ci_level)
                 row[f"{m}_ci_low"], row[f"{m}_ci_high"] = ci.low, ci.high
             row["n_samples"] = num_samples
             rows.append(row)
