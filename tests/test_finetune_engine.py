@@ -14,7 +14,7 @@ from telly.finetuning.caching import HiddenCache, bottom, top
 from telly.finetuning.data import Seq, Tokens, attention_mask, collate, make_example
 from telly.finetuning.generation import beam_search
 from telly.finetuning.heads import SEARCH_SCALE, TaskModel
-from telly.finetuning.train import convergence_epoch, parse_variant, train_variant
+from telly.finetuning.train import convergence_epoch, parse_variant, train_variant, variant_seed
 from telly.models import load_encoder
 
 TASKS = ["code_search", "clone_detection", "code_summarization", "code_generation", "line_completion"]
@@ -170,6 +170,7 @@ def test_cached_and_uncached_runs_both_train(setup, tracking_env, tmp_path):
 
 def test_variants_and_convergence_rule():
     assert parse_variant("base", 6) is None and parse_variant("telly-5", 6) == 5
+    assert parse_variant("base-seed2", 6) is None and variant_seed("base-seed2", 42) == 2 and variant_seed("base", 42) == 42
     with pytest.raises(TellyError, match="0 <= K <= 5"):
         parse_variant("telly-6", 6)
     with pytest.raises(TellyError, match="expected 'base'"):

@@ -76,18 +76,24 @@ class RunResult:
 
 
 def parse_variant(variant: str, num_layers: int) -> int | None:
-    """``base`` -> None, ``telly-K`` -> K (0 <= K < L), anything else a clear error."""
-    if variant == "base":
+    """``base`` (or ``base-seed<S>``) -> None, ``telly-K`` -> K (0 <= K < L), anything else a clear error."""
+    if re.fullmatch(r"base(-seed\d+)?", variant):
         return None
     match = re.fullmatch(r"telly-(\d+)", variant)
     if not match:
-        raise TellyError(f"variant {variant!r}: expected 'base' or 'telly-<K>'")
+        raise TellyError(f"variant {variant!r}: expected 'base', 'base-seed<S>' or 'telly-<K>'")
     k = int(match.group(1))
     if k >= num_layers:
         raise TellyError(
             f"variant {variant!r}: K = {k} but the model has {num_layers} layers; Telly-K needs 0 <= K <= {num_layers - 1}"
         )
     return k
+
+
+def variant_seed(variant: str, default: int) -> int:
+    """``base-seed<S>`` is Base with only the seed changed (the RQ2 noise baseline)."""
+    match = re.fullmatch(r"base-seed(\d+)", variant)
+    return int(match.group(1)) if match else default
 
 
 # ----------------------------------------------------------------- the run
@@ -122,9 +128,10 @@ def train_variant(
     results_path = Path(results_path) if results_path else settings.results_dir / task / f"{variant}.json"
     state_dir = settings.checkpoint_dir / task / variant
 
-    set_seed(settings.seed)
+    seed = variant_seed(variant, settings.seed)
+    set_seed(seed)
     device = pick_device(settings.device)
-    encoder = load_encoder(settings.model, device=device, seed=settings.seed)
+    encoder = load_encoder(settings.model, device=device, seed=seed)
     k = parse_variant(variant, encoder.num_layers)
     _check_lengths(task, cfg, encoder.max_length)
     counts = freeze_bottom(encoder.model, k)
@@ -133,7 +140,7 @@ def train_variant(
 
     splits = {}
     for split, size in (("train", cfg.train_size), ("valid", cfg.valid_size), ("test", cfg.test_size)):
-        rows = load_split(settings.tasks_dir, task, split, size, settings.seed, min_rows=2)
+        rows = load_split(settings.tasks_dir, task, split, size, settings.seed, min_rows=2)  # same rows for every seed
         splits[split] = [
             make_example(task, r, encoder.tokenizer, tok, cfg.max_source_length, cfg.max_target_length)
             for r in tqdm(rows, desc=f"tokenize {split}", leave=False)
@@ -145,7 +152,7 @@ def train_variant(
     model = TaskModel(encoder.model, task, k).to(device)
     run_settings = {
         "task": task, "variant": variant, "k": k, "lr": lr, "epochs": epochs, "cache_frozen": cached,
-        "model": settings.model, "architecture": _architecture(encoder), "seed": settings.seed, **cfg.model_dump(exclude={"learning_rate", "epochs"}),
+        "model": settings.model, "architecture": _architecture(encoder), "seed": seed, **cfg.model_dump(exclude={"learning_rate", "epochs"}),
         "weight_decay": settings.weight_decay, "warmup_fraction": settings.warmup_fraction,
         "max_grad_norm": settings.max_grad_norm, "n_train": len(train), "n_valid": len(valid), "n_test": len(test),
     }
@@ -205,7 +212,7 @@ def train_variant(
             _log_epoch(mlflow, record)
         for epoch in range(start_epoch, epochs + 1):
             model.train()
-            generator = torch.Generator().manual_seed(settings.seed + epoch)  # same order after a resume
+            generator = torch.Generator().manual_seed(seed + epoch)  # same order after a resume
             order = torch.randperm(len(train), generator=generator).tolist()
             losses = []
             _sync(device)
