@@ -104,25 +104,6 @@ def similarity_represent(
 
 
 @app.command()
-def finetune(
-    task: Annotated[str, typer.Option(help="code_search, clone_detection, code_summarization, code_generation, line_completion")],
-    variant: Annotated[str | None, typer.Option(help="base or telly-<K>")] = None,
-    table: Annotated[bool, typer.Option("--table", help="aggregate the task's runs into its table instead")] = False,
-    params: ParamsOption = DEFAULT_PARAMS,
-) -> None:
-    """RQ3: fine-tune one variant on one task (Base or Telly-K), or write the task's table."""
-    from telly.finetuning import stage
-
-    p = _params(params)
-    if table:
-        stage.table(p, task)
-    elif variant is None:
-        raise TellyError("telly finetune: give --variant (base or telly-<K>) or --table")
-    else:
-        stage.run(p, task, variant)
-
-
-@app.command()
 def pretrain(params: ParamsOption = DEFAULT_PARAMS) -> None:
     """Train the embedded code model (byte-level BPE + RoBERTa masked-LM) into models/pretrained."""
     from telly.models.pretrain import run
@@ -163,7 +144,7 @@ def extract(
 @app.command()
 def finetune(
     task: Annotated[str, typer.Option(help="code_search, clone_detection, code_summarization, code_generation, line_completion")],
-    variant: Annotated[str | None, typer.Option(help="base or telly-<K>")] = None,
+    variant: Annotated[str | None, typer.Option(help="base, base-seed<S> or telly-<K>")] = None,
     table: Annotated[bool, typer.Option("--table", help="aggregate the task's runs into its table instead")] = False,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
