@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from telly.probing.controls import majority_baseline
@@ -49,16 +50,22 @@ def run_suite(
     }
     jobs = [(p, s) for p in probe_types for s in seeds]
     raw: dict[str, dict[str, list]] = {p: {"task": [], "control": [], "weights": [], "epochs": []} for p in probe_types}
-    for probe_type, seed in tqdm(jobs, desc=f"probe {name}", unit="probe", leave=False):
-        if progress:
-            progress(f"{name}: {probe_type} seed {seed}")
-        fitted = train_probe(task, probe_type, settings, seed)
-        controlled = train_probe(control, probe_type, settings, seed)
-        raw[probe_type]["task"].append(fitted.test)
-        raw[probe_type]["control"].append(controlled.test)
-        raw[probe_type]["epochs"].append(fitted.best_epoch)
-        if fitted.layer_weights is not None:
-            raw[probe_type]["weights"].append(fitted.layer_weights)
+    threads = torch.get_num_threads()
+    # probes are tiny: one thread is several times faster than two (no sync per small op)
+    torch.set_num_threads(1)
+    try:
+        for probe_type, seed in tqdm(jobs, desc=f"probe {name}", unit="probe", leave=False):
+            if progress:
+                progress(f"{name}: {probe_type} seed {seed}")
+            fitted = train_probe(task, probe_type, settings, seed)
+            controlled = train_probe(control, probe_type, settings, seed)
+            raw[probe_type]["task"].append(fitted.test)
+            raw[probe_type]["control"].append(controlled.test)
+            raw[probe_type]["epochs"].append(fitted.best_epoch)
+            if fitted.layer_weights is not None:
+                raw[probe_type]["weights"].append(fitted.layer_weights)
+    finally:
+        torch.set_num_threads(threads)
 
     for probe_type in probe_types:
         runs = raw[probe_type]
