@@ -44,3 +44,11 @@ def test_shared_preparations_are_made_once_and_dropped_after_last_use():
         assert set(shared.ready) <= {"pretrained"}
     assert made == ["pretrained", "finetuned-a-base", "finetuned-b-base", "finetuned-c-base"]
     assert shared.ready == {}
+
+
+def test_baseline_columns_follow_the_tasks():
+    from telly.similarity.outputs import _columns
+
+    rows = [{"kind": k, "task": t} for k, t in
+            [("finetuned", "a"), ("seed", "a"), ("seed_pair", "a"), ("finetuned", "b"), ("random", "all")]]
+    assert _columns(rows) == ["a", "b", "random", "seed_a", "seed_pair_a"]

@@ -60,6 +60,13 @@ def _column(row: Mapping[str, Any]) -> str:
     return "random" if row["kind"] == "random" else f"{row['kind']}_{row['task']}"
 
 
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Tasks first (in run order), then the baselines: random, seed, seed pair."""
+    order = {"finetuned": 0, "random": 1, "seed": 2, "seed_pair": 3}
+    ranked = sorted(enumerate(rows), key=lambda ir: (order.get(ir[1]["kind"], 9), ir[0]))
+    return list(dict.fromkeys(_column(r) for _, r in ranked))
+
+
 def write_table(rows: Sequence[Mapping[str, Any]], out: Path) -> None:
     import pandas as pd
 
@@ -82,7 +89,7 @@ def _cell(row: Mapping[str, Any], metric: str) -> str:
 
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """One paper-style table per score: hidden states down, tasks (then baselines) across."""
-    columns = list(dict.fromkeys(_column(r) for r in rows))
+    columns = _columns(rows)
     layers = sorted({r["hidden_state"] for r in rows})
     by_key = {(_column(r), r["hidden_state"]): r for r in rows}
     n = rows[0]["n_samples"] if rows else 0
@@ -110,7 +117,7 @@ def write_plots_data(rows: Sequence[Mapping[str, Any]], out: Path) -> list[Path]
     for metric in METRICS:
         frame = pd.DataFrame(rows).assign(column=lambda f: [_column(r) for r in rows])
         wide = frame.pivot(index="hidden_state", columns="column", values=metric)
-        wide = wide[list(dict.fromkeys(_column(r) for r in rows))].reset_index()
+        wide = wide[_columns(rows)].reset_index()
         path = out / "plots" / f"{metric}.csv"
         with _atomic(path) as tmp:
             wide.to_csv(tmp, index=False, float_format="%.6g")

@@ -33,12 +33,14 @@ OUT = Path("results/similarity")
 
 def plan(sp: SimilarityParams) -> list[Comparison]:
     """The comparisons of a run: each task's fine-tuned model, then the baselines."""
-    comparisons = [Comparison("finetuned", t, "pretrained", finetuned_tag(t, sp.variant)) for t in sp.tasks]
-    if sp.seed_variant:
-        for t in sp.tasks:
+    comparisons = []
+    for t in sp.tasks:  # a task's comparisons together, so its models' RSA vectors are freed soon
+        first = finetuned_tag(t, sp.variant)
+        comparisons.append(Comparison("finetuned", t, "pretrained", first))
+        if sp.seed_variant:
             second = finetuned_tag(t, sp.seed_variant)
             comparisons.append(Comparison("seed", t, "pretrained", second))
-            comparisons.append(Comparison("seed_pair", t, finetuned_tag(t, sp.variant), second))
+            comparisons.append(Comparison("seed_pair", t, first, second))
     comparisons.append(Comparison("random", "all", "pretrained", "random"))
     return comparisons
 
