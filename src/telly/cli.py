@@ -184,6 +184,20 @@ def probe(
         gather(p)
 
 
+@app.command()
+def tune(
+    task: Annotated[str, typer.Argument(help="code_search, clone_detection, code_summarization, code_generation, line_completion")],
+    storage: Annotated[str | None, typer.Option(help="database URL shared by several workers (default: tune.storage)")] = None,
+    n_trials: Annotated[int | None, typer.Option(help="finished trials the study should reach (default: tune.n_trials)")] = None,
+    timeout_minutes: Annotated[float | None, typer.Option(help="this session's budget (default: tune.timeout_minutes)")] = None,
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Optuna: tune freeze depth K and learning rate on one task; a rerun continues the study (docs/tuning.md)."""
+    from telly.tuning import tune as run
+
+    run(_params(params), task, storage=storage, n_trials=n_trials, timeout_minutes=timeout_minutes)
+
+
 def main() -> None:
     try:
         app()

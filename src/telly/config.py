@@ -388,6 +388,60 @@ class ProbeParams(Section):
         return v
 
 
+# ---------------------------------------------------------------------------- tune
+
+TuneObjective = Literal["valid_score", "time_to_convergence", "trainable_params"]
+
+
+class TuneParams(Section):
+    """Optuna: freeze depth K and learning rate per task (docs/tuning.md)."""
+
+    task_names: list[TaskName] = Field(min_length=1, description="one study per task (the DVC foreach list)")
+    study_name: str = Field(pattern=r"\{task\}", description="study name template; {task} is replaced")
+    storage: str | None = Field(description="database URL of the studies; null = sqlite file <results_dir>/<task>.db")
+    results_dir: Path = Field(description="<task>.json (best parameters), <task>/ (plots, trials.csv)")
+    work_dir: Path = Field(description="per-trial training state, removed when a trial ends (not a DVC output)")
+    n_trials: int = Field(ge=1, description="finished (complete or pruned) trials a study should reach")
+    timeout_minutes: float | None = Field(gt=0, description="wall-clock budget of one `telly tune` session")
+    max_failed_trials: int = Field(ge=1, description="a session stops after this many failed trials of the study")
+    objectives: list[TuneObjective] = Field(
+        min_length=1, max_length=2, description="valid_score, optionally a cost to minimise (multi-objective)"
+    )
+    lr_min: float = Field(gt=0)
+    lr_max: float = Field(gt=0, description="learning rate: log-uniform in [lr_min, lr_max]")
+    epochs: list[int] = Field(min_length=1, description="epoch choices; one value = fixed, not searched")
+    batch_sizes: list[int] | None = Field(description="batch size choices; null = finetune.tasks.<task>.batch_size")
+    train_size: int | None = Field(ge=2, description="training rows per trial; null = finetune's")
+    valid_size: int | None = Field(ge=2, description="validation rows per trial; null = finetune's")
+    test_size: int = Field(ge=2, description="test rows per trial (the objective never reads test: keep it small)")
+    pruner: Literal["median", "hyperband", "none"]
+    warmup_epochs: int = Field(ge=0, description="median pruner: never prune before this many epochs")
+    startup_trials: int = Field(ge=0, description="random trials before TPE (and the median pruner) start")
+    enqueue_default: bool = Field(description="first trial = Base at finetune's learning rate (a reference point)")
+    seed: int
+
+    @field_validator("objectives")
+    @classmethod
+    def _metric_first(cls, v: list[str]) -> list[str]:
+        if v[0] != "valid_score" or len(set(v)) != len(v):
+            raise ValueError(f"must start with valid_score and not repeat (e.g. [valid_score, time_to_convergence]), got {v}")
+        return v
+
+    @field_validator("lr_max")
+    @classmethod
+    def _lr_range(cls, v: float, info: Any) -> float:
+        if v <= info.data.get("lr_min", 0):
+            raise ValueError(f"lr_max = {v} must be above lr_min = {info.data.get('lr_min')}")
+        return v
+
+    @field_validator("epochs", "batch_sizes")
+    @classmethod
+    def _choices(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(set(v)) != len(v) or min(v) < 1):
+            raise ValueError(f"choices must be distinct and >= 1, got {v}")
+        return v
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
@@ -402,7 +456,7 @@ class Params(Section):
     probe: ProbeParams | None = None
     finetune: FinetuneParams | None = None
     similarity: SimilarityParams | None = None
-    tune: OpenSection = OpenSection()
+    tune: TuneParams | None = None
     report: OpenSection = OpenSection()
 
 

@@ -57,8 +57,12 @@ def start_run(
     nested: bool = False,
     tags: Mapping[str, str] | None = None,
     log_params: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> Iterator[Any]:
-    """Open an MLflow run for ``stage``; nested runs join the active parent run."""
+    """Open an MLflow run for ``stage``; nested runs join the active parent run.
+
+    ``run_id`` reopens an existing run (an Optuna study's run, shared by its sessions and workers).
+    """
     import mlflow
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -66,7 +70,8 @@ def start_run(
     if not nested:
         mlflow.set_experiment(_experiment(mlflow, params, stage))
     all_tags = {"telly.stage": stage, "mlflow.source.git.commit": git_commit(), **(tags or {})}
-    with mlflow.start_run(run_name=run_name or stage, nested=nested, tags=all_tags) as run:
+    name = None if run_id else run_name or stage
+    with mlflow.start_run(run_id=run_id, run_name=name, nested=nested, tags=all_tags) as run:
         if log_params:
             mlflow.log_params(flatten(log_params))
         yield run

@@ -1,0 +1,142 @@
+"""What a study found: best settings, Pareto front, parameter importances, plots.
+
+``results/tune/<task>.json`` holds the best settings (DVC metrics); with two
+objectives the best is the Pareto-front trial with the highest validation score,
+and the whole front is listed. Importances (fANOVA, seeded) say how much of the
+score's variation K and the learning rate explain. Plots are PNGs drawn by
+``optuna.visualization.matplotlib``; ``<task>.csv`` lists every trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from telly.jsonl import write_json
+from telly.tuning.space import SearchSpace, variant_name
+from telly.tuning.study import counts
+
+log = logging.getLogger(__name__)
+
+
+def _trial_row(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> dict[str, Any]:
+    p = trial.params
+    return {
+        "trial": trial.number, "variant": variant_name(p["k"]), "k": p["k"], "lr": p["lr"],
+        "epochs": p.get("epochs", space.epochs[0]), "batch_size": p.get("batch_size", space.batch_sizes[0]),
+        **dict(zip(space.objectives, trial.values)),
+        **{k: trial.user_attrs[k] for k in ("epochs_to_convergence", "time_to_convergence", "trainable_params")
+           if k in trial.user_attrs},
+    }
+
+
+def importances(study: optuna.Study, space: SearchSpace, seed: int) -> dict[str, float]:
+    """fANOVA importance of each searched parameter for the validation score; {} if too few trials."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return {}
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    try:
+        found = optuna.importance.get_param_importances(
+            study, evaluator=evaluator, target=lambda t: t.values[0], normalize=True
+        )
+    except (ValueError, RuntimeError) as err:  # e.g. every trial sampled the same value
+        log.info("%s: no parameter importances (%s)", study.study_name, err)
+        return {}
+    return {k: float(v) for k, v in found.items()}
+
+
+def summarize(study: optuna.Study, space: SearchSpace, task: str, storage: str, seed: int) -> dict[str, Any]:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    front = [_trial_row(t, space) for t in study.best_trials] if complete else []
+    if space.multi_objective:
+        # best = highest score on the front; ties go to the cheaper trial
+        best = max(front, key=lambda r: (r["valid_score"], -r[space.objectives[1]]), default=None)
+    else:
+        best = front[0] if front else None
+    return {
+        "task": task,
+        "study_name": study.study_name,
+        "storage": storage,
+        "objectives": dict(zip(space.objectives, space.directions)),
+        "trials": counts(study),
+        "best": best,
+        "pareto_front": sorted(front, key=lambda r: -r["valid_score"]) if space.multi_objective else None,
+        "importances": importances(study, space, seed),
+        "search_space": space.describe(),
+    }
+
+
+def write_trials_csv(study: optuna.Study, path: Path) -> None:
+    frame = study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs", "duration"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot(study: optuna.Study, space: SearchSpace, folder: Path, seed: int) -> list[Path]:
+    """History, learning curves, parallel coordinates, importances and (two objectives) the Pareto front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    score = {"target": lambda t: t.values[0], "target_name": "valid_score"}
+    charts = {
+        "history": lambda: vis.plot_optimization_history(study, **score),
+        "parallel_coordinates": lambda: vis.plot_parallel_coordinate(study, **score),
+        "importances": lambda: vis.plot_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed), **score
+        ),
+    }
+    if space.multi_objective:
+        charts["pareto_front"] = lambda: vis.plot_pareto_front(study, target_names=list(space.objectives))
+    else:
+        charts["learning_curves"] = lambda: vis.plot_intermediate_values(study)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, draw in charts.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna's ExperimentalWarning on every plot
+                axes = draw()
+        except (ValueError, RuntimeError, KeyError, IndexError) as err:  # too few trials for this chart
+            log.info("%s: no %s plot (%s)", study.study_name, name, err)
+            continue
+        figure = getattr(axes, "figure", None) or axes.flat[0].figure
+        figure.set_size_inches(9, 5.5)
+        figure.tight_layout()
+        path = folder / f"{name}.png"
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".png")  # workers may plot at once
+        os.close(fd)
+        figure.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def write_outputs(study: optuna.Study, space: SearchSpace, task: str, storage: str, results_dir: Path, seed: int) -> dict[str, Any]:
+    """``<task>.json``, ``<task>.csv`` and ``<task>/*.png`` under ``results_dir``; returns the summary."""
+    summary = summarize(study, space, task, storage, seed)
+    write_json(results_dir / f"{task}.json", summary)
+    write_trials_csv(study, results_dir / f"{task}.csv")
+    written = plot(study, space, results_dir / task, seed)
+    for stale in set((results_dir / task).glob("*.png")) - set(written):
+        stale.unlink(missing_ok=True)  # e.g. a Pareto front from an earlier multi-objective study
+    return summary

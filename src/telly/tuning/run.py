@@ -1,0 +1,127 @@
+"""The ``tune`` stage: one Optuna study per task over freeze depth K and learning rate.
+
+A session opens the task's study (creating it the first time), runs trials until
+the study has ``n_trials`` finished ones, too many have failed, or the session's
+``timeout_minutes`` is spent, then writes what the study knows so far. Any number
+of sessions may run at once on one study (``--storage`` a shared database): each
+is a worker. All sessions log under one MLflow run per study, each trial a nested
+run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from telly.config import Params
+from telly.errors import TellyError
+from telly.tuning.objective import Objective, TrainFn, trial_failures
+from telly.tuning.report import write_outputs
+from telly.tuning.space import SearchSpace
+from telly.tuning.study import Budget, open_study, printable, storage_url, study_name
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_ATTR = "telly.mlflow_run_id"
+
+
+def num_layers(params: Params) -> int:
+    """L of the model every trial starts from."""
+    from telly.models import load_encoder
+
+    return load_encoder(params.finetune.model, device="cpu", seed=params.finetune.seed).num_layers
+
+
+def _on_gpu() -> bool:
+    """Collect garbage after each trial on a GPU, where a leaked model holds memory the next trial needs."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _settings(params: Params, task: str) -> None:
+    if params.tune is None:
+        raise TellyError("params: the tune section is missing (see params.yaml and docs/tuning.md)")
+    if params.finetune is None:
+        raise TellyError("params: tune needs the finetune section (model, tasks) -- see docs/finetuning.md")
+    if not hasattr(params.finetune.tasks, task):
+        raise TellyError(f"unknown task {task!r}; finetune.tasks has {', '.join(type(params.finetune.tasks).model_fields)}")
+
+
+def _parent_run_id(params: Params, study: Any) -> str | None:
+    """The study's MLflow run, if it exists in the current tracking store."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from telly.tracking import tracking_uri
+
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    if run_id is None:
+        return None
+    try:
+        run = MlflowClient(tracking_uri(params)).get_run(run_id)
+    except MlflowException:
+        return None
+    return run_id if run.info.lifecycle_stage == "active" else None
+
+
+def tune(
+    params: Params,
+    task: str,
+    *,
+    train_fn: TrainFn | None = None,
+    layers: int | None = None,
+    storage: str | None = None,
+    n_trials: int | None = None,
+    timeout_minutes: float | None = None,
+) -> dict[str, Any]:
+    """Run one session of ``task``'s study and write ``results/tune/<task>.{json,csv}`` and plots."""
+    import mlflow
+
+    from telly.tracking import start_run
+
+    _settings(params, task)
+    cfg = params.tune
+    if train_fn is None:
+        from telly.finetuning.train import train_variant as train_fn
+    space = SearchSpace.of(params, task, layers if layers is not None else num_layers(params))
+    url = storage_url(params, task, storage)
+    name = study_name(params, task)
+    study = open_study(params, task, space, url)
+    budget = Budget(n_trials or cfg.n_trials, cfg.max_failed_trials)
+    timeout = timeout_minutes or cfg.timeout_minutes
+
+    parent_id = _parent_run_id(params, study)
+    tags = {"optuna.study": name, "optuna.storage": printable(url), "telly.task": task}
+    first = {"tune": cfg.model_dump(mode="json"), "search_space": space.describe()} if parent_id is None else None
+    with start_run(params, "tune", name, run_id=parent_id, tags=tags, log_params=first) as run:
+        if parent_id is None:
+            study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
+        reason = budget.exhausted(study)
+        if reason:
+            log.info("%s: nothing to run, %s", name, reason)
+        else:
+            with tqdm(total=budget.n_trials, initial=budget.finished(study), desc=f"tune {task}", unit="trial") as bar:
+                budget.progress = bar
+                study.optimize(
+                    Objective(params, task, space, train_fn, name), timeout=None if timeout is None else timeout * 60,
+                    catch=trial_failures(), callbacks=[budget], gc_after_trial=_on_gpu(),
+                )
+        summary = write_outputs(study, space, task, printable(url), cfg.results_dir, cfg.seed)
+        mlflow.log_metrics({f"trials_{state}": n for state, n in summary["trials"].items()})
+        if summary["best"] is not None:
+            mlflow.log_metrics({f"best_{k}": v for k, v in summary["best"].items() if k != "variant"})
+            mlflow.set_tag("best_variant", summary["best"]["variant"])
+        mlflow.log_artifact(str(cfg.results_dir / f"{task}.json"))
+        if (cfg.results_dir / task).is_dir():
+            mlflow.log_artifacts(str(cfg.results_dir / task), artifact_path="plots")
+    if summary["best"] is None:
+        raise TellyError(
+            f"{name}: no trial completed ({summary['trials']}); see the failed trials in {cfg.results_dir / task}.csv"
+        )
+    best = summary["best"]
+    log.info("%s: best %s, lr %.2e, valid score %.4f (trial %d)", name, best["variant"], best["lr"],
+             best["valid_score"], best["trial"])
+    return summary

@@ -1,0 +1,158 @@
+"""Open (or create) one task's Optuna study in a database, so sessions and workers share it.
+
+The default storage is an embedded SQLite file, ``<results_dir>/<task>.db``: a
+rerun loads the same study (``load_if_exists``) and tops it up. Any SQLAlchemy URL
+(PostgreSQL, MySQL) lets several workers on several machines fill one study --
+Optuna's own distributed mode: each worker asks the database for its next trial.
+
+Trials send a heartbeat; a trial whose worker died without a word (killed, machine
+lost) is marked failed once its heartbeat is stale and queued again with the same
+settings, and it resumes from its last saved epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from telly.config import Params
+from telly.tuning.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+SPACE_ATTR = "telly.search_space"
+HEARTBEAT_SECONDS = 30
+GRACE_SECONDS = 120  # a RUNNING trial without a heartbeat for this long is dead
+SQLITE_LOCK_SECONDS = 60  # several processes on one SQLite file wait this long for its lock
+
+
+def study_name(params: Params, task: str) -> str:
+    return params.tune.study_name.format(task=task)
+
+
+def storage_url(params: Params, task: str, override: str | None = None) -> str:
+    """``override``, else ``tune.storage``, else ``sqlite:///<abs results_dir>/<task>.db``."""
+    url = override or params.tune.storage
+    if url is None:
+        db = (Path(params.tune.results_dir) / f"{task}.db").resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{db}"
+    return url
+
+
+def printable(url: str) -> str:
+    """The URL with any password hidden (it goes into logs, JSON and MLflow)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def queue_again(study: optuna.Study, trial: optuna.trial.BaseTrial) -> None:
+    """Queue a trial's settings again: the copy ``follows`` it and ``resumes`` the first one's saved state."""
+    origin = trial.user_attrs.get("resumes", trial.number)
+    study.enqueue_trial(trial.params, user_attrs={"resumes": origin, "follows": trial.number}, skip_if_exists=False)
+    log.info("trial %d of %s is queued again and will resume from its saved state", trial.number, study.study_name)
+
+
+def resume_later(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Heartbeat callback: a trial whose worker died is queued again."""
+    queue_again(study, trial)
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_SECONDS}} if url.startswith("sqlite") else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=resume_later,
+        )
+
+
+def make_sampler(params: Params, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    # TPE handles one or several objectives and starts well with few trials (NSGA-II wants ~50 a generation).
+    return optuna.samplers.TPESampler(seed=params.tune.seed, n_startup_trials=params.tune.startup_trials)
+
+
+def make_pruner(params: Params, space: SearchSpace) -> optuna.pruners.BasePruner:
+    tune = params.tune
+    if tune.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=tune.startup_trials, n_warmup_steps=tune.warmup_epochs)
+    if tune.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(space.epochs), reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(params: Params, task: str, space: SearchSpace, url: str) -> optuna.Study:
+    """Load the study or create it; a stored search space that differs is an error."""
+    name = study_name(params, task)
+    study = optuna.create_study(
+        storage=open_storage(url), study_name=name, directions=space.directions, load_if_exists=True,
+        sampler=make_sampler(params, space), pruner=make_pruner(params, space),
+    )
+    stored = study.user_attrs.get(SPACE_ATTR)
+    if stored is None and study.trials:
+        stored = {"(created outside telly)": True}
+    space.check(stored, name, printable(url))
+    if stored is None:
+        study.set_user_attr(SPACE_ATTR, space.describe())
+        _enqueue_default(params, task, space, study)
+    return study
+
+
+def _enqueue_default(params: Params, task: str, space: SearchSpace, study: optuna.Study) -> None:
+    """Trial 0 of a new study: Base at finetune's learning rate, a reference the search must beat."""
+    lr = getattr(params.finetune.tasks, task).learning_rate
+    if params.tune.enqueue_default and not study.trials and space.lr_min <= lr <= space.lr_max:
+        study.enqueue_trial({"k": -1, "lr": lr}, user_attrs={"reference": "finetune default"})
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by state; ``interrupted`` trials (failed, then queued again to resume) are not failures."""
+    trials = study.get_trials(deepcopy=False)
+    followed = {t.user_attrs["follows"] for t in trials if "follows" in t.user_attrs}
+    out = {s.name.lower(): 0 for s in TrialState}
+    out["interrupted"] = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and t.number in followed:
+            out["interrupted"] += 1
+        else:
+            out[t.state.name.lower()] += 1
+    return out
+
+
+class Budget:
+    """Stop a session when the study has ``n_trials`` finished trials or too many failures.
+
+    Finished = complete or pruned, over all sessions and workers, so a rerun
+    tops the study up rather than adding ``n_trials`` more.
+    """
+
+    def __init__(self, n_trials: int, max_failed: int, progress: Any = None) -> None:
+        self.n_trials, self.max_failed, self.progress = n_trials, max_failed, progress
+
+    def finished(self, study: optuna.Study) -> int:
+        c = counts(study)
+        return c["complete"] + c["pruned"]
+
+    def exhausted(self, study: optuna.Study) -> str | None:
+        c = counts(study)
+        if c["complete"] + c["pruned"] >= self.n_trials:
+            return f"the study has {c['complete'] + c['pruned']} finished trials (n_trials = {self.n_trials})"
+        if c["fail"] >= self.max_failed:
+            return f"{c['fail']} trials failed (max_failed_trials = {self.max_failed})"
+        return None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.progress is not None:
+            self.progress.n = min(self.finished(study), self.n_trials)
+            self.progress.refresh()
+        reason = self.exhausted(study)
+        if reason:
+            log.info("%s: stopping, %s", study.study_name, reason)
+            study.stop()
