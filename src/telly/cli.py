@@ -198,6 +198,31 @@ def tune(
     run(_params(params), task, storage=storage, n_trials=n_trials, timeout_minutes=timeout_minutes)
 
 
+report_app = typer.Typer(help="The study report: the paper's tables, figures and claims, regenerated from results/.")
+app.add_typer(report_app, name="report")
+
+
+@report_app.callback(invoke_without_command=True)
+def report(ctx: typer.Context, params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Write reports/report.{md,html}: every RQ beside the paper's numbers, each claim checked (docs/report.md)."""
+    if ctx.invoked_subcommand is None:
+        from telly.reporting.stage import run
+
+        run(_params(params))
+
+
+@report_app.command("paper-regime")
+def report_paper_regime(
+    task: Annotated[str, typer.Option(help="a task of report.paper_regime.tasks")],
+    variant: Annotated[str, typer.Option(help="telly-<K> of report.paper_regime.variants")],
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """Fine-tune Telly-K without frozen-prefix caching (the paper's regime), for the report's second table."""
+    from telly.reporting.regime import run_paper_regime
+
+    run_paper_regime(_params(params), task, variant)
+
+
 def main() -> None:
     try:
         app()

@@ -442,6 +442,41 @@ class TuneParams(Section):
         return v
 
 
+# ------------------------------------------------------------------------- report
+
+
+class PaperRegimeParams(Section):
+    """Telly-K runs without frozen-prefix caching (frozen layers run every step), for the report's second table."""
+
+    tasks: list[TaskName] = Field(min_length=1, description="tasks of the DVC matrix `finetune-paper-regime`")
+    variants: list[str] = Field(min_length=1, description="telly-<K> names (Base has nothing frozen: its run is shared)")
+    results_dir: Path = Field(description="<results_dir>/<task>/<variant>.json, like finetune.results_dir")
+
+    @field_validator("variants")
+    @classmethod
+    def _telly_only(cls, v: list[str]) -> list[str]:
+        import re
+
+        bad = [name for name in v if not re.fullmatch(r"telly-(0|[1-9][0-9]*)", name)]
+        if bad or len(set(v)) != len(v):
+            raise ValueError(f"must be distinct telly-<K> names (Base is the same run with or without caching), got {v}")
+        return v
+
+
+class ReportParams(Section):
+    """The study report: every RQ's tables and figures beside the paper's, and its claims checked (docs/report.md)."""
+
+    out_dir: Path = Field(description="report.md, report.html, figures/, plots/, claims.json")
+    paper_numbers: Path | None = Field(description="the paper's published numbers; null = the packaged paper_numbers.yaml")
+    similarity_metric: Literal["rsa_spearman", "rsa_pearson", "cka"] = Field(description="RQ2 curve the claims read")
+    lower_layers_fraction: float = Field(gt=0, lt=1, description="'lower layers' = hidden states 0..floor(fraction x L)")
+    preserve_threshold: float = Field(gt=0, le=1, description="a lower hidden state is preserved at this similarity or above")
+    within_base_tolerance: float = Field(ge=0, lt=1, description="Telly-K keeps Base quality: main metric >= (1 - this) x Base")
+    within_base_min_depth: float = Field(gt=0, le=1, description="claim holds when the first K = ceil(depth x L) - 1 layers can be frozen")
+    paper_regime: PaperRegimeParams
+    track: bool = Field(description="log the report and the claim verdicts to MLflow (experiment <prefix>-report)")
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
@@ -457,7 +492,7 @@ class Params(Section):
     finetune: FinetuneParams | None = None
     similarity: SimilarityParams | None = None
     tune: TuneParams | None = None
-    report: OpenSection = OpenSection()
+    report: ReportParams | None = None
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

@@ -1,0 +1,145 @@
+"""The report stage on small synthetic results: every section, the claims both ways, missing inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from report_fixture import L, TASKS, write_all, write_finetune, write_similarity
+
+from telly.config import parse_params
+from telly.errors import TellyError
+from telly.reporting.stage import run
+
+
+@pytest.fixture
+def params(raw_params, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw_params["report"]["track"] = False
+    return parse_params(raw_params)
+
+
+def _claims(out: Path) -> dict[str, str]:
+    return {k: v["this_run"] for k, v in json.loads((out / "claims.json").read_text()).items()}
+
+
+def test_full_report_where_every_claim_holds(params, tmp_path):
+    write_all(tmp_path, holding=True)
+    md_path = run(params)
+    out = md_path.parent
+    md = md_path.read_text()
+    assert set(_claims(out).values()) == {"reproduced"}
+    # the paper's numbers pass the same rules
+    assert {v["paper"] for v in json.loads((out / "claims.json").read_text()).values()} == {"reproduced"}
+    for heading in ("## Answers to the three research questions", "## RQ1", "## RQ2", "## RQ3", "## Tuning"):
+        assert heading in md
+    assert "Not available yet" not in md
+    # RQ3: both regimes per task, the paper's table beside, ratios computed against Base
+    for task in TASKS:
+        assert f"### {task}" in md
+    assert md.count("**This run, with frozen-prefix caching**") == len(TASKS)
+    assert md.count("**This run, without caching") == len(TASKS)
+    # Telly-1: paper params 600 vs Base 1000 -> 40.0% fewer; epoch 6 s vs 10 s -> 40.0% shorter (cached)
+    assert "| Telly-1 | 0.00 | 40.0 | 6.0s | 40.0 |" in md
+    assert "| Telly-11 | 7.09 | 94.4 | 06m21s | 63.2 | 3 | 0h19m03s | 87.7 | 0.69 |" in md  # paper, code search
+    # RQ3 answer: deepest K within 1% is Telly-1 (Telly-3 drops 20%)
+    assert "up to Telly-1" in md
+    # tuning beside the similarity's suggestion
+    assert "| code_search | telly-1 | 3.00e-04 | 0.6100 | complete 3, pruned 1 | Telly-2 | Telly-1 |" in md
+    figures = {p.name for p in (out / "figures").glob("*.png")}
+    assert figures == {"rq1-probe-curves.png", "rq1-layer-weights.png", "rq2-similarity.png", "rq3-quality-vs-cost.png"}
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and 'src="figures/' not in html
+    assert "<table>" in html
+    plots = (out / "plots" / "rq3-code_search.csv").read_text().splitlines()
+    assert plots[0].split(",")[:2] == ["k", "params_reduction_pct"] and "metric_vs_base_pct_other_regime" in plots[0]
+    assert [line.split(",")[0] for line in plots[1:]] == ["-1", "0", "1", "3"]
+
+
+def test_each_claim_fails_where_the_results_contradict_it(params, tmp_path):
+    write_all(tmp_path, holding=False)
+    run(params)
+    verdicts = _claims(tmp_path / "reports")
+    assert verdicts == {
+        "lexical_below_syntactic": "not reproduced",      # lexical h3, syntactic h2
+        "syntactic_below_structural": "not reproduced",   # syntactic h2, structural h1
+        "semantic_spread": "not reproduced",              # lexical weights are the even ones
+        "lower_layers_preserved": "not reproduced",       # h1 = 0.6
+        "top_two_change_most": "not reproduced",          # h1 changes most
+        "telly_within_base": "not reproduced",            # Telly-0 is 5% below Base
+    }
+    evidence = json.loads((tmp_path / "reports/claims.json").read_text())
+    assert "lexical peaks at h3, syntactic at h2" in evidence["lexical_below_syntactic"]["evidence"]
+    assert "outside: 0" in evidence["telly_within_base"]["evidence"]
+
+
+def test_missing_inputs_are_named_with_the_stage_to_run(params, tmp_path):
+    md = run(params).read_text()
+    for command in ("dvc repro probe", "dvc repro similarity", "dvc repro finetune", "dvc repro finetune-paper-regime",
+                    "dvc repro tune"):
+        assert command in md
+    assert set(_claims(tmp_path / "reports").values()) == {"not checked"}
+    assert "### Paper: rho" in md and "**Paper: Code search" in md  # the paper's numbers are always there
+    html = (tmp_path / "reports/report.html").read_text()
+    assert "Not available yet" in html
+
+
+def test_partial_results_fill_only_their_sections(params, tmp_path):
+    write_similarity(tmp_path, holding=True)
+    write_finetune(tmp_path, holding=True, paper_regime=False)
+    md = run(params).read_text()
+    verdicts = _claims(tmp_path / "reports")
+    assert verdicts["top_two_change_most"] == "reproduced" and verdicts["lexical_below_syntactic"] == "not checked"
+    assert "dvc repro probe" in md and "dvc repro finetune-paper-regime" in md
+    assert "**This run, with frozen-prefix caching**" in md and "**This run, without caching" not in md
+    assert not (tmp_path / "reports/figures/rq1-probe-curves.png").exists()
+
+
+def test_a_stale_figure_is_removed_when_its_inputs_are_gone(params, tmp_path):
+    write_all(tmp_path, holding=True)
+    run(params)
+    assert (tmp_path / "reports/figures/rq1-probe-curves.png").exists()
+    import shutil
+
+    shutil.rmtree(tmp_path / "results/probe")
+    run(params)
+    assert not (tmp_path / "reports/figures/rq1-probe-curves.png").exists()
+
+
+def test_a_corrupt_result_file_is_a_clear_error(params, tmp_path):
+    write_all(tmp_path, holding=True)
+    bad = tmp_path / "results/probe/pretrained/lexical/details.json"
+    bad.write_text("{not json")
+    with pytest.raises(TellyError, match="results/probe/pretrained/lexical/details.json: not valid JSON"):
+        run(params)
+
+
+def test_report_is_logged_to_mlflow(raw_params, tmp_path, monkeypatch, tracking_env):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    write_all(tmp_path, holding=True)
+    run(parse_params(raw_params))
+    mlflow.set_tracking_uri(tracking_env)
+    runs = mlflow.search_runs(experiment_names=["telly-report"])
+    assert len(runs) == 1
+    assert runs.iloc[0]["metrics.claim.top_two_change_most"] == 1.0
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(runs.iloc[0]["run_id"], "report")}
+    assert "report/report.html" in arts
+
+
+def test_cli_report(raw_params, tmp_path, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from telly.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    raw_params["report"]["track"] = False
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw_params))
+    write_similarity(tmp_path, holding=True)
+    result = CliRunner().invoke(app, ["report", "--params", "p.yaml"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "reports/report.html").exists()
+    assert L == 4
