@@ -80,6 +80,7 @@ def test_stage_scores_each_hidden_state_and_suggests_k(workspace, tmp_path, caps
     assert summary["code_search"]["top_two_only"] and summary["code_search"]["most_changed"][0] == 2
     suggested = json.loads((out / "suggested_k.json").read_text())
     assert suggested["code_search"]["suggested_k"] == 1 and len(suggested["code_search"]["curve"]) == 3
+    assert suggested["code_search"]["top_two_layers_claim"].startswith("holds")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["code_search"]["cka"]["h0"] == pytest.approx(1.0) and "random" in metrics
     plot = (out / "plots/rsa_spearman.csv").read_text().splitlines()

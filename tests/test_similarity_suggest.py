@@ -33,7 +33,7 @@ def test_top_two_claim_on_the_papers_curves():
     assert search.most_changed[:3] == [12, 11, 10]
     change = [1 - v for v in PAPER["search"]]
     assert search.top_two_share == pytest.approx(sum(change[-2:]) / sum(change))
-    assert "h10 also" in search.describe(0.8)
+    assert search.describe(0.8) == "does not hold (h10 also below 0.8)"
     code_sum = top_two_claim(PAPER["code_sum"], 0.85)
     assert code_sum.holds and code_sum.changed == [11, 12]
     completion = top_two_claim(PAPER["completion"], 0.8)

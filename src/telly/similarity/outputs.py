@@ -171,6 +171,7 @@ def metrics(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Mapping[str
             for task, curve in curves(rows, metric, kind).items():
                 key = _column({"kind": kind, "task": task})
                 out.setdefault(key, {})[metric] = {f"h{h}": clean(v) for h, v in enumerate(curve)}
-    for task, facts in summary.items():
-        out.setdefault(task, {}).update({k: clean(v) for k, v in facts.items()})
+    for task, facts in summary.items():  # numbers only: `dvc metrics show` is a table
+        numbers = {k: clean(v) for k, v in facts.items() if k in ("suggested_k", "top_two_only", "top_two_share")}
+        out.setdefault(task, {}).update(numbers)
     return out

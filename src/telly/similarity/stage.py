@@ -108,7 +108,7 @@ def report(summary: dict[str, dict[str, Any]], sp: SimilarityParams, num_layers:
         lines.append(
             f"  {task:20s} most changed: h{', h'.join(map(str, s['most_changed']))}; "
             f"top two hold {s['top_two_share']:.0%} of the change; "
-            f"'only the top two layers change much' {s['verdict']}; "
+            f"'only the top two layers change much': {s['verdict']}; "
             f"suggested K = {'Base (freeze nothing)' if k is None else k}"
         )
     holds = [t for t, s in summary.items() if s["top_two_only"]]
@@ -155,6 +155,8 @@ def write(rows: list[dict], summary: dict[str, dict[str, Any]], sp: SimilarityPa
                 "metric": sp.suggest_metric,
                 "threshold": sp.suggest_threshold,
                 "curve": [outputs.clean(v) for v in curve[task]],
+                "most_changed": s["most_changed"],
+                "top_two_layers_claim": s["verdict"],
             }
             for task, s in summary.items()
         },

@@ -45,11 +45,11 @@ class TopTwoVerdict:
 
     def describe(self, threshold: float) -> str:
         if not self.changed:
-            return f"no hidden state falls below {threshold}: nothing changes much"
+            return f"vacuous (no hidden state below {threshold}: nothing changes much)"
         if self.holds:
-            return f"holds: only h{', h'.join(map(str, self.changed))} fall below {threshold}"
+            return f"holds (only h{', h'.join(map(str, self.changed))} below {threshold})"
         extra = [h for h in self.changed if h < len(self.most_changed) - 2]
-        return f"does not hold: h{', h'.join(map(str, extra))} also fall below {threshold}"
+        return f"does not hold (h{', h'.join(map(str, extra))} also below {threshold})"
 
 
 def top_two_claim(curve: Sequence[float], threshold: float) -> TopTwoVerdict:
