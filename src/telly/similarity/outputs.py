@@ -131,6 +131,7 @@ def figure(rows: Sequence[Mapping[str, Any]], path: Path, *, threshold: float, t
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(FIGURE_METRICS), figsize=(5.2 * len(FIGURE_METRICS), 4.2), sharex=True)
     colors = {}
@@ -152,6 +153,7 @@ def figure(rows: Sequence[Mapping[str, Any]], path: Path, *, threshold: float, t
                     ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
         if metric == threshold_metric:
             ax.axhline(threshold, color="grey", lw=0.8, ls="-.", label=f"suggest-K threshold {threshold}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(LABELS[metric])
         ax.set_xlabel("hidden state (0 = embeddings)")
         ax.grid(alpha=0.3)
