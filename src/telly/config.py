@@ -124,6 +124,7 @@ class PretrainParams(Section):
     eval_every: int = Field(ge=1)
     log_every: int = Field(ge=1)
     checkpoint_every_minutes: float = Field(gt=0)
+    threads: int = Field(ge=0, description="torch CPU threads; 1 is fastest on a busy shared CPU; 0 = torch's default")
     seed: int
 
     @field_validator("heads")
@@ -155,6 +156,7 @@ class ExtractParams(Section):
     models: list[str] = Field(min_length=1, description="model tags: pretrained, random, finetuned-<task>-<variant>")
     datasets: dict[str, ExtractDataset] = Field(min_length=1)
     batch_size: int = Field(ge=1)
+    threads: int = Field(ge=0, description="torch CPU threads; 0 = torch's default")
 
     @field_validator("datasets")
     @classmethod

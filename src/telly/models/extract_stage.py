@@ -69,8 +69,12 @@ def run(
     from telly.models.loading import load_encoder
     from telly.runtime import device as pick_device
 
+    import torch
+
     cfg = _section(params, "extract")
     model_cfg = _section(params, "model")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if adhoc is not None:
         if not datasets or len(datasets) != 1:
             raise TellyError("--input needs exactly one --dataset name for the output folder")

@@ -90,6 +90,32 @@ def _from_pretrained(loader: Any, source: str, name_or_path: str, what: str, **k
         ) from None
 
 
+def _load_weights(loader: Any, source: str, name_or_path: str, config: Any, seed: int) -> Any:
+    """Weights of the base encoder; a one-line summary replaces transformers' key table."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        model, info = _from_pretrained(loader, source, name_or_path, "model weights", config=config,
+                                       output_loading_info=True)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if info["mismatched_keys"]:
+        raise ModelLoadError(f"model.name_or_path = {name_or_path!r}: weights of the wrong shape: {sorted(info['mismatched_keys'])[:5]}")
+    if info["missing_keys"]:  # e.g. the pooler of an MLM checkpoint: initialised, seeded
+        log.info("%s: %d weights not in the checkpoint, initialised with seed %d (%s)", name_or_path,
+                 len(info["missing_keys"]), seed, _prefixes(info["missing_keys"]))
+    if info["unexpected_keys"]:  # e.g. a pre-training head: not part of the encoder
+        log.info("%s: %d checkpoint weights not used by the encoder (%s)", name_or_path,
+                 len(info["unexpected_keys"]), _prefixes(info["unexpected_keys"]))
+    return model
+
+
+def _prefixes(keys: Any) -> str:
+    return ", ".join(sorted({k.rsplit(".", 2)[0] + ".*" if k.count(".") >= 2 else k for k in keys}))
+
+
 def load_encoder(
     name_or_path: str = DEFAULT_MODEL,
     *,
@@ -99,6 +125,8 @@ def load_encoder(
 ) -> Encoder:
     """Load an encoder (base model, no task head) in eval mode on ``device``.
 
+    ``device``: None or ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or a
+    ``torch.device``.
     ``random`` builds ``like``'s architecture with fresh weights (and keeps its tokenizer);
     ``random:<path>`` names the architecture inline. ``seed`` fixes the random weights and any
     weights missing from a checkpoint (e.g. the pooler of an MLM checkpoint).
@@ -123,14 +151,14 @@ def load_encoder(
     if randomise:
         model = AutoModel.from_config(config)
     else:
-        model = _from_pretrained(AutoModel, source, name_or_path, "model weights", config=config)
+        model = _load_weights(AutoModel, source, name_or_path, config, seed)
     tokenizer = _from_pretrained(AutoTokenizer, source, name_or_path if not randomise else like, "tokenizer")
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"model.name_or_path = {name_or_path!r}: needs a fast tokenizer (tokenizer.json)")
     if tokenizer.pad_token_id is None:
         raise ModelLoadError(f"model.name_or_path = {name_or_path!r}: the tokenizer defines no pad token")
 
-    dev = torch.device(device) if device is not None else pick_device()
+    dev = pick_device(device) if device is None or isinstance(device, str) else torch.device(device)
     model.to(dev).eval()
     vocab = tokenizer.get_vocab()
     mode_tokens = {t: vocab[t] for t in MODE_TOKENS if t in vocab}

@@ -222,6 +222,8 @@ def run(params: Params) -> dict[str, Any]:
     if cfg is None:
         raise TellyError("params: the `pretrain` section is missing (see params.yaml in the repository)")
     set_seed(cfg.seed)
+    if cfg.threads:  # on a shared CPU, two threads mostly wait for each other
+        torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
     train_texts = read_code(cfg.train, cfg.field)
     valid_texts = read_code(cfg.valid, cfg.field)
