@@ -216,7 +216,7 @@ def train_variant(
             order = torch.randperm(len(train), generator=generator).tolist()
             losses = []
             _sync(device)
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             for start in tqdm(range(0, len(order), cfg.batch_size), desc=f"{task}/{variant} epoch {epoch}", leave=False):
                 idx = order[start : start + cfg.batch_size]
                 batch = _to(make_batch(task, [train[i] for i in idx], idx, tok.pad, train_caches), device)
@@ -230,13 +230,14 @@ def train_variant(
                 losses.append(loss.item())
             _sync(device)
             train_seconds = time.perf_counter() - t0
+            train_cpu_seconds = time.process_time() - cpu0  # robust to other jobs on a shared CPU
             t0 = time.perf_counter()
             with autocast:
                 valid_metrics = evaluate(model, valid, tok, encoder.tokenizer, caches=valid_caches, **eval_kwargs)
             eval_seconds = time.perf_counter() - t0
             record = {
                 "epoch": epoch, "train_loss": sum(losses) / len(losses), "train_seconds": train_seconds,
-                "eval_seconds": eval_seconds, "lr": scheduler.get_last_lr()[0],
+                "train_cpu_seconds": train_cpu_seconds, "eval_seconds": eval_seconds, "lr": scheduler.get_last_lr()[0],
                 **{f"valid_{name}": value for name, value in valid_metrics.items()},
             }
             history.append(record)
@@ -262,6 +263,7 @@ def train_variant(
             "paper_params": counts.paper,
             "total_params": counts.total,
             "epoch_seconds": sum(train_times) / len(train_times),
+            "epoch_cpu_seconds": sum(r["train_cpu_seconds"] for r in history) / len(history),
             "eval_seconds": sum(r["eval_seconds"] for r in history) / len(history),
             "cache_seconds": cache_seconds,
             "cache_bytes": cache_bytes,
