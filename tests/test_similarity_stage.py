@@ -127,7 +127,7 @@ def test_a_checkpoint_without_its_tokenizer_is_caught(workspace, tmp_path):
         run(params)
 
 
-def test_seed_baseline_is_planned_and_its_absence_explained(workspace):
+def test_seed_baseline_is_planned_and_its_absence_explained(workspace, tmp_path):
     params = workspace
     sp = params.similarity.model_copy(update={"seed_variant": "base-seed2"})
     kinds = [(c.kind, c.a, c.b) for c in plan(sp)]
@@ -135,5 +135,20 @@ def test_seed_baseline_is_planned_and_its_absence_explained(workspace):
     assert ("seed_pair", "finetuned-code_search-base", "finetuned-code_search-base-seed2") in kinds
     for tag in ("pretrained", "random", "finetuned-code_search-base", "finetuned-clone_detection-base"):
         represent(params, tag)
+    with_seed = params.model_copy(update={"similarity": sp})
     with pytest.raises(TellyError, match=r"models/finetuned/<task>/base-seed2/.*seed_variant: null"):
-        run(params.model_copy(update={"similarity": sp}))
+        run(with_seed)
+
+    # Once the finetune stage has written the second seeds, both baselines appear.
+    tiny = tmp_path / "models/pretrained"
+    _finetuned(tiny, tmp_path / "models/finetuned/code_search/base-seed2", [1], seed=3)
+    _finetuned(tiny, tmp_path / "models/finetuned/clone_detection/base-seed2", [0, 1], seed=4)
+    for task in ("code_search", "clone_detection"):
+        represent(with_seed, f"finetuned-{task}-base-seed2")
+    run(with_seed)
+    rows = json.loads((tmp_path / "results/similarity/table.json").read_text())
+    pair = {r["hidden_state"]: r for r in rows if r["kind"] == "seed_pair" and r["task"] == "code_search"}
+    assert pair[0]["cka"] == pytest.approx(1.0) and pair[2]["cka"] < 0.99  # two seeds differ only on top
+    header = (tmp_path / "results/similarity/plots/cka.csv").read_text().splitlines()[0]
+    assert header == ("hidden_state,code_search,clone_detection,random,seed_code_search,seed_clone_detection,"
+                      "seed_pair_code_search,seed_pair_clone_detection")
