@@ -52,7 +52,7 @@ def test_humaneval_variants_pass_their_unit_tests(humaneval):
     assert rate >= 0.95, f"{rate:.3f} of {len(variant_ok)} variants pass; failing: {failures[:10]}"
     # the test means something only if the rewrites really fire, several per variant
     assert sum(len(v.applied) for _, v, _ in variants) / len(variants) >= 2.5
-    for name in ("rename", "for_to_while", "while_to_for", "swap_if", "comp_to_loop", "loop_to_comp", "reorder", "dead_code", "literals", "layout"):
+    for name in ("rename", "for_to_while", "while_to_for", "swap_if", "comp_to_loop", "loop_to_comp", "reorder", "dead_code", "extract", "literals", "layout"):
         assert applied[name] >= 5, f"rewrite {name} applied only {applied[name]} times: {applied}"
     print(f"\nHumanEval: {sum(variant_ok)}/{len(variant_ok)} variants pass; rewrites applied: {dict(applied)}")
 

@@ -6,7 +6,7 @@ import pytest
 from python_functions import corpus_rows
 
 from telly.config import ConfigError, parse_params
-from telly.data import analysis, tasks
+from telly.data import analysis, baselines, clones, tasks
 from telly.jsonl import read_jsonl, write_jsonl
 
 SPLIT_MODULES = {
@@ -110,14 +110,66 @@ def test_semantic_classes_are_disjoint_across_splits_and_behave_alike(built):
     assert all(len(set(members)) >= 2 for members in by_label.values())
 
 
-def test_clone_detection_is_balanced_with_negatives_from_other_projects(built):
-    rows = _rows(built[0], "clone_detection", "train")
+def test_clone_detection_is_balanced_and_negatives_come_from_the_kind_they_say(built):
+    out, metrics, _ = built
+    rows = _rows(out, "clone_detection", "train")
     labels = [r["label"] for r in rows]
     assert labels.count(1) == labels.count(0) and labels[:2] == [1, 0]
+    kinds = set()
     for r in rows:
         if r["label"] == 0:
             a, b = r["id"].split("-", 1)
-            assert a.split("/")[0] != b.split("/")[0]  # the two functions come from different projects
+            assert a != b
+            same = a.split("/")[0] == b.split("/")[0]
+            assert same == (r["kind"] == "neighbour_same_project"), r["id"]
+            kinds.add(r["kind"])
+    assert kinds & {"neighbour_same_project", "neighbour_other_project"}  # hard negatives are there
+    balance = metrics["tasks"]["clone_detection"]["train"]["balance"]
+    assert balance["0"] == balance["1"] == 0.5 and balance["hard_negatives"] > 0
+
+
+def test_token_overlap_baseline_is_in_the_metrics(built):
+    out, metrics, _ = built
+    for split in tasks.SPLITS:
+        auc = metrics["tasks"]["clone_detection"][split]["token_overlap"]["jaccard_roc_auc"]
+        assert auc == pytest.approx(baselines.clone_detection_auc(_rows(out, "clone_detection", split)), abs=1e-4)
+        map_r = metrics["probing"]["semantic"][split]["token_overlap"]["jaccard_map_at_r"]
+        assert 0 < map_r <= 100
+
+
+def test_token_overlap_measures_on_hand_computed_cases():
+    a, b, c = "x = f(y)", "x = g(y)", "while True: break"
+    assert baselines.pair_jaccard([a], [b])[0] == pytest.approx(5 / 7)  # {x = ( y )} of {x = f g ( y )}
+    matrix, _ = baselines.token_sets([a, b, c])
+    assert baselines.jaccard_matrix(matrix, matrix)[0, 1] == pytest.approx(5 / 7)
+    assert baselines.jaccard_matrix(matrix, matrix)[0, 2] == 0
+    pairs = [{"code1": a, "code2": b, "label": 1}, {"code1": a, "code2": c, "label": 0}, {"code1": b, "code2": c, "label": 1}]
+    assert baselines.clone_detection_auc(pairs) == pytest.approx(0.75)  # positives 5/7 and 0 vs negative 0: (1 + 0.5) / 2
+    # MAP@R by Jaccard: a and b retrieve each other, c and d (label 1) share nothing with anything but each other
+    rows = [{"code": a, "label": 0}, {"code": b, "label": 0}, {"code": "k + 1", "label": 1}, {"code": "k - 1", "label": 1}]
+    assert baselines.semantic_map_at_r(rows) == pytest.approx(100.0)
+    rows[3] = {"code": "x = h(y)", "label": 1}  # now d is nearer to a and b than to c
+    assert baselines.semantic_map_at_r(rows) == pytest.approx(50.0)
+
+
+def test_hard_negative_picker_finds_functions_sharing_more_tokens_than_random_ones():
+    query = "def area(shape):\n    width = shape.width\n    height = shape.height\n    return width * height\n"
+    near = "def perimeter(shape):\n    width = shape.width\n    height = shape.height\n    return 2 * (width + height)\n"
+    far = ["def greet(name):\n    print('hello', name)\n", "def total(xs):\n    s = 0\n    for x in xs:\n        s += x\n    return s\n"]
+    candidates = [
+        {"id": "geo/b", "repo": "geo", "code": near},
+        {"id": "geo/a", "repo": "geo", "code": query},  # the query's own function: never its negative
+        {"id": "util/c", "repo": "util", "code": far[0]},
+        {"id": "util/d", "repo": "util", "code": far[1]},
+        {"id": "shapes/e", "repo": "shapes", "code": near.replace("perimeter", "outline")},
+    ]
+    own = clones.CloneClass(["geo/a"], ["geo"], "area", [query], "rewritten")
+    (same,) = clones.token_neighbours([(query, own)], candidates, same_project=True, k=1)
+    assert same == [0]
+    (other,) = clones.token_neighbours([(query, own)], candidates, k=3)
+    assert [candidates[n]["repo"] for n in other] == ["shapes", "util", "util"]
+    picked = baselines.pair_jaccard([query], [candidates[other[0]]["code"]])[0]
+    assert picked > max(baselines.pair_jaccard([query] * 2, far))
 
 
 def test_downstream_rows(built):

@@ -302,7 +302,10 @@ class CloneParams(Section):
     min_rewrites: int = Field(ge=1)
     max_rewrites: int = Field(ge=1)
     min_statements: int = Field(ge=1, description="functions with fewer body statements make no class")
-    hard_negatives: float = Field(ge=0, le=1, description="share of negatives with the same name or a similar size")
+    hard_negatives: float = Field(ge=0, le=1, description="share of negatives that are nearest neighbours by token overlap")
+    same_project_negatives: float = Field(
+        ge=0, le=1, description="share of the hard negatives taken from the same project (the rest: other projects)"
+    )
     mined_share: float = Field(ge=0, le=1, description="at most this share of classes are mined real clones (0 = none)")
 
 

@@ -15,16 +15,17 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 from tqdm import tqdm
 
-from telly.data import analysis, rewrites
+from telly.data import analysis, baselines, rewrites
 
 
 @dataclass
 class CloneClass:
     ids: list[str]  # corpus ids the members come from (one for rewritten classes)
     repos: list[str]
-    name: str  # function name, for hard negatives
+    name: str  # function name
     members: list[str]
     kind: str  # "rewritten" or "mined"
 
@@ -121,3 +122,42 @@ def mined_classes(rows: Iterable[dict], *, min_tokens: int = 30) -> list[CloneCl
             )
     classes.sort(key=lambda c: c.ids[0])
     return classes
+
+
+# The hard negative of a member is drawn from the functions that share the most tokens
+# with it: one of the few nearest, so that the pick still varies.
+NEIGHBOURS = 5
+
+
+def token_neighbours(
+    queries: list[tuple[str, CloneClass]],
+    candidates: list[dict],
+    *,
+    same_project: bool = False,
+    k: int = NEIGHBOURS,
+    chunk: int = 512,
+) -> list[list[int]]:
+    """For each query (code, its class), the ``k`` candidates nearest to the code by token Jaccard.
+
+    ``candidates`` are functions (``id``, ``repo``, ``code``); the query's own class
+    (its ids) is never a candidate. With ``same_project`` only candidates from a project
+    of the class count (a project's functions share its vocabulary: attributes, helpers,
+    messages), else only candidates from other projects. Nearest first; ties go to
+    the earlier candidate, so the result is deterministic.
+    """
+    if not queries or not candidates:
+        return [[] for _ in queries]
+    codes, vocabulary = baselines.token_sets([c["code"] for c in candidates])
+    repos = np.array([c["repo"] for c in candidates])
+    ids = {c["id"]: n for n, c in enumerate(candidates)}
+    out: list[list[int]] = []
+    for start in tqdm(range(0, len(queries), chunk), desc="hard negatives", leave=False):
+        part = queries[start : start + chunk]
+        scores = baselines.jaccard_matrix(baselines.token_sets([code for code, _ in part], vocabulary)[0], codes)
+        for row, (_, clone_class) in zip(scores, part):
+            shared = np.isin(repos, clone_class.repos)
+            row[~shared if same_project else shared] = -1.0
+            row[[ids[i] for i in clone_class.ids if i in ids]] = -1.0
+            order = np.argsort(-row, kind="stable")[:k]
+            out.append([int(n) for n in order if row[n] >= 0])
+    return out

@@ -4,12 +4,13 @@ POJ-104 and BigCloneBench cannot be had offline, so a clone class is a real
 function plus variants made here (docs/datasets.md). Each variant combines
 several rewrites so that token overlap alone does not give it away:
 
-- ``rename``: consistent renaming of parameters and local variables;
+- ``rename``: consistent renaming of every parameter and local variable;
 - ``for_to_while`` / ``while_to_for``: loop form;
 - ``swap_if``: ``if c: A else: B`` -> ``if not c: B else: A`` (also ``A if c else B``);
 - ``comp_to_loop`` / ``loop_to_comp``: comprehension <-> accumulating loop;
 - ``reorder``: swap two adjacent independent assignments;
-- ``dead_code``: an unused assignment or a never-taken branch;
+- ``dead_code``: unused assignments, never-taken branches, loops over nothing;
+- ``extract``: a returned value or an ``if`` test first stored in a fresh variable;
 - ``literals`` / ``layout``: other spellings of numbers and strings, indentation,
   blank lines, spacing (checked: the AST must not change).
 
@@ -189,8 +190,7 @@ def rename(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
     inner_only = {n for n in bound - own_bound if n in own}
     excluded = declared | class_level | keywords | imported | inner_only | {"self", "cls", "__class__", "_"}
     candidates = sorted(bound - excluded)
-    chosen = [n for n in candidates if rng.random() < 0.85] or candidates[:1]
-    mapping = {old: namer.fresh() for old in chosen}
+    mapping = {old: namer.fresh() for old in candidates}  # all of them: one kept name is a shared token
     if not mapping:
         return 0
     for node in ast.walk(fn):
@@ -425,22 +425,46 @@ def reorder(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
     return 1
 
 
-def dead_code(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
-    blocks = [block for _, _, block in _blocks(fn)]
-    if not blocks:
-        return 0
-    block = rng.choice(blocks)
+def _dead_statement(namer: Namer, rng: random.Random) -> ast.stmt:
     name = namer.fresh()
     constant = ast.Constant(rng.choice([0, 1, -1, "", None, True, 0.0]))
     kind = rng.randrange(3)
     if kind == 0:  # an assignment nobody reads
-        stmt: ast.stmt = ast.Assign([ast.Name(name, ast.Store())], constant)
-    elif kind == 1:  # a branch never taken
-        stmt = ast.If(ast.Constant(False), [ast.Assign([ast.Name(name, ast.Store())], constant)], [])
-    else:  # a loop over nothing
-        stmt = ast.For(ast.Name(name, ast.Store()), ast.Tuple([], ast.Load()), [ast.Pass()], [])
-    block.insert(rng.randrange(len(block) + 1), stmt)
-    return 1
+        return ast.Assign([ast.Name(name, ast.Store())], constant)
+    if kind == 1:  # a branch never taken
+        return ast.If(ast.Constant(False), [ast.Assign([ast.Name(name, ast.Store())], constant)], [])
+    return ast.For(ast.Name(name, ast.Store()), ast.Tuple([], ast.Load()), [ast.Pass()], [])  # a loop over nothing
+
+
+def dead_code(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
+    blocks = [block for _, _, block in _blocks(fn)]
+    if not blocks:
+        return 0
+    count = rng.randint(1, 3)
+    for _ in range(count):
+        block = rng.choice(blocks)
+        block.insert(rng.randrange(len(block) + 1), _dead_statement(namer, rng))
+    return count
+
+
+def extract(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
+    """``return e`` -> ``t = e; return t`` and ``if c:`` -> ``t = c; if t:``: same value, computed once, same place."""
+    sites = []
+    for _, _, block in _blocks(fn):
+        for i, stmt in enumerate(block):
+            value = stmt.value if isinstance(stmt, ast.Return) else stmt.test if isinstance(stmt, ast.If) else None
+            if value is not None and not isinstance(value, (ast.Name, ast.Constant)) and not _has(value, ast.Yield, ast.YieldFrom, ast.Await):
+                sites.append((block, stmt))
+    if not sites:
+        return 0
+    chosen = [site for site in sites if rng.random() < 0.5] or [rng.choice(sites)]
+    for block, stmt in chosen:
+        name = namer.fresh()
+        attr = "value" if isinstance(stmt, ast.Return) else "test"
+        assign = ast.Assign([ast.Name(name, ast.Store())], getattr(stmt, attr))
+        setattr(stmt, attr, ast.Name(name, ast.Load()))
+        block.insert(next(i for i, s in enumerate(block) if s is stmt), assign)
+    return len(chosen)
 
 
 AST_REWRITES: dict[str, Callable[[FunctionNode, Namer, random.Random], int]] = {
@@ -452,6 +476,7 @@ AST_REWRITES: dict[str, Callable[[FunctionNode, Namer, random.Random], int]] = {
     "loop_to_comp": loop_to_comp,
     "reorder": reorder,
     "dead_code": dead_code,
+    "extract": extract,
 }
 
 

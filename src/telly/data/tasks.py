@@ -6,7 +6,7 @@ From the corpus (or, per set, a copy of the paper's real data) it writes
   structural and semantic probing;
 - ``<out_dir>/<task>/{train,valid,test}.jsonl`` for code search, clone detection,
   code summarization, code generation and line completion;
-- ``<out_dir>/metrics.json``: rows and label balance per set and split.
+- ``<out_dir>/metrics.json``: rows, label balance and the token-overlap baseline per set and split.
 
 Row formats are in docs/architecture.md, constructions in docs/datasets.md. Every
 split of a set is drawn from the same corpus split (splits are by project), in an
@@ -17,7 +17,6 @@ and counted.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import itertools
 import logging
@@ -31,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from telly.config import ConfigError, Params, RealData, TaskSet, TasksParams
-from telly.data import analysis, clones, loaders
+from telly.data import analysis, baselines, clones, loaders, rewrites
 from telly.jsonl import iter_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -248,7 +247,14 @@ def line_completion(fns: Functions, size: int | None, p: TasksParams, split: str
 
 
 def clone_detection(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
-    """Balanced pairs; positives inside a clone class, negatives across classes of other projects."""
+    """Balanced pairs; positives inside a clone class, negatives across classes of other projects.
+
+    A share ``hard_negatives`` of the negatives pairs a member with one of its nearest
+    neighbours by token overlap (:func:`clones.token_neighbours`), so shared tokens alone
+    do not separate clones from non-clones: a share ``same_project_negatives`` of them
+    from the member's own project, the rest from other projects. The remaining negatives
+    pair it with a random class of another project.
+    """
     n_pos = None if size is None else -(-size // 2)
     rng = random.Random(f"{p.seed}:clone-pairs:{split}")
     pool = _mined(fns, n_pos, p, f"clone:{split}")
@@ -266,40 +272,52 @@ def clone_detection(fns: Functions, size: int | None, p: TasksParams, split: str
     pool = (pool + rewritten)[: len(pool) + want]
     if len(pool) < 2:
         return []
-    by_name: dict[str, list[int]] = {}
-    for i, c in enumerate(pool):
-        by_name.setdefault(c.name, []).append(i)
-    by_size = sorted(range(len(pool)), key=lambda i: (len(pool[i].members[0]), i))
-    sizes = [len(pool[i].members[0]) for i in by_size]
 
     def other_project(i: int, j: int) -> bool:
         return j != i and not set(pool[i].repos) & set(pool[j].repos)
 
-    def negative_partner(i: int) -> tuple[int, str] | None:
-        if rng.random() < p.clones.hard_negatives:
-            same_name = [j for j in by_name[pool[i].name] if other_project(i, j)]
-            if same_name:
-                return rng.choice(same_name), "same_name"
-            length = len(pool[i].members[0])  # similar size: within 10% characters
-            lo, hi = bisect.bisect_left(sizes, length * 0.9), bisect.bisect_right(sizes, length * 1.1)
-            near = [by_size[k] for k in range(lo, hi) if other_project(i, by_size[k])]
-            if near:
-                return rng.choice(near), "similar_size"
-        others = [j for j in range(len(pool)) if other_project(i, j)]
-        return (rng.choice(others), "random") if others else None
+    def distinct(i: int, code: str) -> bool:  # near-identical code is more likely a clone than not
+        return fuzz.ratio(pool[i].members[0], code) < 90
 
-    positives, negatives = [], []
+    def like_a_member(code: str) -> str:  # a partner is, as often as a class member, a rewritten variant
+        if rng.random() < 1 / (1 + p.clones.pair_variants):
+            return code
+        return rewrites.make_variant(code, rng, min_rewrites=p.clones.min_rewrites, max_rewrites=p.clones.max_rewrites).code
+
+    positives, queries, kinds = [], [], []
     for i, c in enumerate(pool):
         a, b = rng.sample(c.members, 2)
         positives.append({"id": f"{c.ids[0]}+", "code1": a, "code2": b, "label": 1, "kind": c.kind})
-        partner = negative_partner(i)
-        if partner is None:
-            continue
-        j, kind = partner
-        mine, theirs = rng.choice(c.members), rng.choice(pool[j].members)
-        if fuzz.ratio(pool[i].members[0], pool[j].members[0]) >= 90:
-            continue  # near-identical code in two projects is more likely a clone than not
-        negatives.append({"id": f"{c.ids[0]}-{pool[j].ids[0]}", "code1": mine, "code2": theirs, "label": 0, "kind": kind})
+        queries.append(rng.choice(c.members))
+        draw = rng.random()
+        same = draw < p.clones.hard_negatives * p.clones.same_project_negatives
+        kinds.append("neighbour_same_project" if same else "neighbour_other_project" if draw < p.clones.hard_negatives else "random")
+    # hard negatives come from every function of the split that could make a class, not only the pool
+    candidates = [
+        {"id": row["id"], "repo": row["repo"], "code": code}
+        for row in fns.rows
+        if (code := clones.rewritable(row["code"], p.clones.min_statements)) is not None
+    ]
+    neighbours: dict[int, list[int]] = {}
+    for kind in ("neighbour_same_project", "neighbour_other_project"):
+        asked = [i for i, k in enumerate(kinds) if k == kind]
+        found = clones.token_neighbours(
+            [(queries[i], pool[i]) for i in asked], candidates, same_project=kind == "neighbour_same_project"
+        )
+        neighbours.update(zip(asked, found))
+    negatives = []
+    for i, (mine, kind) in enumerate(zip(queries, kinds)):
+        near = [n for n in neighbours.get(i, []) if distinct(i, candidates[n]["code"])]
+        if near:
+            partner = candidates[rng.choice(near)]
+            other_id, theirs = partner["id"], like_a_member(partner["code"])
+        else:  # random, or no neighbour of that kind (a one-function project): a random class of another project
+            others = [j for j in range(len(pool)) if other_project(i, j)]
+            j = next((j for j in (rng.choice(others) for _ in range(5 if others else 0)) if distinct(i, pool[j].members[0])), None)
+            if j is None:
+                continue
+            other_id, theirs, kind = pool[j].ids[0], rng.choice(pool[j].members), "random"
+        negatives.append({"id": f"{pool[i].ids[0]}-{other_id}", "code1": mine, "code2": theirs, "label": 0, "kind": kind})
     n = min(len(positives), len(negatives))
     return _interleave(positives[:n], negatives[:n])
 
@@ -342,8 +360,15 @@ def balance(name: str, rows: list[dict]) -> dict[str, float]:
         counts = Counter(t[2] for r in rows for t in r["tokens"])
     elif name == "structural":
         counts = Counter(analysis.COMPLEXITY_CLASSES[r["label"]] for r in rows)
-    elif name in ("syntactic", "clone_detection"):
+    elif name == "syntactic":
         counts = Counter(str(r["label"]) for r in rows)
+    elif name == "clone_detection":
+        counts = Counter(str(r["label"]) for r in rows)
+        negatives = [r for r in rows if r["label"] == 0]
+        shares = {k: round(v / len(rows), 4) for k, v in sorted(counts.items())}
+        if negatives and "kind" in negatives[0]:  # built from the corpus: the share of hard negatives
+            shares["hard_negatives"] = round(sum(r["kind"] != "random" for r in negatives) / len(negatives), 4)
+        return shares
     elif name == "semantic":
         labels = Counter(r["label"] for r in rows)
         return {"classes": len(labels), "members_per_class": round(len(rows) / len(labels), 2)}
@@ -351,6 +376,17 @@ def balance(name: str, rows: list[dict]) -> dict[str, float]:
         return {"mean_target_chars": round(sum(len(r.get("target", r.get("query", ""))) for r in rows) / len(rows), 1)}
     total = sum(counts.values())
     return {k: round(v / total, 4) for k, v in sorted(counts.items())}
+
+
+def token_overlap(name: str, rows: list[dict]) -> dict[str, float]:
+    """How much plain token overlap already solves a clone set (docs/datasets.md): the baseline to beat."""
+    if name == "clone_detection":
+        score = baselines.clone_detection_auc(rows)
+        return {} if score is None else {"jaccard_roc_auc": round(score, 4)}
+    if name == "semantic":
+        score = baselines.semantic_map_at_r(rows)
+        return {} if score is None else {"jaccard_map_at_r": round(score, 2)}
+    return {}
 
 
 def _corpus(params: Params) -> dict[str, Functions]:
@@ -399,6 +435,8 @@ def build(params: Params) -> dict:
             if codebase is not None:
                 write_jsonl(folder / name / "codebase.jsonl", codebase)
             metrics[group][name][split] = {"rows": len(rows), "balance": balance(name, rows)}
+            if overlap := token_overlap(name, rows):
+                metrics[group][name][split]["token_overlap"] = overlap
             log.info("%s/%s: %d rows", name, split, len(rows))
         if functions is not None:
             metrics["unparsable"][name] = sum(len(f.unparsable) for f in functions.values())
@@ -406,13 +444,15 @@ def build(params: Params) -> dict:
 
 
 def print_table(metrics: dict, console: Console | None = None) -> None:
-    table = Table(title="tasks: rows per split and label balance (test split)")
+    table = Table(title="tasks: rows per split, label balance and token-overlap baseline (test split)")
     for column in ("set", "kind", "train", "valid", "test", "balance (test)"):
         table.add_column(column, justify="right" if column in SPLITS else "left")
     for group in ("probing", "tasks"):
         for name, splits in metrics[group].items():
             shares = splits.get("test", {}).get("balance", {})
             text = ", ".join(f"{k} {v:.0%}" if isinstance(v, float) and v <= 1 else f"{k} {v}" for k, v in shares.items())
+            overlap = splits.get("test", {}).get("token_overlap", {})
+            text = "; ".join([text, *(f"{k} {v}" for k, v in overlap.items())])
             table.add_row(name, group, *(str(splits[s]["rows"]) for s in SPLITS), text)
     (console or Console()).print(table)
 

@@ -60,9 +60,14 @@ def map_at_r(vecs: np.ndarray, labels: np.ndarray) -> float:
     AP_i = sum over hits in the top R_i of (hits so far / rank) / R_i. Items alone in
     their class (R_i = 0) have no answer and are left out of the mean.
     """
-    labels = np.asarray(labels)
     vecs = _unit(np.asarray(vecs, dtype=np.float64))
-    scores = vecs @ vecs.T
+    return map_at_r_from_scores(vecs @ vecs.T, labels)
+
+
+def map_at_r_from_scores(scores: np.ndarray, labels: np.ndarray) -> float:
+    """MAP@R (percent) as in :func:`map_at_r`, for any square matrix of scores (higher = more alike)."""
+    labels = np.asarray(labels)
+    scores = np.array(scores, dtype=np.float64)
     np.fill_diagonal(scores, -1e6)
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     r = counts[inverse] - 1  # R_i: how many other members of i's class
