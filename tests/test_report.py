@@ -53,8 +53,11 @@ def test_full_report_where_every_claim_holds(params, tmp_path):
     assert html.count("data:image/png;base64,") == 4 and 'src="figures/' not in html
     assert "<table>" in html
     plots = (out / "plots" / "rq3-code_search.csv").read_text().splitlines()
-    assert plots[0].split(",")[:2] == ["k", "params_reduction_pct"] and "metric_vs_base_pct_other_regime" in plots[0]
+    assert plots[0].split(",")[:2] == ["k", "params_reduction_pct"]
+    assert {"metric_vs_base_pct_cached", "epoch_reduction_pct_uncached"} <= set(plots[0].split(","))
     assert [line.split(",")[0] for line in plots[1:]] == ["-1", "0", "1", "3"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["claims"].values()) == {1} and metrics["deepest_k_within_base"]["code_search"] == 1
 
 
 def test_each_claim_fails_where_the_results_contradict_it(params, tmp_path):

@@ -39,7 +39,8 @@ def draw(inputs: Inputs, paper: dict[str, Any], folder: Path) -> dict[str, Path 
 
 
 def plots_data(inputs: Inputs, folder: Path) -> list[Path]:
-    """``plots/rq3-<task>.csv`` for ``dvc plots``: per K (-1 = Base) the reductions and the metric vs Base, both regimes."""
+    """``plots/rq3-<task>.csv`` for ``dvc plots``: per K (-1 = Base) the reductions and the metric vs Base,
+    suffixed ``_cached`` / ``_uncached`` by regime."""
     from telly.finetuning.table import task_table
 
     written = []
@@ -55,7 +56,7 @@ def plots_data(inputs: Inputs, folder: Path) -> list[Path]:
             continue
         rows: dict[int, dict[str, Any]] = {}
         for cached, df in frames.items():
-            suffix = "" if cached == inputs.regimes[0].cached else "_other_regime"
+            suffix = "_cached" if cached else "_uncached"
             for r in df.to_dict("records"):
                 k = -1 if r["variant"] == "base" else int(r["variant"].split("-")[1])
                 row = rows.setdefault(k, {"k": k, "params_reduction_pct": round(r["params_reduction_pct"], 3)})
@@ -71,6 +72,14 @@ def plots_data(inputs: Inputs, folder: Path) -> list[Path]:
         os.replace(tmp, path)
         written.append(path)
     return written
+
+
+def dvc_metrics(claims: list[Claim], inputs: Inputs, tolerance: float) -> dict[str, Any]:
+    """Numbers only, for ``dvc metrics diff``: 1 = reproduced, 0 = not, null = not checked; deepest K per task."""
+    return {
+        "claims": {c.id: None if c.run.holds is None else int(c.run.holds) for c in claims},
+        "deepest_k_within_base": document.deepest_per_task(inputs, tolerance),
+    }
 
 
 def claims_json(claims: list[Claim]) -> dict[str, Any]:
@@ -93,6 +102,7 @@ def run(params: Params) -> Path:
     _write_text(out / "report.md", markdown)
     _write_text(out / "report.html", to_html(markdown, out))
     write_json(out / "claims.json", claims_json(claims))
+    write_json(out / "metrics.json", dvc_metrics(claims, inputs, settings.within_base_tolerance))
     for c in claims:
         print(f"{c.run.verdict:>15}  {c.text}  (paper's numbers: {c.paper.verdict})")
     if inputs.missing:
