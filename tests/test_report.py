@@ -41,7 +41,7 @@ def test_full_report_where_every_claim_holds(params, tmp_path):
     assert md.count("**This run, with frozen-prefix caching**") == len(TASKS)
     assert md.count("**This run, without caching") == len(TASKS)
     # Telly-1: paper params 600 vs Base 1000 -> 40.0% fewer; epoch 6 s vs 10 s -> 40.0% shorter (cached)
-    assert "| Telly-1 | 0.00 | 40.0 | 6.0s | 40.0 |" in md
+    assert "| Telly-1 | 0.0006 | 40.0 | 6.0s | 40.0 |" in md
     assert "| Telly-11 | 7.09 | 94.4 | 06m21s | 63.2 | 3 | 0h19m03s | 87.7 | 0.69 |" in md  # paper, code search
     # RQ3 answer: deepest K within 1% is Telly-1 (Telly-3 drops 20%)
     assert "up to Telly-1" in md

@@ -76,7 +76,7 @@ def answers(inputs: Inputs, claims: list[Claim], params: Params) -> str:
                 parts.append(f"{task}: no Telly-K within {s.within_base_tolerance:.0%}")
                 continue
             row = _row(inputs.regimes[0].runs[task], f"telly-{k}")
-            parts.append(f"{task}: up to Telly-{k} ({row['paper_params_m']:.2f} M trainable, "
+            parts.append(f"{task}: up to Telly-{k} ({tables.millions(row['paper_params_m'])} M trainable, "
                          f"{row['params_reduction_pct']:.0f}% fewer; epoch time {row['epoch_reduction_pct']:.0f}% shorter)")
         out.append(f"**RQ3 — can the bottom layers be frozen?** Telly-K within {s.within_base_tolerance:.0%} of Base: "
                    + "; ".join(parts) + f". Claim: {MARK[by_id['telly_within_base'].run.verdict]}.\n")
@@ -161,7 +161,7 @@ def tuning_section(inputs: Inputs, params: Params) -> str:
     return "\n".join(filter(None, [
         "## Tuning: the freeze depth and learning rate Optuna chose, beside the similarity's suggestion\n",
         _missing(inputs, "tuning"),
-        tables.tuning_table(inputs.tuning, suggested, deepest, base_lr),
+        tables.tuning_table(inputs.tuning, suggested, deepest, base_lr, params.report.within_base_tolerance),
     ]))
 
 

@@ -19,6 +19,11 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def millions(m: float) -> str:
+    """Parameters in millions: two decimals as the paper, more for tiny models."""
+    return f"{m:.2f}" if m >= 1 else f"{m:.4f}"
+
+
 def num(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
@@ -116,7 +121,7 @@ def telly_table(task: str, runs: list[dict[str, Any]]) -> str:
               *METRICS[task], f"{main} Δ% vs Base"]
     rows = [[
         r["variant"].replace("telly-", "Telly-").replace("base", "Base"),
-        f"{r['paper_params_m']:.2f}", f"{r['params_reduction_pct']:.1f}",
+        millions(r["paper_params_m"]), f"{r['params_reduction_pct']:.1f}",
         clock(r["epoch_seconds"]), f"{r['epoch_reduction_pct']:.1f}", r["epochs_to_convergence"],
         clock(r["convergence_seconds"]), f"{r['convergence_reduction_pct']:.1f}",
         *(f"{r[m]:.4g}" for m in METRICS[task]), f"{r[f'{main}_vs_base_pct']:+.1f}",
@@ -143,7 +148,7 @@ def paper_telly_table(task: str, paper: dict[str, Any]) -> str:
 
 
 def tuning_table(tuning: dict[str, dict[str, Any]], suggested: dict[str, dict[str, Any]],
-                 deepest: dict[str, int | None], base_lr: dict[str, float]) -> str:
+                 deepest: dict[str, int | None], base_lr: dict[str, float], tolerance: float) -> str:
     rows = []
     for task in MAIN_METRIC:
         study = tuning.get(task)
@@ -161,4 +166,4 @@ def tuning_table(tuning: dict[str, dict[str, Any]], suggested: dict[str, dict[st
             f"{base_lr[task]:.1e}" if task in base_lr else "–",
         ])
     return table(["task", "tuned variant (Optuna)", "tuned lr", "valid score", "trials",
-                  "suggested by similarity (RQ2)", "deepest within 1% of Base (RQ3)", "finetune lr"], rows)
+                  "suggested by similarity (RQ2)", f"deepest within {tolerance:.0%} of Base (RQ3)", "finetune lr"], rows)
