@@ -4,9 +4,9 @@ with caching (default) and in the paper's regime (frozen layers run every step),
 Goal for the encoder tasks (search, clone): speedup with caching >= 0.8 x L / (L - K) for
 K >= L/2, and test quality within 1% of the uncached run. The generation tasks are reported too.
 
-Uses ``models/pretrained`` and ``data/tasks`` when they exist; otherwise the pre-training
-architecture of params.yaml with random weights and task rows made from the corpus
-(timings do not depend on the weights; quality then only compares cached vs uncached).
+Uses ``models/pretrained`` when it exists, else the pre-training architecture of params.yaml
+with random weights; task rows are made from the corpus unless ``--real-tasks`` (data/tasks).
+Timings do not depend on the weights; quality compares the cached and the uncached run.
 
     python benchmarks/caching.py [--tasks code_search clone_detection] [--train-size 256] [--epochs 2]
 """
@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=ALL_TASKS, choices=ALL_TASKS)
     ap.add_argument("--train-size", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--real-tasks", action="store_true", help="use data/tasks (default: rows made from the corpus)")
     ap.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     args = ap.parse_args()
 
@@ -101,7 +102,7 @@ def main() -> None:
     params = load_params()
     ft = params.finetune
     model = ft.model if (Path(ft.model) / "config.json").exists() else random_model(params, OUT / "random-model")
-    tasks_dir = ft.tasks_dir if (ft.tasks_dir / "code_search" / "train.jsonl").exists() else corpus_tasks(OUT / "tasks", 2000)
+    tasks_dir = ft.tasks_dir if args.real_tasks else corpus_tasks(OUT / "tasks", 2000)
     sizes = {"train_size": args.train_size, "valid_size": 64, "test_size": 128, "epochs": args.epochs, "beam_size": 1}
     small_eval = {"valid_size": 16, "test_size": 32}  # beam search re-runs the encoder per token: keep eval short
     tasks = ft.tasks.model_copy(update={
