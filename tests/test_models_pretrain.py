@@ -36,7 +36,7 @@ def params(raw_params, tmp_path, tracking_env):
         out_dir=str(tmp_path / "pretrained"), checkpoint_dir=str(tmp_path / "ckpt"),
         metrics=str(tmp_path / "results" / "metrics.json"),
         vocab_size=300, layers=2, hidden_size=32, heads=2, ffn_size=64, max_length=32, batch_size=8,
-        lr=1e-2, warmup_steps=2, max_steps=40, eval_every=10, log_every=5, eval_examples=50,
+        lr=1e-2, warmup_steps=2, max_steps=40, dropout=0.0, finetune_dropout=0.1, eval_every=10, log_every=5, eval_examples=50,
     )
     return raw_params
 
@@ -56,6 +56,7 @@ def test_learns_and_saves_a_loadable_model(params, tmp_path):
 
     enc = load_encoder(str(tmp_path / "pretrained"), device="cpu")
     assert enc.num_layers == 2 and enc.max_length == 32 and enc.pad_token_id == 1
+    assert enc.model.config.hidden_dropout_prob == 0.1  # finetune_dropout, not the pre-training one
     assert set(enc.mode_tokens) == {"<encoder-only>", "<encoder-decoder>", "<decoder-only>", "<mask0>"}
 
 

@@ -113,6 +113,8 @@ class PretrainParams(Section):
     hidden_size: int = Field(ge=8)
     heads: int = Field(ge=1)
     ffn_size: int = Field(ge=8)
+    dropout: float = Field(ge=0, lt=1, description="dropout while pre-training (under one epoch: 0 learns fastest)")
+    finetune_dropout: float = Field(ge=0, lt=1, description="dropout written into the saved config for later stages")
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     warmup_steps: int = Field(ge=0)
@@ -125,6 +127,7 @@ class PretrainParams(Section):
     log_every: int = Field(ge=1)
     checkpoint_every_minutes: float = Field(gt=0)
     threads: int = Field(ge=0, description="torch CPU threads; 1 is fastest on a busy shared CPU; 0 = torch's default")
+    bf16: bool = Field(description="bf16 autocast while training (CPU with AVX512-BF16, or CUDA); evaluation stays fp32")
     seed: int
 
     @field_validator("heads")

@@ -98,6 +98,8 @@ def build_model(cfg: Any, tokenizer: Any) -> Any:
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
     )
     return RobertaForMaskedLM(config)
 
@@ -110,7 +112,7 @@ def mlm_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
     masked = batch["labels"] != -100
     logits = model.lm_head(hidden[masked])
     labels = batch["labels"][masked]
-    return F.cross_entropy(logits, labels), logits, labels
+    return F.cross_entropy(logits.float(), labels), logits, labels
 
 
 def masked_accuracy(model: Any, batches: list[dict[str, Any]]) -> tuple[float, float]:
@@ -121,9 +123,10 @@ def masked_accuracy(model: Any, batches: list[dict[str, Any]]) -> tuple[float, f
     model.eval()
     correct = total = 0
     loss_sum = 0.0
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for batch in batches:
-            loss, logits, labels = mlm_loss(model, batch)
+            loss, logits, labels = mlm_loss(model, {k: v.to(device) for k, v in batch.items()})
             correct += int((logits.argmax(-1) == labels).sum())
             total += int(labels.numel())
             loss_sum += float(loss) * int(labels.numel())
@@ -215,6 +218,7 @@ def run(params: Params) -> dict[str, Any]:
     from transformers import DataCollatorForLanguageModeling
 
     from telly.models.tokenizer import train_tokenizer
+    from telly.runtime import device as pick_device
     from telly.runtime import set_seed
     from telly.tracking import start_run
 
@@ -265,6 +269,10 @@ def run(params: Params) -> dict[str, Any]:
         torch.set_rng_state(state["torch_rng"])
 
     n_params = sum(p.numel() for p in model.parameters())
+    dev = pick_device(params.model.device if params.model is not None else "auto")
+    model.to(dev)
+    # bf16 autocast: ~1.6x faster steps on CPUs with AVX512-BF16 (and on CUDA); weights stay fp32
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     per_epoch = math.ceil(len(pieces) / cfg.batch_size)
     budget_s = cfg.time_budget_minutes * 60
     log.info("model: %d layers, hidden %d, %.2fM parameters; %d steps (%.2f epochs), budget %.1f min",
@@ -310,7 +318,9 @@ def run(params: Params) -> dict[str, Any]:
                 if epoch not in batches_by_epoch:
                     batches_by_epoch = {epoch: epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)}
                 batch = collator([{"input_ids": pieces[i]} for i in batches_by_epoch[epoch][index]])
-                loss, _, _ = mlm_loss(model, batch)
+                batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+                with autocast:
+                    loss, _, _ = mlm_loss(model, batch)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -342,7 +352,7 @@ def run(params: Params) -> dict[str, Any]:
         log.info("evaluating masked-token accuracy on %d held-out pieces", len(eval_pieces))
         accuracy, valid_loss = masked_accuracy(model, eval_batches)
         set_seed(cfg.seed)
-        random_accuracy, random_loss = masked_accuracy(build_model(cfg, tokenizer), eval_batches)
+        random_accuracy, random_loss = masked_accuracy(build_model(cfg, tokenizer).to(dev), eval_batches)
         metrics = {
             "masked_token_accuracy": accuracy,
             "valid_loss": valid_loss,
@@ -364,6 +374,8 @@ def run(params: Params) -> dict[str, Any]:
         out = Path(cfg.out_dir)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        # Later stages fine-tune from this config: give them RoBERTa's dropout, whatever pre-training used.
+        model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = cfg.finetune_dropout
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if out.exists():
