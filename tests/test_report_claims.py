@@ -18,6 +18,14 @@ def test_spread_entropy_is_one_for_even_weights_and_zero_for_one_state():
     assert c.spread_entropy([0.5, 0.5, 0.0, 0.0]) == pytest.approx(math.log(2) / math.log(4))
 
 
+def test_semantic_spread_needs_the_strictly_most_even_weights():
+    even, peaked = [0.25] * 4, [0.7, 0.1, 0.1, 0.1]
+    assert c.semantic_spread({"semantic": even, "lexical": peaked}).verdict == c.REPRODUCED
+    assert c.semantic_spread({"semantic": peaked, "lexical": even}).verdict == c.NOT_REPRODUCED
+    assert c.semantic_spread({"semantic": even, "lexical": even}).verdict == c.NOT_REPRODUCED  # a tie
+    assert c.semantic_spread({"lexical": even}).verdict == c.NOT_CHECKED
+
+
 def test_centre_of_mass():
     assert c.centre_of_mass([0.0, 1.0, 0.0]) == 1.0
     assert c.centre_of_mass([1, 1, 1, 1]) == 1.5

@@ -62,10 +62,10 @@ def semantic_spread(weights: Mapping[str, Sequence[float]]) -> Verdict:
     """Semantic information is spread over the layers: its weights are the most even of all properties."""
     if "semantic" not in weights or len(weights) < 2:
         return not_checked(f"needs weighted-layer-wise probes of semantic and another property; have {sorted(weights)}")
-    spread = {p: round(spread_entropy(w), 3) for p, w in weights.items()}
-    widest = max(spread, key=spread.get)
-    text = ", ".join(f"{p} {s:.3f}" for p, s in spread.items())
-    return _decide(widest == "semantic", f"normalised entropy of the layer weights (1 = even): {text}", spread=spread)
+    spread = {p: spread_entropy(w) for p, w in weights.items()}
+    widest = all(spread["semantic"] > s for p, s in spread.items() if p != "semantic")  # a tie is no evidence
+    text = ", ".join(f"{p} {s:.4f}" for p, s in spread.items())
+    return _decide(widest, f"normalised entropy of the layer weights (1 = even): {text}", spread=spread)
 
 
 # ------------------------------------------------------------------ RQ2: what fine-tuning changes

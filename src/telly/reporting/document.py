@@ -77,7 +77,8 @@ def answers(inputs: Inputs, claims: list[Claim], params: Params) -> str:
                 continue
             row = _row(inputs.regimes[0].runs[task], f"telly-{k}")
             parts.append(f"{task}: up to Telly-{k} ({tables.millions(row['paper_params_m'])} M trainable, "
-                         f"{row['params_reduction_pct']:.0f}% fewer; epoch time {row['epoch_reduction_pct']:.0f}% shorter)")
+                         f"{-row['params_reduction_pct']:+.0f}% parameters and {-row['epoch_reduction_pct']:+.0f}% "
+                         "epoch time vs Base)")
         out.append(f"**RQ3 — can the bottom layers be frozen?** Telly-K within {s.within_base_tolerance:.0%} of Base: "
                    + "; ".join(parts) + f". Claim: {MARK[by_id['telly_within_base'].run.verdict]}.\n")
     else:

@@ -94,7 +94,7 @@ def read_similarity(params: Params, metric: str) -> tuple[Similarity | None, str
     high: dict[str, list[float | None]] = {}
     random: list[float] | None = None
     for kind in ("finetuned", "random"):
-        picked = sorted((r for r in rows if r.get("kind") == kind), key=lambda r: (r["task"], r["hidden_state"]))
+        picked = sorted((r for r in rows if r.get("kind") == kind), key=lambda r: r["hidden_state"])  # tasks keep their order
         for task in dict.fromkeys(r["task"] for r in picked):
             series = [r for r in picked if r["task"] == task]
             values = [r.get(metric) for r in series]
