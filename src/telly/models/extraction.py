@@ -89,6 +89,7 @@ def extract(
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is a shared data folder
     try:
         pooled = {
             k: np.lib.format.open_memmap(tmp / f"pooled-{k}.npy", mode="w+", dtype=np.float16, shape=(n, layers, hidden))

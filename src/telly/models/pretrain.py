@@ -374,6 +374,7 @@ def run(params: Params) -> dict[str, Any]:
         out = Path(cfg.out_dir)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is shared
         # Later stages fine-tune from this config: give them RoBERTa's dropout, whatever pre-training used.
         model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = cfg.finetune_dropout
         model.save_pretrained(tmp)
