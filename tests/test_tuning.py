@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import subprocess
+import sys
 
 import mlflow
 import optuna
 import pytest
 import torch
+import yaml
 from optuna.trial import TrialState
 
 from telly.config import ConfigError, parse_params
@@ -189,3 +192,22 @@ def test_tune_settings_are_validated(tmp_path, raw_params):
         parse_params(raw)
     message = str(err.value)
     assert "tune.objectives" in message and "tune.lr_max" in message and "tune.study_name" in message
+
+
+def test_storage_urls_never_show_a_password():
+    from telly.runtime import repo_root
+    from telly.tuning.study import printable
+
+    assert printable("postgresql://optuna:s3cret@db-host:5432/studies") == "postgresql://optuna:***@db-host:5432/studies"
+    assert printable("sqlite:////elsewhere/code_search.db") == "sqlite:////elsewhere/code_search.db"
+    inside = repo_root() / "results/tune/code_search.db"  # the JSON is committed: no machine's path in it
+    assert printable(f"sqlite:///{inside}") == "sqlite:///results/tune/code_search.db"
+
+
+def test_cli_names_an_unknown_task(tmp_path, raw_params):
+    _, raw = make_params(raw_params, tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, "-m", "telly", "tune", "code_review", "--params", str(tmp_path / "params.yaml")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown task 'code_review'" in proc.stderr and "Traceback" not in proc.stderr

@@ -46,10 +46,17 @@ def storage_url(params: Params, task: str, override: str | None = None) -> str:
 
 
 def printable(url: str) -> str:
-    """The URL with any password hidden (it goes into logs, JSON and MLflow)."""
+    """The URL with any password hidden and a SQLite file inside the repo relative (it goes into JSON and MLflow)."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    from telly.runtime import repo_root
+
+    parsed = make_url(url)
+    if parsed.drivername.startswith("sqlite") and parsed.database:
+        db = Path(parsed.database)
+        if db.is_absolute() and db.is_relative_to(repo_root()):
+            return f"sqlite:///{db.relative_to(repo_root())}"
+    return parsed.render_as_string(hide_password=True)
 
 
 def queue_again(study: optuna.Study, trial: optuna.trial.BaseTrial) -> None:
