@@ -84,7 +84,7 @@ def _cell(row: Mapping[str, Any], metric: str) -> str:
         return "–"
     if low is None or not math.isfinite(low):
         return f"{value:.4f}"
-    return f"{value:.4f} [{low:.3f}, {high:.3f}]"
+    return f"{value:.4f} [{low:.4f}, {high:.4f}]"
 
 
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
