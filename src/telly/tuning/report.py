@@ -137,6 +137,7 @@ def write_outputs(study: optuna.Study, space: SearchSpace, task: str, storage: s
     write_json(results_dir / f"{task}.json", summary)
     write_trials_csv(study, results_dir / f"{task}.csv")
     written = plot(study, space, results_dir / task, seed)
-    for stale in set((results_dir / task).glob("*.png")) - set(written):
+    # another worker's half-written ".<name>.*.png" is not stale: leave hidden files alone
+    for stale in {p for p in (results_dir / task).glob("*.png") if not p.name.startswith(".")} - set(written):
         stale.unlink(missing_ok=True)  # e.g. a Pareto front from an earlier multi-objective study
     return summary
