@@ -77,6 +77,7 @@ def ui(
         cmd += ["--default-artifact-root", Path(p.tracking.artifacts_dir).resolve().as_uri()]
     raise typer.Exit(subprocess.call(cmd))
 
+
 similarity_app = typer.Typer(help="RQ2: layer-wise similarity of pre-trained and fine-tuned models (RSA, CKA).")
 app.add_typer(similarity_app, name="similarity")
 
@@ -101,6 +102,29 @@ def similarity_represent(
     p = _params(params)
     for tag in tags:
         represent(p, tag)
+
+@app.command()
+def probe(
+    params: ParamsOption = DEFAULT_PARAMS,
+    prop: Annotated[str | None, typer.Option("--property", help="one property (lexical, syntactic, structural, semantic)")] = None,
+    state: Annotated[str | None, typer.Option("--state", help="one model state (random, pretrained, finetuned)")] = None,
+    summarize: Annotated[bool, typer.Option("--summarize", help="only gather results: peak table, figures, MLflow")] = False,
+) -> None:
+    """RQ1: probe every property on every model state, layer by layer (docs/probing.md)."""
+    from telly.probing.stage import run_one
+    from telly.probing.summary import summarize as gather
+
+    p = _params(params)
+    if summarize:
+        gather(p)
+        return
+    if p.probe is None:
+        raise TellyError(f"{params}: no 'probe' section (see docs/probing.md)")
+    for s in [state] if state else p.probe.states:
+        for prop_name in [prop] if prop else p.probe.properties:
+            run_one(p, prop_name, s)
+    if not (prop or state):
+        gather(p)
 
 
 @app.command()
@@ -158,30 +182,6 @@ def finetune(
         raise TellyError("telly finetune: give --variant (base or telly-<K>) or --table")
     else:
         stage.run(p, task, variant)
-
-
-@app.command()
-def probe(
-    params: ParamsOption = DEFAULT_PARAMS,
-    prop: Annotated[str | None, typer.Option("--property", help="one property (lexical, syntactic, structural, semantic)")] = None,
-    state: Annotated[str | None, typer.Option("--state", help="one model state (random, pretrained, finetuned)")] = None,
-    summarize: Annotated[bool, typer.Option("--summarize", help="only gather results: peak table, figures, MLflow")] = False,
-) -> None:
-    """RQ1: probe every property on every model state, layer by layer (docs/probing.md)."""
-    from telly.probing.stage import run_one
-    from telly.probing.summary import summarize as gather
-
-    p = _params(params)
-    if summarize:
-        gather(p)
-        return
-    if p.probe is None:
-        raise TellyError(f"{params}: no 'probe' section (see docs/probing.md)")
-    for s in [state] if state else p.probe.states:
-        for prop_name in [prop] if prop else p.probe.properties:
-            run_one(p, prop_name, s)
-    if not (prop or state):
-        gather(p)
 
 
 @app.command()

@@ -268,89 +268,6 @@ class FinetuneParams(Section):
         return v
 
 
-# -------------------------------------------------------------------------- tasks
-
-
-class SplitSizes(Section):
-    """Rows per split; null = every row there is (real data) or every function that qualifies."""
-
-    train: int | None = Field(ge=1)
-    valid: int | None = Field(ge=1)
-    test: int | None = Field(ge=1)
-
-
-class RealData(Section):
-    """A copy of the paper's dataset in its public format (telly.data.loaders)."""
-
-    format: Literal["codesearchnet", "bigclonebench", "poj104", "concode", "codexglue_line"]
-    train: Path
-    valid: Path
-    test: Path
-    codebase: Path | None = Field(default=None, description="code search: UniXcoder's codebase.jsonl")
-    data: Path | None = Field(default=None, description="BigCloneBench: data.jsonl with the functions")
-
-
-class TaskSet(Section):
-    """One probing or downstream set: its sizes and where it comes from."""
-
-    sizes: SplitSizes
-    source: Literal["corpus"] | RealData = "corpus"
-
-
-class CloneParams(Section):
-    """Clone classes: a corpus function plus rewritten variants (docs/datasets.md)."""
-
-    semantic_variants: int = Field(ge=1, description="variants per class in the semantic probing set")
-    pair_variants: int = Field(ge=1, description="variants per class the clone detection pairs draw from")
-    min_rewrites: int = Field(ge=1)
-    max_rewrites: int = Field(ge=1)
-    min_statements: int = Field(ge=1, description="functions with fewer body statements make no class")
-    hard_negatives: float = Field(ge=0, le=1, description="share of negatives that are nearest neighbours by token overlap")
-    same_project_negatives: float = Field(
-        ge=0, le=1, description="share of the hard negatives taken from the same project (the rest: other projects)"
-    )
-    mined_share: float = Field(ge=0, le=1, description="at most this share of classes are mined real clones (0 = none)")
-
-
-TASK_SOURCES = {
-    "lexical": "codesearchnet", "syntactic": "codesearchnet", "structural": "codesearchnet", "semantic": "poj104",
-    "code_search": "codesearchnet", "clone_detection": "bigclonebench", "code_summarization": "codesearchnet",
-    "code_generation": "concode", "line_completion": "codexglue_line",
-}
-
-
-class TasksParams(Section):
-    """The tasks stage: four probing sets and five downstream sets (docs/datasets.md)."""
-
-    seed: int
-    out_dir: Path = Field(description="downstream sets: <out_dir>/<task>/{train,valid,test}.jsonl")
-    probing_dir: Path = Field(description="probing sets: <probing_dir>/<property>/{train,valid,test}.jsonl")
-    lexical: TaskSet
-    syntactic: TaskSet
-    structural: TaskSet
-    semantic: TaskSet
-    code_search: TaskSet
-    clone_detection: TaskSet
-    code_summarization: TaskSet
-    code_generation: TaskSet
-    line_completion: TaskSet
-    clones: CloneParams
-    syntactic_negatives: Literal["similar_length", "random"]
-    structural_sampling: Literal["balanced", "natural"]
-    generation_max_body_lines: int = Field(ge=1)
-
-    @field_validator(*TASK_SOURCES)
-    @classmethod
-    def _real_data_fits_the_set(cls, v: TaskSet, info: Any) -> TaskSet:
-        want = TASK_SOURCES[info.field_name]
-        if isinstance(v.source, RealData):
-            if v.source.format != want:
-                raise ValueError(f"source.format {v.source.format!r} cannot feed this set; use 'corpus' or {want!r}")
-            if want == "bigclonebench" and v.source.data is None:
-                raise ValueError("BigCloneBench needs source.data (data.jsonl)")
-        return v
-
-
 # -------------------------------------------------------------------------- probe
 
 ProbingProperty = Literal["lexical", "syntactic", "structural", "semantic"]
@@ -447,6 +364,89 @@ class TuneParams(Section):
     def _choices(cls, v: list[int] | None) -> list[int] | None:
         if v is not None and (len(set(v)) != len(v) or min(v) < 1):
             raise ValueError(f"choices must be distinct and >= 1, got {v}")
+        return v
+
+
+# -------------------------------------------------------------------------- tasks
+
+
+class SplitSizes(Section):
+    """Rows per split; null = every row there is (real data) or every function that qualifies."""
+
+    train: int | None = Field(ge=1)
+    valid: int | None = Field(ge=1)
+    test: int | None = Field(ge=1)
+
+
+class RealData(Section):
+    """A copy of the paper's dataset in its public format (telly.data.loaders)."""
+
+    format: Literal["codesearchnet", "bigclonebench", "poj104", "concode", "codexglue_line"]
+    train: Path
+    valid: Path
+    test: Path
+    codebase: Path | None = Field(default=None, description="code search: UniXcoder's codebase.jsonl")
+    data: Path | None = Field(default=None, description="BigCloneBench: data.jsonl with the functions")
+
+
+class TaskSet(Section):
+    """One probing or downstream set: its sizes and where it comes from."""
+
+    sizes: SplitSizes
+    source: Literal["corpus"] | RealData = "corpus"
+
+
+class CloneParams(Section):
+    """Clone classes: a corpus function plus rewritten variants (docs/datasets.md)."""
+
+    semantic_variants: int = Field(ge=1, description="variants per class in the semantic probing set")
+    pair_variants: int = Field(ge=1, description="variants per class the clone detection pairs draw from")
+    min_rewrites: int = Field(ge=1)
+    max_rewrites: int = Field(ge=1)
+    min_statements: int = Field(ge=1, description="functions with fewer body statements make no class")
+    hard_negatives: float = Field(ge=0, le=1, description="share of negatives that are nearest neighbours by token overlap")
+    same_project_negatives: float = Field(
+        ge=0, le=1, description="share of the hard negatives taken from the same project (the rest: other projects)"
+    )
+    mined_share: float = Field(ge=0, le=1, description="at most this share of classes are mined real clones (0 = none)")
+
+
+TASK_SOURCES = {
+    "lexical": "codesearchnet", "syntactic": "codesearchnet", "structural": "codesearchnet", "semantic": "poj104",
+    "code_search": "codesearchnet", "clone_detection": "bigclonebench", "code_summarization": "codesearchnet",
+    "code_generation": "concode", "line_completion": "codexglue_line",
+}
+
+
+class TasksParams(Section):
+    """The tasks stage: four probing sets and five downstream sets (docs/datasets.md)."""
+
+    seed: int
+    out_dir: Path = Field(description="downstream sets: <out_dir>/<task>/{train,valid,test}.jsonl")
+    probing_dir: Path = Field(description="probing sets: <probing_dir>/<property>/{train,valid,test}.jsonl")
+    lexical: TaskSet
+    syntactic: TaskSet
+    structural: TaskSet
+    semantic: TaskSet
+    code_search: TaskSet
+    clone_detection: TaskSet
+    code_summarization: TaskSet
+    code_generation: TaskSet
+    line_completion: TaskSet
+    clones: CloneParams
+    syntactic_negatives: Literal["similar_length", "random"]
+    structural_sampling: Literal["balanced", "natural"]
+    generation_max_body_lines: int = Field(ge=1)
+
+    @field_validator(*TASK_SOURCES)
+    @classmethod
+    def _real_data_fits_the_set(cls, v: TaskSet, info: Any) -> TaskSet:
+        want = TASK_SOURCES[info.field_name]
+        if isinstance(v.source, RealData):
+            if v.source.format != want:
+                raise ValueError(f"source.format {v.source.format!r} cannot feed this set; use 'corpus' or {want!r}")
+            if want == "bigclonebench" and v.source.data is None:
+                raise ValueError("BigCloneBench needs source.data (data.jsonl)")
         return v
 
 
