@@ -129,3 +129,12 @@ def test_bad_shapes_are_refused():
         Split(np.zeros((3, 4)), np.zeros(3))
     with pytest.raises(ValueError, match="probe type"):
         build_probe("every-layer", 2, 4, 2)
+
+
+def test_peak_layer_breaks_ties_on_the_next_metric():
+    from telly.probing.suite import peak_layer
+
+    # syntactic accuracy flat at 0.5 (every pair on one side of the threshold): MRR decides
+    assert peak_layer({"acc": [0.5, 0.5, 0.5, 0.5], "mrr": [0.05, 0.07, 0.10, 0.09]}) == 2
+    # a clear winner on the first metric wins whatever the others say
+    assert peak_layer({"acc": [0.6, 0.9, 0.7], "mrr": [0.9, 0.1, 0.5]}) == 1

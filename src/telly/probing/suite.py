@@ -85,7 +85,10 @@ def run_suite(
 
     if "layer-wise" in probe_types:
         curve = result["layer-wise"][task.primary]["mean"]
-        peak = int(np.argmax(curve))
+        # a tie on the paper's metric (syntactic accuracy can sit at 0.5 on every layer) is broken by
+        # the task's other metrics, in order, rather than always falling on layer 0
+        others = [m for m in raw["layer-wise"]["task"][0][0] if m != task.primary]
+        peak = peak_layer({m: result["layer-wise"][m]["mean"] for m in (task.primary, *others)})
         result["peak"] = {
             "layer": peak,
             task.primary: curve[peak],
@@ -96,3 +99,9 @@ def run_suite(
         weights = result["weighted-layer-wise"]["layer_weights"]["mean"]
         result["weighted_peak_layer"] = int(np.argmax(weights))
     return result
+
+
+def peak_layer(curves: dict[str, list[float]]) -> int:
+    """The best layer by the first metric's curve; ties are broken by the next metrics, in order."""
+    names = list(curves)
+    return max(range(len(curves[names[0]])), key=lambda layer: [curves[m][layer] for m in names])
