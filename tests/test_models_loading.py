@@ -102,3 +102,28 @@ def test_missing_model_names_the_setting_and_alternatives(bad, monkeypatch):
 def test_folder_without_config_is_explained(tmp_path):
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_encoder(str(tmp_path), device="cpu")
+
+
+def test_folder_without_tokenizer_is_refused(tiny_model, tmp_path):
+    """Weights without their tokenizer: transformers would make one up; we name the folder instead."""
+    import shutil
+
+    folder = tmp_path / "weights-only"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(f"{tiny_model}/{name}", folder / name)
+    with pytest.raises(ModelLoadError, match="has no tokenizer"):
+        load_encoder(str(folder), device="cpu")
+
+
+def test_tokenizer_larger_than_the_embeddings_is_refused(tiny_model, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "small-embeddings"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["vocab_size"] = 8  # far fewer rows than the tokenizer's ids
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="embeddings have 8"):
+        load_encoder(f"random:{folder}", device="cpu")

@@ -79,6 +79,19 @@ def _resolve(name_or_path: str) -> str:
     return name_or_path  # a hub id such as microsoft/unixcoder-base
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _require_tokenizer_files(source: str, name_or_path: str) -> None:
+    """A local model folder must carry its tokenizer; transformers would otherwise invent one."""
+    folder = Path(source)
+    if folder.is_dir() and not any((folder / f).exists() for f in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"model.name_or_path = {name_or_path!r}: folder {folder} has no tokenizer (none of "
+            f"{', '.join(TOKENIZER_FILES)}); save it with tokenizer.save_pretrained({str(folder)!r})"
+        )
+
+
 def _from_pretrained(loader: Any, source: str, name_or_path: str, what: str, **kwargs: Any) -> Any:
     try:
         return loader.from_pretrained(source, **kwargs)
@@ -152,7 +165,17 @@ def load_encoder(
         model = AutoModel.from_config(config)
     else:
         model = _load_weights(AutoModel, source, name_or_path, config, seed)
-    tokenizer = _from_pretrained(AutoTokenizer, source, name_or_path if not randomise else like, "tokenizer")
+    tokenizer_source = name_or_path if not randomise else like
+    _require_tokenizer_files(source, tokenizer_source)
+    tokenizer = _from_pretrained(AutoTokenizer, source, tokenizer_source, "tokenizer")
+    if len(tokenizer) > config.vocab_size or len(tokenizer) < config.vocab_size // 2:
+        # ids past the embeddings would crash later; far fewer tokens means a tokenizer that
+        # does not belong to this model (e.g. one transformers made up from nothing)
+        raise ModelLoadError(
+            f"model.name_or_path = {tokenizer_source!r}: the tokenizer has {len(tokenizer)} tokens but the "
+            f"model's embeddings have {config.vocab_size}; save the model's own tokenizer next to it "
+            f"(tokenizer.save_pretrained)"
+        )
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"model.name_or_path = {name_or_path!r}: needs a fast tokenizer (tokenizer.json)")
     if tokenizer.pad_token_id is None:
