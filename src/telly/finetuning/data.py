@@ -16,11 +16,13 @@ Without UniXcoder mode tokens in the tokenizer the mode token is left out and
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, RandomSampler
 
 from telly.errors import TellyError
 from telly.jsonl import read_jsonl
@@ -180,3 +182,16 @@ def lm_labels(examples: list[dict], width: int) -> torch.Tensor:
         start = ex["loss_from"]
         labels[row, start : len(ids) - 1] = torch.tensor(ids[start + 1 :])
     return labels
+
+
+def index_loader(
+    n: int, batch_size: int, *, shuffle: torch.Generator | None = None, collate_fn: Callable[[list[int]], Any] = list
+) -> DataLoader:
+    """Batches of the indices ``0..n-1``, in a random order drawn from ``shuffle`` (else in order),
+    each passed through ``collate_fn``; ``accelerator.prepare`` shards it across processes.
+
+    The loader has a generator of its own for its worker seed, so iterating it never draws
+    from the global RNG, which drives dropout: batching leaves the training numbers unchanged.
+    """
+    sampler = RandomSampler(range(n), generator=shuffle) if shuffle is not None else None
+    return DataLoader(range(n), batch_size, sampler=sampler, collate_fn=collate_fn, generator=torch.Generator())

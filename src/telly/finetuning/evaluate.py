@@ -8,6 +8,7 @@ pick the first epoch).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -19,20 +20,27 @@ from telly.finetuning.data import SEQUENCE_FIELDS, Tokens, collate
 from telly.finetuning.generation import beam_search
 from telly.finetuning.heads import TaskModel
 
+Batches = Iterable[list[int]]  # example indices, batch by batch (this process's share when data-parallel)
+Gather = Callable[..., Any]  # every process's outputs of one batch, in example order (gather_for_metrics)
+
+
+def _same(outputs: Any, **_: Any) -> Any:
+    return outputs
+
 
 @torch.no_grad()
 def embed_all(
-    model: TaskModel, examples: list[dict], field: str, pad_id: int, batch_size: int, cache: HiddenCache | None = None
+    model: TaskModel, examples: list[dict], field: str, pad_id: int, batches: Batches,
+    cache: HiddenCache | None = None, gather: Gather = _same,
 ) -> torch.Tensor:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for start in range(0, len(examples), batch_size):
-        idx = range(start, min(start + batch_size, len(examples)))
+    for idx in batches:
         hidden = [cache[i] for i in idx] if cache is not None else None
         batch = collate([examples[i][field] for i in idx], pad_id, hidden)
-        out.append(model.embed({k: v.to(device) for k, v in batch.items()}).float().cpu())
+        out.append(gather(model.embed({k: v.to(device) for k, v in batch.items()}).float()).cpu())
     model.train(was_training)
     return torch.cat(out)
 
@@ -43,20 +51,25 @@ def evaluate(
     tok: Tokens,
     tokenizer: Any,
     *,
-    batch_size: int,
+    batches: Batches,
     beam_size: int,
     max_new_tokens: int,
     threshold: float | None = None,
     caches: dict[str, HiddenCache] | None = None,
+    gather: Gather = _same,
 ) -> dict[str, float]:
-    """Metrics of ``model`` on ``examples``. Clone detection picks its threshold on these
-    examples unless ``threshold`` (chosen on valid) is given."""
+    """Metrics of ``model`` on ``examples``, read in ``batches`` of example indices. Clone
+    detection picks its threshold on these examples unless ``threshold`` (chosen on valid) is given.
+
+    Data-parallel, ``batches`` is this process's share (a loader prepared by accelerate) and
+    ``gather`` is ``accelerator.gather_for_metrics``: every process's outputs come back in example
+    order, once each, so every process computes the metrics of the whole split."""
     caches = caches or {}
     task = model.task
     if task in SEQUENCE_FIELDS:
         a, b = SEQUENCE_FIELDS[task]
-        va = embed_all(model, examples, a, tok.pad, batch_size, caches.get(a))
-        vb = embed_all(model, examples, b, tok.pad, batch_size, caches.get(b))
+        va = embed_all(model, examples, a, tok.pad, batches, caches.get(a), gather)
+        vb = embed_all(model, examples, b, tok.pad, batches, caches.get(b), gather)
         if task == "code_search":
             out = M.retrieval_metrics((va @ vb.T).numpy())
             return {**out, "score": out["mrr"]}
@@ -66,17 +79,20 @@ def evaluate(
         out = M.classification_metrics(cos, labels, chosen)
         return {**out, "score": out["f1"]}
 
-    generated = beam_search(
-        model,
-        [ex["prompt"] for ex in examples],
-        [ex["seq"].prefix for ex in examples],
-        beam_size=beam_size,
-        max_new_tokens=max_new_tokens,
-        eos_id=tok.eos,
-        pad_id=tok.pad,
-        batch_size=batch_size,
-    )
-    hyps = [" ".join(tokenizer.decode(g, skip_special_tokens=True).split()) for g in generated]
+    hyps: list[str] = []
+    for idx in batches:
+        generated = beam_search(
+            model,
+            [examples[i]["prompt"] for i in idx],
+            [examples[i]["seq"].prefix for i in idx],
+            beam_size=beam_size,
+            max_new_tokens=max_new_tokens,
+            eos_id=tok.eos,
+            pad_id=tok.pad,
+            batch_size=len(idx),
+        )
+        texts = [" ".join(tokenizer.decode(g, skip_special_tokens=True).split()) for g in generated]
+        hyps += gather(texts, use_gather_object=True)  # python objects, not tensors
     refs = [" ".join(ex["reference"].split()) for ex in examples]
     if task == "code_summarization":
         out = {

@@ -14,6 +14,15 @@ the best validation score of the run. Time to convergence = cache build time
 After every epoch the full training state is saved under ``checkpoint_dir``; a
 rerun with the same settings resumes from it and ends with the same result.
 ``on_epoch(epoch, record)`` runs after that save (Optuna reports and prunes there).
+
+Data-parallel: the same loop runs under ``accelerate launch`` or ``torchrun``, one
+process per device. Accelerate wraps the model in DDP (gradients averaged across
+processes) and shards the loaders; ``batch_size`` stays the *global* batch (each of
+N processes takes batch_size / N of it), so the steps, the schedule and the result
+are those of one process. Evaluation gathers every process's outputs, so each
+process computes the metrics of the whole split; only the main process writes
+checkpoints, the metrics json and the MLflow run. ``on_epoch`` runs on every
+process, with the same record.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from telly.finetuning.data import (
     SEQUENCE_FIELDS,
     Tokens,
     collate,
+    index_loader,
     lm_labels,
     load_split,
     make_example,
@@ -112,6 +122,8 @@ def train_variant(
     cache_frozen: bool | None = None,
 ) -> RunResult:
     """Fine-tune ``variant`` on ``task``; overrides (lr, epochs, caching, where to write) win over params."""
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+
     from telly.models import freeze_bottom, load_encoder
     from telly.runtime import device as pick_device
     from telly.runtime import set_seed
@@ -130,7 +142,13 @@ def train_variant(
 
     seed = variant_seed(variant, settings.seed)
     set_seed(seed)
-    device = pick_device(settings.device)
+    accelerator = Accelerator(  # one process: plain PyTorch on the chosen device
+        cpu=pick_device(settings.device).type == "cpu",
+        dataloader_config=DataLoaderConfiguration(split_batches=True),  # batch sizes are global
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # the pooler: trainable, unused
+    )
+    _check_batches(task, cfg.batch_size, settings.eval_batch_size, accelerator.num_processes)
+    device, main = accelerator.device, accelerator.is_main_process
     encoder = load_encoder(settings.model, device=device, seed=seed)
     k = parse_variant(variant, encoder.num_layers)
     _check_lengths(task, cfg, encoder.max_length)
@@ -159,6 +177,7 @@ def train_variant(
     fingerprint = hashlib.sha256(json.dumps(run_settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # Frozen-prefix caching: hidden state K of every training (and, for the encoder tasks, eval) sequence.
+    # Every process builds the same caches (eval mode, no dropout) in memory: nothing to share or race on.
     t0 = time.perf_counter()
     train_caches: dict[str, HiddenCache] = {}
     valid_caches: dict[str, HiddenCache] = {}
@@ -176,7 +195,14 @@ def train_variant(
     cache_seconds = time.perf_counter() - t0 if cached else 0.0
     cache_bytes = sum(c.nbytes for c in (*train_caches.values(), *valid_caches.values()))
 
-    steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
+    shuffle = torch.Generator()  # the training order, re-seeded every epoch
+    train_loader = index_loader(
+        len(train), cfg.batch_size, shuffle=shuffle,
+        collate_fn=lambda idx: make_batch(task, [train[i] for i in idx], idx, tok.pad, train_caches),
+    )
+    valid_loader = index_loader(len(valid), settings.eval_batch_size)
+    test_loader = index_loader(len(test), settings.eval_batch_size)
+    steps_per_epoch = len(train_loader)
     optimizer = _optimizer(model, lr, settings.weight_decay)
     from transformers import get_linear_schedule_with_warmup
 
@@ -186,10 +212,15 @@ def train_variant(
     history: list[dict[str, Any]] = []
     best = {"score": float("-inf"), "epoch": 0}
     start_epoch = 1
-    resumed = _resume(state_dir, fingerprint, model, optimizer, scheduler, device)
+    with accelerator.main_process_first():  # it discards a stale state before the others look
+        resumed = _resume(state_dir, fingerprint, model, optimizer, scheduler, device)
     if resumed is not None:
         history, best, start_epoch = resumed["history"], resumed["best"], resumed["epoch"] + 1
         log.info("%s/%s: resuming after epoch %d from %s", task, variant, resumed["epoch"], state_dir)
+    task_model = model  # unwrapped: evaluation and checkpoints; `model` trains (DDP when data-parallel)
+    model, optimizer, train_loader, valid_loader, test_loader = accelerator.prepare(
+        model, optimizer, train_loader, valid_loader, test_loader
+    )
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -197,43 +228,43 @@ def train_variant(
         torch.autocast("cuda", dtype=torch.bfloat16) if settings.bf16 and device.type == "cuda" else nullcontext()
     )
     eval_kwargs = {
-        "batch_size": settings.eval_batch_size, "beam_size": cfg.beam_size,
-        "max_new_tokens": cfg.max_target_length,
+        "beam_size": cfg.beam_size, "max_new_tokens": cfg.max_target_length, "gather": accelerator.gather_for_metrics,
     }
-    system = _system_tags(device)
+    system = _system_tags(device, accelerator.num_processes)
     tags = {"telly.task": task, "telly.variant": variant, "telly.cache_frozen": str(cached), **system}
-    nested = _mlflow_active()
-    with start_run(params, "finetune", f"{task}/{variant}", nested=nested, tags=tags, log_params=run_settings) as _:
-        import mlflow
-
+    tracking = (
+        start_run(params, "finetune", f"{task}/{variant}", nested=_mlflow_active(), tags=tags, log_params=run_settings)
+        if main else nullcontext()
+    )
+    with tracking:
+        mlflow = _mlflow(main)
         mlflow.log_params({"trainable_params": counts.trainable, "paper_params": counts.paper,
                            "total_params": counts.total, "resumed_from_epoch": start_epoch - 1})
         for record in history:  # a resumed run still shows the whole curve
             _log_epoch(mlflow, record)
         for epoch in range(start_epoch, epochs + 1):
             model.train()
-            generator = torch.Generator().manual_seed(seed + epoch)  # same order after a resume
-            order = torch.randperm(len(train), generator=generator).tolist()
+            shuffle.manual_seed(seed + epoch)  # same order after a resume
             losses = []
             _sync(device)
             t0, cpu0 = time.perf_counter(), time.process_time()
-            for start in tqdm(range(0, len(order), cfg.batch_size), desc=f"{task}/{variant} epoch {epoch}", leave=False):
-                idx = order[start : start + cfg.batch_size]
-                batch = _to(make_batch(task, [train[i] for i in idx], idx, tok.pad, train_caches), device)
+            for batch in tqdm(train_loader, desc=f"{task}/{variant} epoch {epoch}", leave=False, disable=not main):
                 with autocast:
                     loss = model(batch)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], settings.max_grad_norm)
+                accelerator.backward(loss)  # DDP: gradients averaged across processes
+                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], settings.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
-                losses.append(loss.item())
+                losses.append(accelerator.reduce(loss.detach(), "mean").item())
             _sync(device)
             train_seconds = time.perf_counter() - t0
             train_cpu_seconds = time.process_time() - cpu0  # robust to other jobs on a shared CPU
             t0 = time.perf_counter()
             with autocast:
-                valid_metrics = evaluate(model, valid, tok, encoder.tokenizer, caches=valid_caches, **eval_kwargs)
+                valid_metrics = evaluate(
+                    task_model, valid, tok, encoder.tokenizer, batches=valid_loader, caches=valid_caches, **eval_kwargs
+                )
             eval_seconds = time.perf_counter() - t0
             record = {
                 "epoch": epoch, "train_loss": sum(losses) / len(losses), "train_seconds": train_seconds,
@@ -241,10 +272,13 @@ def train_variant(
                 **{f"valid_{name}": value for name, value in valid_metrics.items()},
             }
             history.append(record)
-            if valid_metrics["score"] > best["score"]:
+            improved = valid_metrics["score"] > best["score"]
+            if improved:
                 best = {"score": valid_metrics["score"], "epoch": epoch, **valid_metrics}
-                _save_weights(encoder.model, state_dir / "best.safetensors")
-            _save_state(state_dir, fingerprint, epoch, model, optimizer, scheduler, history, best)
+            if main:  # one writer: every process holds the same weights
+                if improved:
+                    _save_weights(encoder.model, state_dir / "best.safetensors")
+                _save_state(state_dir, fingerprint, epoch, task_model, optimizer, scheduler, history, best)
             _log_epoch(mlflow, record)
             log.info("%s/%s epoch %d: loss %.4f, valid score %.4f, %.1f s", task, variant, epoch,
                      record["train_loss"], valid_metrics["score"], train_seconds)
@@ -252,9 +286,13 @@ def train_variant(
                 on_epoch(epoch, record)
 
         # The best-on-valid encoder: evaluate it on test once and publish it.
+        accelerator.wait_for_everyone()  # the main process has written best.safetensors
         _load_weights(encoder.model, state_dir / "best.safetensors")
         with autocast:
-            test_metrics = evaluate(model, test, tok, encoder.tokenizer, threshold=best.get("threshold"), **eval_kwargs)
+            test_metrics = evaluate(
+                task_model, test, tok, encoder.tokenizer, batches=test_loader, threshold=best.get("threshold"),
+                **eval_kwargs,
+            )
         test_metrics.pop("score")
         conv_epoch = convergence_epoch([r["valid_score"] for r in history], settings.convergence_tolerance)
         train_times = [r["train_seconds"] for r in history]
@@ -275,13 +313,15 @@ def train_variant(
         mlflow.log_metrics({f"test_{n}": v for n, v in test_metrics.items()})
         mlflow.log_metrics({n: float(v) for n, v in cost.items()})
 
-    _publish(encoder, output_dir)
     result = RunResult(
         task=task, variant=variant, k=k, test=test_metrics, best_epoch=best["epoch"], convergence_epoch=conv_epoch,
         epochs=history, cost=cost, settings=run_settings, checkpoint=str(output_dir), system=system,
     )
-    write_json(results_path, result.to_json())
-    shutil.rmtree(state_dir, ignore_errors=True)  # finished: nothing left to resume
+    if main:
+        _publish(encoder, output_dir)
+        write_json(results_path, result.to_json())
+        shutil.rmtree(state_dir, ignore_errors=True)  # finished: nothing left to resume
+    accelerator.wait_for_everyone()  # every process returns once the results exist
     return result
 
 
@@ -311,12 +351,6 @@ def make_batch(task: str, examples: list[dict], idx: list[int], pad_id: int, cac
     return {"seq": seq, "labels": lm_labels(examples, seq["ids"].shape[1])}
 
 
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return batch.to(device)
-
-
 # --------------------------------------------------------------- internals
 
 
@@ -324,6 +358,16 @@ def _settings(params: Params) -> FinetuneParams:
     if params.finetune is None:
         raise TellyError("params: the finetune section is missing (see params.yaml and docs/finetuning.md)")
     return params.finetune
+
+
+def _check_batches(task: str, batch_size: int, eval_batch_size: int, processes: int) -> None:
+    """Batch sizes are global: N data-parallel processes each take an equal 1/N of every batch."""
+    for key, size in ((f"tasks.{task}.batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if size % processes:
+            raise TellyError(
+                f"finetune.{key} = {size}: it is the global batch, split evenly over the {processes} processes; "
+                f"use a multiple of {processes}"
+            )
 
 
 def _check_lengths(task: str, cfg: Any, model_max: int) -> None:
@@ -433,6 +477,22 @@ def _mlflow_active() -> bool:
     return mlflow.active_run() is not None
 
 
+class _NoTracking:
+    """MLflow's logging calls, doing nothing: the processes other than the main one."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+def _mlflow(main: bool) -> Any:
+    """MLflow on the main process (one run per launch), a silent stand-in on the others."""
+    if not main:
+        return _NoTracking()
+    import mlflow
+
+    return mlflow
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -447,9 +507,10 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _system_tags(device: torch.device) -> dict[str, str]:
+def _system_tags(device: torch.device, processes: int) -> dict[str, str]:
     tags = {
         "system.device": device.type,
+        "system.processes": str(processes),  # data-parallel processes; times and memory are the main one's
         "system.torch": torch.__version__,
         "system.threads": str(torch.get_num_threads()),
         "system.cpu": platform.processor() or platform.machine(),
