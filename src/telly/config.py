@@ -409,6 +409,9 @@ class CloneParams(Section):
         ge=0, le=1, description="share of the hard negatives taken from the same project (the rest: other projects)"
     )
     mined_share: float = Field(ge=0, le=1, description="at most this share of classes are mined real clones (0 = none)")
+    mutant_negatives: float = Field(
+        default=0.0, ge=0, lt=1, description="share of clone-detection negatives that are near-miss mutants of the class's function"
+    )
 
 
 TASK_SOURCES = {

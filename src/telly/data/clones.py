@@ -86,6 +86,22 @@ def rewritten_classes(
     return classes, skipped
 
 
+def rewrite_mined(
+    clone_class: CloneClass, variants: int, rng: random.Random, *, min_rewrites: int, max_rewrites: int
+) -> CloneClass:
+    """A mined class as big as a rewritten one: its first copy as it is, the other copies rewritten,
+    then more variants of the copies in turn until it has ``1 + variants`` members."""
+    copies = clone_class.members
+    members = [copies[0]]
+    for n in range(1, (1 + variants) * 3):  # a few tries: a variant must differ from all members
+        if len(members) > variants:
+            break
+        code = rewrites.make_variant(copies[n % len(copies)], rng, min_rewrites=min_rewrites, max_rewrites=max_rewrites).code
+        if code not in members:
+            members.append(code)
+    return CloneClass(clone_class.ids, clone_class.repos, clone_class.name, members, clone_class.kind)
+
+
 def type2_key(code: str) -> tuple[str, ...] | None:
     """The code's tokens with every NAME replaced: equal keys = clones up to renaming."""
     try:

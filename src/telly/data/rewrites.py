@@ -1,10 +1,16 @@
 """Semantics-preserving rewrites of Python functions: the variants of a clone class.
 
 POJ-104 and BigCloneBench cannot be had offline, so a clone class is a real
-function plus variants made here (docs/datasets.md). Each variant combines
-several rewrites so that token overlap alone does not give it away:
+function plus variants made here (docs/datasets.md). Each variant redoes what another
+author would have chosen differently anyway (``ALWAYS``, where it applies: names,
+annotations, messages) and combines several other rewrites, so that token overlap
+alone does not give it away:
 
 - ``rename``: consistent renaming of every parameter and local variable;
+- ``rename_function``: the function itself gets a fresh name, its recursive calls follow
+  (:func:`rename_functions`; the variant reports ``{old: new}``);
+- ``annotations``: type annotations dropped;
+- ``messages``: error, warning, log and ``assert`` messages reworded, placeholders kept;
 - ``for_to_while`` / ``while_to_for``: loop form;
 - ``swap_if``: ``if c: A else: B`` -> ``if not c: B else: A`` (also ``A if c else B``);
 - ``comp_to_loop`` / ``loop_to_comp``: comprehension <-> accumulating loop;
@@ -39,6 +45,11 @@ NAME_POOL = (
     "flag token chunk seq arg current temp piece element number text size pos first last step record "
     "target source output values items parts state info candidate left right head tail cache store"
 ).split()
+VERB_POOL = (
+    "get set make build compute find check handle process update load parse read write run apply collect create "
+    "convert prepare render resolve select fetch extract format merge split filter scan count evaluate transform "
+    "normalize validate gather emit produce derive"
+).split()
 PURE_BUILTINS = frozenset({"len", "abs", "int", "float", "str", "bool", "round", "isinstance", "ord", "chr"})
 DYNAMIC_SCOPE = frozenset({"locals", "vars", "eval", "exec", "globals", "dir"})
 
@@ -57,6 +68,17 @@ class Namer:
 
     def fresh(self) -> str:
         base = self.rng.choice(NAME_POOL)
+        name, n = base, 1
+        while name in self.used:
+            n += 1
+            name = f"{base}{n}"
+        self.used.add(name)
+        return name
+
+    def fresh_function(self, old: str) -> str:
+        """A verb_noun name, private where ``old`` was (a leading underscore is part of the meaning)."""
+        prefix = "_" * (len(old) - len(old.lstrip("_")))
+        base = f"{prefix}{self.rng.choice(VERB_POOL)}_{self.rng.choice(NAME_POOL)}"
         name, n = base, 1
         while name in self.used:
             n += 1
@@ -165,7 +187,16 @@ def rename(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
         for n in ast.walk(s)
         if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
     }
-    keywords = {k.arg for k in ast.walk(fn) if isinstance(k, ast.keyword) and k.arg}
+    # a nested function or lambda called with ``name=...`` keeps that parameter's name; the
+    # function's own parameters are renamed (its callers are not part of the clone)
+    inner_params = {
+        a.arg
+        for n in ast.walk(fn)
+        if n is not fn and isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        for a in ast.walk(n.args)
+        if isinstance(a, ast.arg)
+    }
+    keywords = {k.arg for k in ast.walk(fn) if isinstance(k, ast.keyword) and k.arg} & inner_params
     imported = {
         (a.asname or a.name).split(".")[0] for s in ast.walk(fn) if isinstance(s, (ast.Import, ast.ImportFrom)) for a in s.names
     }
@@ -201,6 +232,68 @@ def rename(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
             if node is not fn and node.name in mapping:
                 node.name = mapping[node.name]
     return len(mapping)
+
+
+def _bound_anywhere(tree: ast.AST) -> set[str]:
+    """Names something other than a top-level ``def`` binds: arguments, assignments, imports, globals, inner defs."""
+    top = {id(n) for n in getattr(tree, "body", []) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg):
+            out.add(node.arg)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            out.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and id(node) not in top:
+            out.add(node.name)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            out.update(node.names)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            out.add(node.name)
+    return out
+
+
+def rename_functions(tree: ast.Module, namer: Namer, rng: random.Random) -> dict[str, str]:
+    """Give every top-level function a fresh verb_noun name; returns ``{old: new}``.
+
+    Recursive calls follow: module-level references to the name, and ``self.name``/``cls.name``
+    inside a function whose first parameter is ``self``/``cls`` (a method calling itself).
+    Dunder names keep their meaning and are left alone, as are names something else binds
+    too, names a decorator mentions (``@name.setter``) and modules that reach names dynamically.
+    """
+    if _names(tree) & DYNAMIC_SCOPE:
+        return {}
+    taken = _bound_anywhere(tree)
+    mapping: dict[str, str] = {}
+    for fn in tree.body:
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.name in mapping:
+            continue
+        old = fn.name
+        if (old.startswith("__") and old.endswith("__")) or old in taken or any(old in _names(d) for d in fn.decorator_list):
+            continue
+        mapping[old] = namer.fresh_function(old)
+    if not mapping:
+        return {}
+    for fn in tree.body:
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        params = fn.args.posonlyargs + fn.args.args
+        receiver = params[0].arg if params and params[0].arg in ("self", "cls") else None
+        if fn.name in mapping:
+            fn.name = mapping[fn.name]
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Name) and node.id in mapping:
+                node.id = mapping[node.id]
+            elif (
+                receiver
+                and isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == receiver
+                and node.attr in mapping
+            ):
+                node.attr = mapping[node.attr]
+    return mapping
 
 
 def _range_args(loop: ast.For) -> tuple[ast.expr, ast.expr] | None:
@@ -467,6 +560,108 @@ def extract(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
     return len(chosen)
 
 
+SAFE_DECORATORS = frozenset({"property", "staticmethod", "classmethod", "setter", "getter", "deleter", "cache", "lru_cache", "wraps"})
+
+
+def _decorator_names(fn: FunctionNode) -> set[str]:
+    out = set()
+    for d in fn.decorator_list:
+        d = d.func if isinstance(d, ast.Call) else d
+        out.add(d.attr if isinstance(d, ast.Attribute) else d.id if isinstance(d, ast.Name) else "?")
+    return out
+
+
+def annotations(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
+    """Drop type annotations: parameters, return, ``x: T = e`` -> ``x = e``.
+
+    Annotations do not run, but a decorator may read them (``singledispatch``, validators),
+    so a function with any other decorator than the plain ones keeps them.
+    """
+    if _decorator_names(fn) - SAFE_DECORATORS:
+        return 0
+    changed = 0
+    for node in ast.walk(fn):
+        if isinstance(node, ast.arg) and node.annotation is not None:
+            node.annotation, changed = None, changed + 1
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns is not None:
+            if node is fn or not (_decorator_names(node) - SAFE_DECORATORS):
+                node.returns, changed = None, changed + 1
+    for _, _, block in _blocks(fn):
+        for i, stmt in enumerate(block):
+            # ``x: T`` alone makes x local: it stays; only annotated assignments become plain ones
+            if isinstance(stmt, ast.AnnAssign) and stmt.value is not None and (stmt.simple or not isinstance(stmt.target, ast.Name)):
+                block[i] = ast.Assign([stmt.target], stmt.value)
+                changed += 1
+    return changed
+
+
+MESSAGE_CALLS = frozenset({"warn", "debug", "info", "warning", "error", "exception", "critical", "fatal"})
+MESSAGES = (
+    "invalid input", "unexpected value", "bad argument", "unsupported case", "cannot proceed", "operation failed",
+    "wrong value", "not allowed", "invalid state", "check failed", "unexpected input", "cannot handle this",
+    "value rejected", "unsupported value", "invalid argument", "something went wrong",
+)
+# what a format operation reads in a message: kept verbatim and in order
+PLACEHOLDER = re.compile(r"%%|%(\([^)]*\))?[-#0 +]*(\*|\d+)?(\.(\*|\d+))?[diouxXeEfFgGcrsa]|\{\{|\}\}|\{[^{}]*\}")
+
+
+def _reword(text: str, phrase: str) -> str:
+    """The phrase, then the message's placeholders in their order: a format operation sees the same fields."""
+    fields = [m.group() for m in PLACEHOLDER.finditer(text)]
+    return " ".join([phrase, *fields])
+
+
+def _message_nodes(fn: FunctionNode) -> list[ast.expr]:
+    """Messages: the arguments of a raised exception, of ``warn``/logging calls, and ``assert``'s message."""
+    out: list[ast.expr] = []
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+            out.extend(node.exc.args)
+        elif isinstance(node, ast.Assert) and node.msg is not None:
+            out.append(node.msg)
+        elif isinstance(node, ast.Call) and node.args:
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+            if name in MESSAGE_CALLS:
+                out.append(node.args[0])
+    strings = []
+    for message in out:
+        if isinstance(message, ast.BinOp) and isinstance(message.op, ast.Mod):
+            message = message.left  # "... %s" % x
+        elif isinstance(message, ast.Call) and isinstance(message.func, ast.Attribute) and message.func.attr == "format":
+            message = message.func.value  # "... {}".format(x)
+        if isinstance(message, ast.Constant) and isinstance(message.value, str) and len(re.findall(r"[A-Za-z]{2,}", message.value)) >= 2:
+            strings.append(message)
+        elif isinstance(message, ast.JoinedStr):
+            strings.append(message)
+    return strings
+
+
+def messages(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
+    """Reword error, warning and log messages: another author's phrase, the same placeholders.
+
+    The words of a message are its author's, not the function's behaviour; what a
+    format operation reads (``%s``, ``{name}``, an f-string's values) stays, in order.
+    """
+    changed = 0
+    for node in _message_nodes(fn):
+        phrase = rng.choice(MESSAGES)
+        if isinstance(node, ast.Constant):
+            new = _reword(node.value, phrase)
+            if new != node.value:
+                node.value, changed = new, changed + 1
+        else:  # f-string: the phrase, then each value, the literal parts between them become spaces
+            values = [v for v in node.values if isinstance(v, ast.FormattedValue)]
+            if not any(isinstance(v, ast.Constant) and re.search("[A-Za-z]{2,}", str(v.value)) for v in node.values):
+                continue
+            parts: list[ast.expr] = [ast.Constant(phrase)]
+            for v in values:
+                parts.extend([ast.Constant(" "), v])
+            node.values = parts
+            changed += 1
+    return changed
+
+
 AST_REWRITES: dict[str, Callable[[FunctionNode, Namer, random.Random], int]] = {
     "rename": rename,
     "for_to_while": for_to_while,
@@ -477,7 +672,13 @@ AST_REWRITES: dict[str, Callable[[FunctionNode, Namer, random.Random], int]] = {
     "reorder": reorder,
     "dead_code": dead_code,
     "extract": extract,
+    "annotations": annotations,
+    "messages": messages,
 }
+
+
+# done in every variant where they apply: what another author would write differently anyway
+ALWAYS = ("rename", "annotations", "messages")
 
 
 # --------------------------------------------------------- text-level rewrites
@@ -549,6 +750,7 @@ TEXT_REWRITES: dict[str, Callable[[str, random.Random], str]] = {"literals": lit
 class Variant:
     code: str
     applied: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)  # top-level functions: old name -> new name
 
 
 def strip_docstrings(tree: ast.AST) -> None:
@@ -567,20 +769,23 @@ def normalise(code: str) -> str:
 
 
 def make_variant(code: str, rng: random.Random, *, min_rewrites: int = 3, max_rewrites: int = 5) -> Variant:
-    """One clone of ``code``: ``rename`` (where it applies) plus other rewrites, ``min``..``max`` in all."""
+    """One clone of ``code``: the author's choices always redone (names, annotations, messages, where
+    there are any), plus ``min``..``max`` other rewrites."""
     tree = ast.parse(code)
     strip_docstrings(tree)
     namer = Namer(tree, rng)
     functions = _outer_functions(tree)
     want = rng.randint(min_rewrites, max_rewrites)
     applied: list[str] = []
-    others = [n for n in AST_REWRITES if n != "rename"] + list(TEXT_REWRITES)
+    others = [n for n in AST_REWRITES if n not in ALWAYS] + list(TEXT_REWRITES)
     rng.shuffle(others)
-    for name in ["rename", *others]:
-        if len(applied) >= want:
+    done = 0
+    for name in [*ALWAYS, *others]:
+        if done >= want:
             break
         if name in TEXT_REWRITES:
             applied.append(name)  # always applicable; done after unparsing
+            done += 1
             continue
         snapshot = copy.deepcopy(tree)
         try:
@@ -589,9 +794,13 @@ def make_variant(code: str, rng: random.Random, *, min_rewrites: int = 3, max_re
                 ast.fix_missing_locations(tree)
                 compile(tree, "<variant>", "exec")
                 applied.append(name)
+                done += name not in ALWAYS
         except Exception:  # noqa: BLE001 - a rewrite that cannot handle this code is skipped, the code kept
             tree = snapshot
             functions = _outer_functions(tree)
+    renamed = rename_functions(tree, namer, rng)  # on top of the others: a clone's name is its author's choice
+    if renamed:
+        applied.append("rename_function")
     text = ast.unparse(tree) + "\n"
     reference = ast.dump(ast.parse(text))
     for name in TEXT_REWRITES:
@@ -605,4 +814,4 @@ def make_variant(code: str, rng: random.Random, *, min_rewrites: int = 3, max_re
                 text = respelled
             else:
                 applied.remove(name)
-    return Variant(text, applied)
+    return Variant(text, applied, renamed)

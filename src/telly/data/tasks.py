@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from telly.config import ConfigError, Params, RealData, TaskSet, TasksParams
-from telly.data import analysis, baselines, clones, loaders, rewrites
+from telly.data import analysis, baselines, clones, loaders, mutants, rewrites
 from telly.jsonl import iter_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,13 @@ def _mined(fns: Functions, n_classes: int | None, p: TasksParams, key: str) -> l
 def semantic(fns: Functions, size: int | None, p: TasksParams, split: str, label_offset: int) -> list[dict]:
     members = 1 + p.clones.semantic_variants
     n_classes = None if size is None else max(2, size // members)
-    found = _mined(fns, n_classes, p, f"semantic:{split}")
+    mined_rng = random.Random(f"{p.seed}:semantic-mined:{split}")
+    found = [
+        clones.rewrite_mined(
+            c, p.clones.semantic_variants, mined_rng, min_rewrites=p.clones.min_rewrites, max_rewrites=p.clones.max_rewrites
+        )
+        for c in _mined(fns, n_classes, p, f"semantic:{split}")
+    ]
     rest = None if n_classes is None else max(0, n_classes - len(found))
     rewritten, _ = clones.rewritten_classes(
         fns.shuffled(f"{p.seed}:semantic:{split}"),
@@ -249,11 +255,15 @@ def line_completion(fns: Functions, size: int | None, p: TasksParams, split: str
 def clone_detection(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
     """Balanced pairs; positives inside a clone class, negatives across classes of other projects.
 
-    A share ``hard_negatives`` of the negatives pairs a member with one of its nearest
+    A share ``mutant_negatives`` of the negatives pairs a member with a near-miss mutant of
+    its class's function (:func:`mutants.mutate`: one behaviour change, then rewritten as
+    often as a member is), so that the pair shares as many tokens as a clone pair does.
+    Of the rest, a share ``hard_negatives`` pairs a member with one of its nearest
     neighbours by token overlap (:func:`clones.token_neighbours`), so shared tokens alone
     do not separate clones from non-clones: a share ``same_project_negatives`` of them
     from the member's own project, the rest from other projects. The remaining negatives
-    pair it with a random class of another project.
+    pair it with a random class of another project. Members of mined classes are rewritten
+    in pairs as often as the members of a rewritten class are.
     """
     n_pos = None if size is None else -(-size // 2)
     rng = random.Random(f"{p.seed}:clone-pairs:{split}")
@@ -279,19 +289,33 @@ def clone_detection(fns: Functions, size: int | None, p: TasksParams, split: str
     def distinct(i: int, code: str) -> bool:  # near-identical code is more likely a clone than not
         return fuzz.ratio(pool[i].members[0], code) < 90
 
-    def like_a_member(code: str) -> str:  # a partner is, as often as a class member, a rewritten variant
-        if rng.random() < 1 / (1 + p.clones.pair_variants):
-            return code
+    def variant(code: str) -> str:
         return rewrites.make_variant(code, rng, min_rewrites=p.clones.min_rewrites, max_rewrites=p.clones.max_rewrites).code
 
+    def like_a_member(code: str) -> str:  # a partner is, as often as a class member, a rewritten variant
+        return code if rng.random() < 1 / (1 + p.clones.pair_variants) else variant(code)
+
     positives, queries, kinds = [], [], []
+    mutant_rewritten: dict[int, bool] = {}  # a mutant stands in for a member: rewritten unless it replaces the original
     for i, c in enumerate(pool):
         a, b = rng.sample(c.members, 2)
+        if c.kind == "mined":  # a mined class's copies are rewritten as often as an original is
+            a, b = like_a_member(a), like_a_member(b)
         positives.append({"id": f"{c.ids[0]}+", "code1": a, "code2": b, "label": 1, "kind": c.kind})
-        queries.append(rng.choice(c.members))
         draw = rng.random()
-        same = draw < p.clones.hard_negatives * p.clones.same_project_negatives
-        kinds.append("neighbour_same_project" if same else "neighbour_other_project" if draw < p.clones.hard_negatives else "random")
+        if draw < p.clones.mutant_negatives:
+            kinds.append("mutant")
+        else:
+            draw = (draw - p.clones.mutant_negatives) / (1 - p.clones.mutant_negatives)
+            same = draw < p.clones.hard_negatives * p.clones.same_project_negatives
+            kinds.append("neighbour_same_project" if same else "neighbour_other_project" if draw < p.clones.hard_negatives else "random")
+        if kinds[-1] == "mutant" and c.kind == "rewritten":
+            # the pair is drawn as a positive pair is, the mutant replacing the second member
+            x, y = rng.sample(range(len(c.members)), 2)
+            queries.append(c.members[x])
+            mutant_rewritten[i] = y != 0
+        else:
+            queries.append(like_a_member(rng.choice(c.members)) if c.kind == "mined" else rng.choice(c.members))
     # hard negatives come from every function of the split that could make a class, not only the pool
     candidates = [
         {"id": row["id"], "repo": row["repo"], "code": code}
@@ -307,8 +331,15 @@ def clone_detection(fns: Functions, size: int | None, p: TasksParams, split: str
         neighbours.update(zip(asked, found))
     negatives = []
     for i, (mine, kind) in enumerate(zip(queries, kinds)):
+        mutant = mutants.mutate(pool[i].members[0], rng) if kind == "mutant" else None
+        if kind == "mutant" and mutant is None:
+            kind = "random"  # nothing to mutate (no operator applies): a random class of another project
         near = [n for n in neighbours.get(i, []) if distinct(i, candidates[n]["code"])]
-        if near:
+        if mutant is not None:
+            rewritten = mutant_rewritten.get(i)
+            theirs = like_a_member(mutant[0]) if rewritten is None else variant(mutant[0]) if rewritten else mutant[0]
+            other_id = f"{pool[i].ids[0]}~{mutant[1]}"
+        elif near:
             partner = candidates[rng.choice(near)]
             other_id, theirs = partner["id"], like_a_member(partner["code"])
         else:  # random, or no neighbour of that kind (a one-function project): a random class of another project
