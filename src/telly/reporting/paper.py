@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from telly.config import read_yaml
 from telly.errors import TellyError
 
 PACKAGED = Path(__file__).with_name("paper_numbers.yaml")
@@ -23,10 +22,7 @@ def load_paper(path: str | Path | None = None) -> dict[str, Any]:
     path = Path(path) if path else PACKAGED
     if not path.exists():
         raise TellyError(f"report.paper_numbers: {path} not found (null = the packaged {PACKAGED.name})")
-    try:
-        numbers = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise TellyError(f"{path}: not valid YAML: {err}") from None
+    numbers = read_yaml(path)
     for section, keys in REQUIRED.items():
         missing = [k for k in keys if k not in ((numbers or {}).get(section) or {})]
         if missing:
