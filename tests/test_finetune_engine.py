@@ -78,6 +78,25 @@ def test_split_forward_equals_full_forward(encoder):
         assert torch.allclose(full[row, : len(s.ids)], cached[row, : len(s.ids)], atol=1e-5)
 
 
+def test_cache_dropout_perturbs_training_only(encoder):
+    """cache_dropout puts noise on the cached hidden state while training; evaluation stays exact."""
+    tok = Tokens.of(encoder.tokenizer)
+    seqs = [make_example("code_generation", {"source": s, "target": "return a"}, encoder.tokenizer, tok, 20, 8)["seq"]
+            for s in ("add two numbers", "a much longer description of the code")]
+    cache = HiddenCache.build(encoder.model, seqs, 1, tok.pad, batch_size=2)
+    batch = collate(seqs, tok.pad, [cache[0], cache[1]])
+    encoder.model.eval()  # the layers' own dropout off: any difference below comes from cache_dropout
+    exact = TaskModel(encoder.model, "code_generation", 1).eval().last_hidden(batch)
+    noisy = TaskModel(encoder.model, "code_generation", 1, cache_dropout=0.5)
+    noisy.train()
+    noisy.encoder.eval()
+    assert not torch.allclose(noisy.last_hidden(batch), exact, atol=1e-4)
+    assert torch.equal(noisy.eval().last_hidden(batch), exact)
+    plain = TaskModel(encoder.model, "code_generation", 1)
+    plain.train()
+    plain.encoder.eval()
+    assert torch.equal(plain.last_hidden(batch), exact)  # 0 = no noise, bit for bit
+
 def test_search_and_clone_losses(encoder):
     tok = Tokens.of(encoder.tokenizer)
     model = TaskModel(encoder.model, "code_search").eval()

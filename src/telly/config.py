@@ -243,6 +243,10 @@ class FinetuneParams(Section):
     task_names: list[TaskName] = Field(min_length=1, description="tasks of the DVC matrix")
     variants: list[str] = Field(min_length=1, description="base and telly-<K> names of the DVC matrix")
     cache_frozen: bool = Field(description="frozen-prefix caching; false = the paper's regime (frozen layers run, dropout on)")
+    cache_dropout: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="dropout on the cached hidden state K while training: noise in place of the frozen layers' own dropout",
+    )
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     bf16: bool = Field(description="bf16 autocast on CUDA (ignored on CPU)")

@@ -70,13 +70,19 @@ class TaskModel(nn.Module):
     """The encoder plus its task's loss. With ``k`` set, batches that carry cached
     hidden state k (``batch["hidden"]``) run only layers k..L-1."""
 
-    def __init__(self, encoder: nn.Module, task: str, k: int | None = None):
+    def __init__(self, encoder: nn.Module, task: str, k: int | None = None, cache_dropout: float = 0.0):
         super().__init__()
         self.encoder, self.task, self.k, self.head = encoder, task, k, HEADS[task]
+        self.cache_dropout = cache_dropout
 
     def last_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if "hidden" in batch:
-            return top(self.encoder, batch["hidden"], batch["mask"], self.k or 0)
+            # The cache is the frozen layers' noise-free output; in the paper's regime their dropout
+            # perturbs it every step. Dropout on the cached state puts some of that noise back.
+            hidden = batch["hidden"]
+            if self.cache_dropout and self.training:
+                hidden = nn.functional.dropout(hidden, self.cache_dropout)
+            return top(self.encoder, hidden, batch["mask"], self.k or 0)
         return self.encoder(input_ids=batch["ids"], attention_mask=batch["mask"]).last_hidden_state
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -167,9 +167,10 @@ def train_variant(
     if task == "code_search" and len(train) < 2:
         raise TellyError(f"{task}: in-batch negatives need at least 2 training pairs")
 
-    model = TaskModel(encoder.model, task, k).to(device)
+    model = TaskModel(encoder.model, task, k, settings.cache_dropout if cached else 0.0).to(device)
     run_settings = {
         "task": task, "variant": variant, "k": k, "lr": lr, "epochs": epochs, "cache_frozen": cached,
+        "cache_dropout": settings.cache_dropout if cached else 0.0,
         "model": settings.model, "architecture": _architecture(encoder), "seed": seed, **cfg.model_dump(exclude={"learning_rate", "epochs"}),
         "weight_decay": settings.weight_decay, "warmup_fraction": settings.warmup_fraction,
         "max_grad_norm": settings.max_grad_norm, "n_train": len(train), "n_valid": len(valid), "n_test": len(test),
