@@ -67,18 +67,15 @@ class Namer:
                     self.used.update(value.split("."))
 
     def fresh(self) -> str:
-        base = self.rng.choice(NAME_POOL)
-        name, n = base, 1
-        while name in self.used:
-            n += 1
-            name = f"{base}{n}"
-        self.used.add(name)
-        return name
+        return self._claim(self.rng.choice(NAME_POOL))
 
     def fresh_function(self, old: str) -> str:
         """A verb_noun name, private where ``old`` was (a leading underscore is part of the meaning)."""
         prefix = "_" * (len(old) - len(old.lstrip("_")))
-        base = f"{prefix}{self.rng.choice(VERB_POOL)}_{self.rng.choice(NAME_POOL)}"
+        return self._claim(f"{prefix}{self.rng.choice(VERB_POOL)}_{self.rng.choice(NAME_POOL)}")
+
+    def _claim(self, base: str) -> str:
+        """``base``, or ``base2``, ``base3``, ... if taken; reserved from now on."""
         name, n = base, 1
         while name in self.used:
             n += 1
