@@ -46,3 +46,25 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="mapping"):
         load_params(bad)
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", "tests/fixtures/params-tiny.yaml",
+                                         "profiles/paper-unixcoder.yaml"])
+def test_every_param_a_dvc_stage_tracks_is_written_out(params_file):
+    """DVC reads params.yaml itself, not our defaults: a key a stage tracks must be in every params file."""
+    from conftest import REPO
+
+    params = yaml.safe_load((REPO / params_file).read_text())
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    missing = []
+    for name, stage in stages.items():
+        for key in stage.get("params", []):
+            if not isinstance(key, str) or "${" in key:  # templated keys resolve per stage item
+                continue
+            node = params
+            for part in key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    missing.append(f"{name}: {key}")
+                    break
+                node = node[part]
+    assert not missing, f"{params_file} lacks keys that dvc.yaml tracks: {missing}"
