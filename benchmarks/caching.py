@@ -199,8 +199,9 @@ def write_docs(md: str) -> None:
     )
     if HEADING in text:
         start = text.index(HEADING)
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[nxt + 1 :] if nxt != -1 else "")
+        # up to the next heading of any level: the subsections below belong to other scripts
+        nxt = text.find("\n#", start + len(HEADING))
+        text = text[:start] + section + "\n" + (text[nxt + 1 :] if nxt != -1 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text, encoding="utf-8")
