@@ -127,6 +127,19 @@ def test_a_checkpoint_without_its_tokenizer_is_caught(workspace, tmp_path):
     assert not (tmp_path / "data/representations/finetuned-code_search-base").exists()
 
 
+def test_representations_of_differently_tokenized_inputs_are_refused(workspace, tmp_path):
+    """A checkpoint saved with another tokenizer that still fits its embeddings: the token counts differ."""
+    params = workspace
+    folders = {tag: represent(params, tag) for tag in
+               ("pretrained", "random", "finetuned-code_search-base", "finetuned-clone_detection-base")}
+    meta_file = folders["finetuned-code_search-base"] / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["tokens"] += 1
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(TellyError, match="tokenizer saved with the checkpoint"):
+        run(params)
+
+
 def test_seed_baseline_is_planned_and_its_absence_explained(workspace, tmp_path):
     params = workspace
     sp = params.similarity.model_copy(update={"seed_variant": "base-seed2"})
