@@ -112,3 +112,27 @@ def test_wall_clock_budget_stops_training(params):
     params["pretrain"]["time_budget_minutes"] = 1e-6
     metrics = stage.run(parse_params(params))
     assert metrics["budget_reached"] and metrics["steps"] <= 1
+
+
+def test_held_out_masks_do_not_follow_the_training_masking_rate(params):
+    """Training may mask 40 % of tokens; the held-out measurement keeps BERT's 15 %, so runs with
+    different training rates are scored on exactly the same masked tokens."""
+    params["pretrain"].update(max_steps=2, eval_mlm_probability=0.15)
+    counts = []
+    for rate in (0.15, 0.4):
+        params["pretrain"]["mlm_probability"] = rate
+        counts.append(stage.run(parse_params(params))["eval_masked_tokens"])
+    assert counts[0] == counts[1] > 0
+    params["pretrain"]["eval_mlm_probability"] = 0.4
+    assert stage.run(parse_params(params))["eval_masked_tokens"] > 2 * counts[0]
+
+
+def test_learning_rate_warms_up_holds_then_cools_down():
+    f = stage.learning_rate_factor
+    assert [f(s, 0.0, 4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    # cooldown 1: linear decay over the whole run (progress is the larger of steps and clock)
+    assert f(10, 0.5, 4) == pytest.approx(0.5) and f(10, 1.0, 4) == 0.0
+    # cooldown 0.25: constant until 75 % of the run, then linear to 0
+    assert f(10, 0.5, 4, cooldown=0.25) == 1.0
+    assert f(10, 0.875, 4, cooldown=0.25) == pytest.approx(0.5)
+    assert f(10, 1.0, 4, cooldown=0.25) == 0.0

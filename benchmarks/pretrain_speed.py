@@ -1,0 +1,75 @@
+"""Training throughput of the embedded model per torch thread count and batch size.
+
+One pre-training step as the ``pretrain`` stage takes it (bf16 autocast, the LM head on the
+masked positions only, AdamW), on random token ids of a fixed length, so only the arithmetic
+is measured. Chooses ``pretrain.threads`` and ``pretrain.batch_size``: on an idle 2-core
+machine both cores help; on one shared with other jobs one thread is steadier
+(docs/benchmarks.md, "Pre-training throughput"). Run it on a quiet machine; the ratios
+between settings in one run are what to read, not the absolute figures.
+
+    python benchmarks/pretrain_speed.py                 # the params.yaml model, a few settings
+    python benchmarks/pretrain_speed.py --settings 1x16 2x16 2x32 --length 160
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import yaml
+from transformers import AutoTokenizer
+
+from telly.config import parse_params
+from telly.models.pretrain import build_model
+
+
+def tokens_per_second(cfg, tokenizer, threads: int, batch_size: int, length: int, steps: int) -> float:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model(cfg, tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    ids = torch.randint(10, len(tokenizer), (batch_size, length))
+    masked = torch.rand(batch_size, length) < cfg.mlm_probability
+    attention = torch.ones_like(ids)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            hidden = model.roberta(input_ids=ids, attention_mask=attention).last_hidden_state
+            logits = model.lm_head(hidden[masked])
+            loss = torch.nn.functional.cross_entropy(logits.float(), ids[masked])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):  # warm-up: allocator, oneDNN kernels
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch_size * length / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--tokenizer", default="models/pretrained", help="a saved tokenizer (the stage's output)")
+    ap.add_argument("--settings", nargs="+", default=["1x8", "2x8", "1x16", "2x16", "1x32", "2x32"],
+                    help="THREADSxBATCH pairs")
+    ap.add_argument("--length", type=int, default=160, help="tokens per input (the corpus' pieces average ~157)")
+    ap.add_argument("--steps", type=int, default=15)
+    args = ap.parse_args()
+
+    cfg = parse_params(yaml.safe_load(open(args.params))).pretrain
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    print(f"| threads | batch | tokens/s |  ({cfg.layers} layers x hidden {cfg.hidden_size}, "
+          f"{args.length} tokens, bf16 {cfg.bf16}, {cfg.mlm_probability:.0%} masked)")
+    print("|---|---|---|")
+    for setting in args.settings:
+        threads, batch = (int(x) for x in setting.split("x"))
+        rate = tokens_per_second(cfg, tokenizer, threads, batch, args.length, args.steps)
+        print(f"| {threads} | {batch} | {rate:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
