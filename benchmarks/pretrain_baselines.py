@@ -21,22 +21,11 @@ from __future__ import annotations
 import argparse
 from collections import Counter, defaultdict
 
-import numpy as np
 import yaml
-from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+from transformers import AutoTokenizer
 
 from telly.config import parse_params
-from telly.models.pretrain import read_code, to_pieces
-
-
-def held_out_batches(cfg, tokenizer):
-    """The stage's held-out batches: the same functions, pieces and masks (pretrain.run)."""
-    valid = read_code(cfg.valid, cfg.field)
-    rng = np.random.default_rng(cfg.seed)
-    texts = [valid[i] for i in sorted(rng.permutation(len(valid))[: cfg.eval_examples])]
-    pieces = to_pieces(tokenizer, texts, cfg.max_length)
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.eval_mlm_probability, seed=cfg.seed + 1)
-    return [collator([{"input_ids": p} for p in pieces[i : i + 64]]) for i in range(0, len(pieces), 64)]
+from telly.models.pretrain import held_out_batches, read_code, to_pieces
 
 
 def main() -> None:
@@ -65,7 +54,7 @@ def main() -> None:
 
     hits: Counter = Counter()
     total = 0
-    for batch in held_out_batches(cfg, tokenizer):
+    for batch in held_out_batches(cfg, tokenizer, read_code(cfg.valid, cfg.field)):
         for row, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
             for i, target in enumerate(labels):
                 if target == -100:

@@ -136,3 +136,19 @@ def test_learning_rate_warms_up_holds_then_cools_down():
     assert f(10, 0.5, 4, cooldown=0.25) == 1.0
     assert f(10, 0.875, 4, cooldown=0.25) == pytest.approx(0.5)
     assert f(10, 1.0, 4, cooldown=0.25) == 0.0
+
+
+def test_position_embeddings_can_start_as_sinusoids(params):
+    from telly.models.tokenizer import train_tokenizer
+
+    cfg = parse_params(params).pretrain.model_copy(update={"sinusoidal_positions": 0.05, "init_std": 0.05})
+    tok = train_tokenizer([t.format(n=n) for n in NAMES for t in TEMPLATES], vocab_size=300, max_length=32)
+    model = stage.build_model(cfg, tok)
+    table = model.roberta.embeddings.position_embeddings.weight.detach()
+    first = tok.pad_token_id + 1  # RoBERTa's first real position
+    assert torch.all(table[:first] == 0)
+    assert table[first, 0::2].abs().max() == 0 and torch.allclose(table[first, 1::2], torch.full_like(table[first, 1::2], 0.05))
+    assert float(table[first + 1, 0]) == pytest.approx(0.05 * np.sin(1.0), rel=1e-5)
+    assert model.config.initializer_range == 0.05
+    plain = stage.build_model(cfg.model_copy(update={"sinusoidal_positions": 0.0}), tok)
+    assert not torch.allclose(plain.roberta.embeddings.position_embeddings.weight[first + 1], table[first + 1])

@@ -86,6 +86,18 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -
     return batches
 
 
+def held_out_batches(cfg: Any, tokenizer: Any, valid_texts: list[str]) -> list[dict[str, Any]]:
+    """``eval_examples`` valid functions (a seeded sample), cut into pieces, with fixed masks at
+    ``eval_mlm_probability``: the same masked tokens for every model and every evaluation."""
+    from transformers import DataCollatorForLanguageModeling
+
+    rng = np.random.default_rng(cfg.seed)
+    texts = [valid_texts[i] for i in sorted(rng.permutation(len(valid_texts))[: cfg.eval_examples])]
+    pieces = to_pieces(tokenizer, texts, cfg.max_length)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.eval_mlm_probability, seed=cfg.seed + 1)
+    return [collator([{"input_ids": p} for p in pieces[i : i + 64]]) for i in range(0, len(pieces), 64)]
+
+
 # ---------------------------------------------------------------------------- model
 
 
@@ -275,16 +287,10 @@ def run(params: Params) -> dict[str, Any]:
 
     pieces = to_pieces(tokenizer, train_texts, cfg.max_length)
     lengths = np.array([len(p) for p in pieces])
-    eval_rng = np.random.default_rng(cfg.seed)
-    eval_texts = [valid_texts[i] for i in sorted(eval_rng.permutation(len(valid_texts))[: cfg.eval_examples])]
-    eval_pieces = to_pieces(tokenizer, eval_texts, cfg.max_length)
+    eval_batches = held_out_batches(cfg, tokenizer, valid_texts)
     log.info("%d training pieces (%d tokens), %d held-out pieces from %d valid functions",
-             len(pieces), int(lengths.sum()), len(eval_pieces), len(eval_texts))
-
-    # Fixed masks for evaluation: the same masked tokens for every model and every evaluation.
-    eval_collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.eval_mlm_probability,
-                                                    seed=cfg.seed + 1)
-    eval_batches = [eval_collator([{"input_ids": p} for p in eval_pieces[i : i + 64]]) for i in range(0, len(eval_pieces), 64)]
+             len(pieces), int(lengths.sum()), sum(len(b["input_ids"]) for b in eval_batches),
+             min(cfg.eval_examples, len(valid_texts)))
     quick_eval = eval_batches[: max(1, len(eval_batches) // 4)]
 
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mlm_probability, seed=cfg.seed)
@@ -341,7 +347,8 @@ def run(params: Params) -> dict[str, Any]:
                                  cfg.time_budget_minutes, state["step"], cfg.max_steps)
                     break
                 for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * learning_rate_factor(state["step"], progress, cfg.warmup_steps, cfg.lr_cooldown)
+                    group["lr"] = cfg.lr * learning_rate_factor(state["step"], progress, cfg.warmup_steps,
+                                                                cfg.lr_cooldown)
                 epoch, index = divmod(state["step"], per_epoch)
                 if epoch not in batches_by_epoch:
                     batches_by_epoch = {epoch: epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)}
@@ -378,7 +385,7 @@ def run(params: Params) -> dict[str, Any]:
                     last_ckpt = time.perf_counter()
         bar.close()
 
-        log.info("evaluating masked-token accuracy on %d held-out pieces", len(eval_pieces))
+        log.info("evaluating masked-token accuracy on %d held-out batches", len(eval_batches))
         accuracy, valid_loss = masked_accuracy(model, eval_batches)
         set_seed(cfg.seed)
         random_accuracy, random_loss = masked_accuracy(build_model(cfg, tokenizer).to(dev), eval_batches)
