@@ -21,7 +21,7 @@ import yaml
 from transformers import AutoTokenizer
 
 from telly.config import parse_params
-from telly.models.pretrain import build_model
+from telly.models.pretrain import build_model, mlm_loss
 
 
 def tokens_per_second(cfg, tokenizer, threads: int, batch_size: int, length: int, steps: int) -> float:
@@ -31,13 +31,11 @@ def tokens_per_second(cfg, tokenizer, threads: int, batch_size: int, length: int
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     ids = torch.randint(10, len(tokenizer), (batch_size, length))
     masked = torch.rand(batch_size, length) < cfg.mlm_probability
-    attention = torch.ones_like(ids)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.masked_fill(~masked, -100)}
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            hidden = model.roberta(input_ids=ids, attention_mask=attention).last_hidden_state
-            logits = model.lm_head(hidden[masked])
-            loss = torch.nn.functional.cross_entropy(logits.float(), ids[masked])
+            loss, _, _ = mlm_loss(model, batch)  # the stage's own loss: LM head on the masked positions
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
