@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test repro data ui bench clean lock
+.PHONY: setup test lint format repro data ui bench clean lock
 
 setup: $(STAMP)
 
@@ -21,8 +21,17 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
-test: setup
+test: setup lint
 	$(BIN)/pytest -q
+
+# ruff: the linter and the formatter (pyproject.toml [tool.ruff]); `make format` rewrites in place.
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: setup
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
 
 # Raw corpus: `dvc pull` where a DVC remote is configured, else re-download the pinned wheels.
 data: setup

@@ -25,8 +25,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "caching"
 ALL_TASKS = ["code_search", "clone_detection", "code_summarization", "code_generation", "line_completion"]
-MAIN = {"code_search": "mrr", "clone_detection": "f1", "code_summarization": "bleu", "code_generation": "bleu",
-        "line_completion": "edit_sim"}
+MAIN = {
+    "code_search": "mrr",
+    "clone_detection": "f1",
+    "code_summarization": "bleu",
+    "code_generation": "bleu",
+    "line_completion": "edit_sim",
+}
 
 
 def random_model(params, folder: Path) -> str:
@@ -43,9 +48,16 @@ def random_model(params, folder: Path) -> str:
     codes = [r["code"] for r in read_jsonl(REPO / "data/corpus/python/train.jsonl")[:5000]]
     tok = train_tokenizer(codes, vocab_size=pre.vocab_size, max_length=pre.max_length)
     config = RobertaConfig(
-        vocab_size=len(tok), hidden_size=pre.hidden_size, num_hidden_layers=pre.layers,
-        num_attention_heads=pre.heads, intermediate_size=pre.ffn_size, max_position_embeddings=pre.max_length + 2,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, type_vocab_size=1,
+        vocab_size=len(tok),
+        hidden_size=pre.hidden_size,
+        num_hidden_layers=pre.layers,
+        num_attention_heads=pre.heads,
+        intermediate_size=pre.ffn_size,
+        max_position_embeddings=pre.max_length + 2,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        type_vocab_size=1,
     )
     torch.manual_seed(0)
     RobertaModel(config).save_pretrained(folder)
@@ -66,20 +78,32 @@ def corpus_tasks(folder: Path, n: int) -> Path:
         rng = random.Random(0)
         code = [r["code"] for r in rows]
         doc = [" ".join(r["docstring_tokens"]) for r in rows]
-        write_jsonl(folder / "code_search" / f"{split}.jsonl",
-                    [{"id": i, "query": d, "code": c} for i, (d, c) in enumerate(zip(doc, code))])
-        write_jsonl(folder / "clone_detection" / f"{split}.jsonl",
-                    [{"id": i, "code1": c, "code2": c if i % 2 else rng.choice(code), "label": i % 2}
-                     for i, c in enumerate(code)])
-        write_jsonl(folder / "code_summarization" / f"{split}.jsonl",
-                    [{"id": i, "source": c, "target": d} for i, (d, c) in enumerate(zip(doc, code))])
-        write_jsonl(folder / "code_generation" / f"{split}.jsonl",
-                    [{"id": i, "source": d, "target": r["signature"]} for i, (d, r) in enumerate(zip(doc, rows))])
+        write_jsonl(
+            folder / "code_search" / f"{split}.jsonl",
+            [{"id": i, "query": d, "code": c} for i, (d, c) in enumerate(zip(doc, code))],
+        )
+        write_jsonl(
+            folder / "clone_detection" / f"{split}.jsonl",
+            [
+                {"id": i, "code1": c, "code2": c if i % 2 else rng.choice(code), "label": i % 2}
+                for i, c in enumerate(code)
+            ],
+        )
+        write_jsonl(
+            folder / "code_summarization" / f"{split}.jsonl",
+            [{"id": i, "source": c, "target": d} for i, (d, c) in enumerate(zip(doc, code))],
+        )
+        write_jsonl(
+            folder / "code_generation" / f"{split}.jsonl",
+            [{"id": i, "source": d, "target": r["signature"]} for i, (d, r) in enumerate(zip(doc, rows))],
+        )
         completion = []
         for i, c in enumerate(code):
             lines = c.splitlines()
             cut = max(1, len(lines) // 2)
-            completion.append({"id": i, "source": "\n".join(lines[:cut]), "target": lines[cut] if cut < len(lines) else ""})
+            completion.append(
+                {"id": i, "source": "\n".join(lines[:cut]), "target": lines[cut] if cut < len(lines) else ""}
+            )
         write_jsonl(folder / "line_completion" / f"{split}.jsonl", completion)
     return folder
 
@@ -105,12 +129,24 @@ def main() -> None:
     tasks_dir = ft.tasks_dir if args.real_tasks else corpus_tasks(OUT / "tasks", 2000)
     sizes = {"train_size": args.train_size, "valid_size": 64, "test_size": 128, "epochs": args.epochs, "beam_size": 1}
     small_eval = {"valid_size": 16, "test_size": 32}  # beam search re-runs the encoder per token: keep eval short
-    tasks = ft.tasks.model_copy(update={
-        t: getattr(ft.tasks, t).model_copy(update=sizes | (small_eval if t not in ("code_search", "clone_detection") else {}))
-        for t in ALL_TASKS
-    })
-    ft = ft.model_copy(update={"model": model, "tasks_dir": Path(tasks_dir), "output_dir": OUT / "finetuned",
-                               "results_dir": OUT / "results", "checkpoint_dir": OUT / "checkpoints", "tasks": tasks})
+    tasks = ft.tasks.model_copy(
+        update={
+            t: getattr(ft.tasks, t).model_copy(
+                update=sizes | (small_eval if t not in ("code_search", "clone_detection") else {})
+            )
+            for t in ALL_TASKS
+        }
+    )
+    ft = ft.model_copy(
+        update={
+            "model": model,
+            "tasks_dir": Path(tasks_dir),
+            "output_dir": OUT / "finetuned",
+            "results_dir": OUT / "results",
+            "checkpoint_dir": OUT / "checkpoints",
+            "tasks": tasks,
+        }
+    )
     params = params.model_copy(update={"finetune": ft})
 
     from telly.models import load_encoder
@@ -127,9 +163,15 @@ def main() -> None:
             rows.append(_row(task, f"telly-{k}", k, n_layers, cached, base, paper))
             print(json.dumps(rows[-1]), flush=True)
     meta = {
-        "date": date.today().isoformat(), "model": model, "layers": n_layers, "tasks_dir": str(tasks_dir),
-        "train_size": args.train_size, "epochs": args.epochs, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "device": rows[0]["device"], "wall_seconds": time.time() - started,
+        "date": date.today().isoformat(),
+        "model": model,
+        "layers": n_layers,
+        "tasks_dir": str(tasks_dir),
+        "train_size": args.train_size,
+        "epochs": args.epochs,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "device": rows[0]["device"],
+        "wall_seconds": time.time() - started,
     }
     (OUT / "caching.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     md = markdown(meta, rows)
@@ -141,15 +183,21 @@ def main() -> None:
 def _row(task, variant, k, n_layers, run, base, paper=None) -> dict:
     main = MAIN[task]
     row = {
-        "task": task, "variant": variant, "k": k, "device": run.system.get("system.device"),
-        "base_epoch_s": base.cost["epoch_seconds"], "epoch_s_cached": run.cost["epoch_seconds"],
-        "cache_s": run.cost["cache_seconds"], f"{main}_cached": run.test[main],
+        "task": task,
+        "variant": variant,
+        "k": k,
+        "device": run.system.get("system.device"),
+        "base_epoch_s": base.cost["epoch_seconds"],
+        "epoch_s_cached": run.cost["epoch_seconds"],
+        "cache_s": run.cost["cache_seconds"],
+        f"{main}_cached": run.test[main],
         "speedup_cached": base.cost["epoch_seconds"] / run.cost["epoch_seconds"],
         "cpu_speedup_cached": base.cost["epoch_cpu_seconds"] / run.cost["epoch_cpu_seconds"],
     }
     if paper is not None:
         row |= {
-            "epoch_s_paper": paper.cost["epoch_seconds"], f"{main}_paper": paper.test[main],
+            "epoch_s_paper": paper.cost["epoch_seconds"],
+            f"{main}_paper": paper.test[main],
             "speedup_paper": base.cost["epoch_seconds"] / paper.cost["epoch_seconds"],
             "cpu_speedup_paper": base.cost["epoch_cpu_seconds"] / paper.cost["epoch_cpu_seconds"],
             "goal": 0.8 * n_layers / (n_layers - k) if 2 * k >= n_layers else None,

@@ -80,8 +80,12 @@ def run(params, work: Path, task: str, k: int, regime: str, seed: int, tag: str 
     ft = params.finetune.model_copy(update={"seed": seed})
     t0 = time.perf_counter()
     result = train_variant(
-        params.model_copy(update={"finetune": ft}), task, f"telly-{k}", cache_frozen=REGIMES[regime],
-        output_dir=work / "finetuned" / task / name, results_path=path,
+        params.model_copy(update={"finetune": ft}),
+        task,
+        f"telly-{k}",
+        cache_frozen=REGIMES[regime],
+        output_dir=work / "finetuned" / task / name,
+        results_path=path,
     )
     print(f"{task} {name}: {MAIN[task]} {result.test[MAIN[task]]:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return result.to_json()
@@ -97,10 +101,17 @@ def summarise(task: str, k: int, cached: list[dict], paper: list[dict]) -> dict:
     diffs = [a - b for a, b in zip(c, p)]
     spread = max(statistics.stdev(c), statistics.stdev(p))
     return {
-        "task": task, "k": k, "metric": metric, "cached": c, "paper": p,
-        "cached_mean": statistics.mean(c), "cached_std": statistics.stdev(c),
-        "paper_mean": statistics.mean(p), "paper_std": statistics.stdev(p),
-        "diff_mean": statistics.mean(diffs), "diff_std": statistics.stdev(diffs),
+        "task": task,
+        "k": k,
+        "metric": metric,
+        "cached": c,
+        "paper": p,
+        "cached_mean": statistics.mean(c),
+        "cached_std": statistics.stdev(c),
+        "paper_mean": statistics.mean(p),
+        "paper_std": statistics.stdev(p),
+        "diff_mean": statistics.mean(diffs),
+        "diff_std": statistics.stdev(diffs),
         "diff_pct": 100 * (statistics.mean(c) / statistics.mean(p) - 1),
         "within_spread": abs(statistics.mean(diffs)) <= spread,
         "p_paired": float(ttest_rel(c, p).pvalue),
@@ -120,12 +131,16 @@ def sign_test(rows: list[dict]) -> dict:
 
 def exactness(task: str, k: int, cached: dict, paper: dict) -> dict:
     """Largest differences between the two no-dropout runs: per-epoch losses and valid scores, test metrics."""
+
     def largest(a: list[float], b: list[float]) -> float:
         return max(abs(x - y) for x, y in zip(a, b))
 
     return {
-        "task": task, "k": k, "metric": MAIN[task],
-        "cached": cached["test"][MAIN[task]], "paper": paper["test"][MAIN[task]],
+        "task": task,
+        "k": k,
+        "metric": MAIN[task],
+        "cached": cached["test"][MAIN[task]],
+        "paper": paper["test"][MAIN[task]],
         "loss": largest([e["train_loss"] for e in cached["epochs"]], [e["train_loss"] for e in paper["epochs"]]),
         "valid": largest([e["valid_score"] for e in cached["epochs"]], [e["valid_score"] for e in paper["epochs"]]),
         "test": largest(list(cached["test"].values()), [paper["test"][n] for n in cached["test"]]),
@@ -198,17 +213,27 @@ def main() -> None:
     from telly.config import load_params
 
     params = load_params()
-    params = params.model_copy(update={"tracking": params.tracking.model_copy(
-        update={"uri": uri, "artifacts_dir": str(work / "artifacts")})})
+    params = params.model_copy(
+        update={"tracking": params.tracking.model_copy(update={"uri": uri, "artifacts_dir": str(work / "artifacts")})}
+    )
     ft = params.finetune
     seeds = args.seeds or [ft.seed, ft.seed + 111111, ft.seed + 222222]
     if len(seeds) < 2:
         sys.exit("--seeds: at least two seeds, to measure a spread")
     for task in args.tasks:
         fixed_rows(ft, task, work / "tasks")
-    params = params.model_copy(update={"finetune": ft.model_copy(update={
-        "tasks_dir": work / "tasks", "output_dir": work / "finetuned", "results_dir": work / "results",
-        "checkpoint_dir": work / "checkpoints"})})
+    params = params.model_copy(
+        update={
+            "finetune": ft.model_copy(
+                update={
+                    "tasks_dir": work / "tasks",
+                    "output_dir": work / "finetuned",
+                    "results_dir": work / "results",
+                    "checkpoint_dir": work / "checkpoints",
+                }
+            )
+        }
+    )
     print(f"work folder: {work}", flush=True)
 
     def finished() -> int:
@@ -226,8 +251,13 @@ def main() -> None:
             rows.append(summarise(task, k, by_regime["cached"], by_regime["paper"]))
             print(json.dumps({n: v for n, v in rows[-1].items() if n not in ("cached", "paper")}), flush=True)
         if args.exact_k >= 0:
-            quiet = params.model_copy(update={"finetune": params.finetune.model_copy(
-                update={"model": no_dropout_model(ft.model, work / "model-no-dropout")})})
+            quiet = params.model_copy(
+                update={
+                    "finetune": params.finetune.model_copy(
+                        update={"model": no_dropout_model(ft.model, work / "model-no-dropout")}
+                    )
+                }
+            )
             pair = [run(quiet, work, task, args.exact_k, regime, seeds[0], "-nodropout") for regime in REGIMES]
             runs += 2
             exact.append(exactness(task, args.exact_k, *pair))
@@ -235,10 +265,17 @@ def main() -> None:
 
     cfg = getattr(ft.tasks, args.tasks[0])
     meta = {
-        "date": date.today().isoformat(), "model": ft.model, "seeds": seeds, "ks": args.ks,
-        "train_size": cfg.train_size, "epochs": cfg.epochs, "runs": runs, "trained": finished() - before,
+        "date": date.today().isoformat(),
+        "model": ft.model,
+        "seeds": seeds,
+        "ks": args.ks,
+        "train_size": cfg.train_size,
+        "epochs": cfg.epochs,
+        "runs": runs,
+        "trained": finished() - before,
         "wall_minutes": (time.time() - started) / 60,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "work_dir": str(work),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "work_dir": str(work),
     }
     (work / "caching_quality.json").write_text(json.dumps({"meta": meta, "rows": rows, "exact": exact}, indent=2))
     print(markdown(meta, rows, exact))

@@ -15,8 +15,13 @@ import argparse
 import json
 from pathlib import Path
 
-MAIN = {"code_search": "mrr", "clone_detection": "f1", "code_summarization": "bleu",
-        "code_generation": "bleu", "line_completion": "edit_sim"}
+MAIN = {
+    "code_search": "mrr",
+    "clone_detection": "f1",
+    "code_summarization": "bleu",
+    "code_generation": "bleu",
+    "line_completion": "edit_sim",
+}
 
 
 def load(folder: Path, task: str) -> dict[str, dict]:
@@ -34,14 +39,19 @@ def speedup_table(results: Path, tasks: list[str], layers: int) -> list[str]:
         cells = []
         for k in range(layers):
             run = runs.get(f"telly-{k}")
-            cells.append(f"{run['cost']['epoch_seconds']:.2f} (x{base / run['cost']['epoch_seconds']:.2f})" if run else "–")
+            cells.append(
+                f"{run['cost']['epoch_seconds']:.2f} (x{base / run['cost']['epoch_seconds']:.2f})" if run else "–"
+            )
         lines.append(f"| {task} | {base:.2f} | " + " | ".join(cells) + " |")
     return lines
 
 
 def quality_table(results: Path, paper: Path, tasks: list[str], layers: int) -> list[str]:
-    lines = ["| task | K | goal (K >= L/2) | cached: epoch s, speed-up | paper regime: epoch s, speed-up | "
-             "test metric cached / paper regime | Δ% |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | K | goal (K >= L/2) | cached: epoch s, speed-up | paper regime: epoch s, speed-up | "
+        "test metric cached / paper regime | Δ% |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for task in tasks:
         cached, regime = load(results, task), load(paper, task)
         if "base" not in cached or not regime:
@@ -54,8 +64,10 @@ def quality_table(results: Path, paper: Path, tasks: list[str], layers: int) -> 
             goal = f"{0.8 * layers / (layers - k):.2f}" if k >= layers / 2 else "–"
             cs, ps = c["cost"]["epoch_seconds"], p["cost"]["epoch_seconds"]
             cm, pm = c["test"][metric], p["test"][metric]
-            lines.append(f"| {task} | {k} | {goal} | {cs:.2f}, x{base / cs:.2f} | {ps:.2f}, x{base / ps:.2f} | "
-                         f"{metric} {cm:.4f} / {pm:.4f} | {100 * (cm / pm - 1):+.1f} |")
+            lines.append(
+                f"| {task} | {k} | {goal} | {cs:.2f}, x{base / cs:.2f} | {ps:.2f}, x{base / ps:.2f} | "
+                f"{metric} {cm:.4f} / {pm:.4f} | {100 * (cm / pm - 1):+.1f} |"
+            )
     return lines
 
 

@@ -42,8 +42,10 @@ def bare_loop(encoder, texts, batch_size, max_length, fixed):
     """The model alone: same tokens, same length-sorted batches, same padding."""
     tokenized = tokenize(encoder, texts, max_length=max_length)
     order = np.argsort([-len(r) for r in tokenized.input_ids], kind="stable")
-    batches = [pad(encoder, [tokenized.input_ids[i] for i in order[s : s + batch_size]], to_length=fixed)
-               for s in range(0, len(texts), batch_size)]
+    batches = [
+        pad(encoder, [tokenized.input_ids[i] for i in order[s : s + batch_size]], to_length=fixed)
+        for s in range(0, len(texts), batch_size)
+    ]
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     start = time.perf_counter()
     with torch.inference_mode():
@@ -56,8 +58,17 @@ def with_extract(encoder, texts, batch_size, max_length, kinds, token_examples):
     ids = [str(i) for i in range(len(texts))]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        reps = extract(encoder, texts, ids, Path(tmp) / "reps", kinds=kinds, batch_size=batch_size,
-                       max_length=max_length, token_examples=token_examples, progress=False)
+        reps = extract(
+            encoder,
+            texts,
+            ids,
+            Path(tmp) / "reps",
+            kinds=kinds,
+            batch_size=batch_size,
+            max_length=max_length,
+            token_examples=token_examples,
+            progress=False,
+        )
         elapsed = time.perf_counter() - start
         real = int(reps.meta["tokens"])
     return real / elapsed
@@ -86,7 +97,9 @@ def main() -> None:
         ("mean + first + 64 rows token-level", ["mean", "first"], False, 64),
         ("paper RSA: mean_unmasked, padded to 256", ["mean_unmasked"], True, 0),
     ]
-    print(f"| model | setup | bare model(**batch) tokens/s | extract tokens/s | ratio |  (N = {len(texts)}, batch 32, max 256, {torch.get_num_threads()} threads)")
+    print(
+        f"| model | setup | bare model(**batch) tokens/s | extract tokens/s | ratio |  (N = {len(texts)}, batch 32, max 256, {torch.get_num_threads()} threads)"
+    )
     print("|---|---|---|---|---|")
     for label, path in models:
         encoder = load_encoder(path, device="cpu")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import yaml
 from transformers import AutoTokenizer
@@ -33,7 +34,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--model", default=None, help="folder with the tokenizer (default: pretrain.out_dir)")
     args = ap.parse_args()
-    cfg = parse_params(yaml.safe_load(open(args.params))).pretrain
+    cfg = parse_params(yaml.safe_load(Path(args.params).read_text())).pretrain
     tokenizer = AutoTokenizer.from_pretrained(args.model or cfg.out_dir)
 
     unigram: Counter = Counter()
@@ -66,9 +67,13 @@ def main() -> None:
                 p_around = best(around, (row[i - 1], right), p_left)
                 key2 = (row[i - 2], row[i - 1], right, row[i + 2]) if 2 <= i < len(row) - 2 else None
                 p_around2 = best(around2, key2, p_around)
-                for name, guess in (("most frequent token", p_unigram), ("left neighbour", p_left),
-                                    ("left + right neighbours", p_around), ("two tokens each side", p_around2),
-                                    ("the input token itself", row[i])):
+                for name, guess in (
+                    ("most frequent token", p_unigram),
+                    ("left neighbour", p_left),
+                    ("left + right neighbours", p_around),
+                    ("two tokens each side", p_around2),
+                    ("the input token itself", row[i]),
+                ):
                     hits[name] += guess == target
     print(f"| predictor | masked-token accuracy |  ({total:,} held-out masked tokens)")
     print("|---|---|")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 import yaml
@@ -52,16 +53,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--tokenizer", default="models/pretrained", help="a saved tokenizer (the stage's output)")
-    ap.add_argument("--settings", nargs="+", default=["1x8", "2x8", "1x16", "2x16", "1x32", "2x32"],
-                    help="THREADSxBATCH pairs")
+    ap.add_argument(
+        "--settings", nargs="+", default=["1x8", "2x8", "1x16", "2x16", "1x32", "2x32"], help="THREADSxBATCH pairs"
+    )
     ap.add_argument("--length", type=int, default=160, help="tokens per input (the corpus' pieces average ~157)")
     ap.add_argument("--steps", type=int, default=15)
     args = ap.parse_args()
 
-    cfg = parse_params(yaml.safe_load(open(args.params))).pretrain
+    cfg = parse_params(yaml.safe_load(Path(args.params).read_text())).pretrain
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    print(f"| threads | batch | tokens/s |  ({cfg.layers} layers x hidden {cfg.hidden_size}, "
-          f"{args.length} tokens, bf16 {cfg.bf16}, {cfg.mlm_probability:.0%} masked)")
+    print(
+        f"| threads | batch | tokens/s |  ({cfg.layers} layers x hidden {cfg.hidden_size}, "
+        f"{args.length} tokens, bf16 {cfg.bf16}, {cfg.mlm_probability:.0%} masked)"
+    )
     print("|---|---|---|")
     for setting in args.settings:
         threads, batch = (int(x) for x in setting.split("x"))

@@ -51,8 +51,6 @@ def main() -> None:
         del a, b, vec
 
 
-
-
 def whole_stage(hidden: int = 256, states: int = 7, rsa_rounds: int = 5, rounds: int = 20) -> None:
     """compute() as the stage runs it: 5 tasks + random vs pre-trained, every hidden state."""
     from telly.similarity.compute import Comparison, compute
@@ -65,10 +63,15 @@ def whole_stage(hidden: int = 256, states: int = 7, rsa_rounds: int = 5, rounds:
     for t in tasks:
         models[f"finetuned-{t}-base"] = pre + rng.normal(size=pre.shape).astype(np.float32)
         comparisons.append(Comparison("finetuned", t, "pretrained", f"finetuned-{t}-base"))
-    _, t, mb = timed(lambda: compute(lambda tag, h: models[tag][:, h], comparisons, states, num_samples=N,
-                                     rsa_rounds=rsa_rounds, rounds=rounds))
-    print(f"| whole stage: {len(comparisons)} comparisons x {states} hidden states, "
-          f"{rsa_rounds} RSA + {rounds} CKA half-samples | {hidden} | {t:.0f} | {mb:.0f} |")
+    _, t, mb = timed(
+        lambda: compute(
+            lambda tag, h: models[tag][:, h], comparisons, states, num_samples=N, rsa_rounds=rsa_rounds, rounds=rounds
+        )
+    )
+    print(
+        f"| whole stage: {len(comparisons)} comparisons x {states} hidden states, "
+        f"{rsa_rounds} RSA + {rounds} CKA half-samples | {hidden} | {t:.0f} | {mb:.0f} |"
+    )
 
 
 if __name__ == "__main__":

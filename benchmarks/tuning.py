@@ -33,9 +33,8 @@ def durations(csv: Path):
 
 def bookkeeping(n_trials: int = 20) -> None:
     """Trials of a stand-in that trains nothing: a trial's duration is all bookkeeping."""
-    from tuning_fixture import LAYERS, TASK, fake_train, make_params
-
     from telly.tuning import tune
+    from tuning_fixture import LAYERS, TASK, fake_train, make_params
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
@@ -45,10 +44,14 @@ def bookkeeping(n_trials: int = 20) -> None:
         tune(params, TASK, train_fn=fake_train, layers=LAYERS)
         total = time.perf_counter() - start
         _, seconds = durations(params.tune.results_dir / f"{TASK}.csv")
-    print(f"| bookkeeping per trial (stand-in trainer, {len(seconds)} trials, 3 epochs, median pruner) "
-          f"| mean {seconds.mean():.2f} s, max {seconds.max():.2f} s |")
-    print(f"| the rest of the session: study + MLflow store creation, outputs (JSON, CSV, importances, plots) "
-          f"| {total - seconds.sum():.1f} s |")
+    print(
+        f"| bookkeeping per trial (stand-in trainer, {len(seconds)} trials, 3 epochs, median pruner) "
+        f"| mean {seconds.mean():.2f} s, max {seconds.max():.2f} s |"
+    )
+    print(
+        f"| the rest of the session: study + MLflow store creation, outputs (JSON, CSV, importances, plots) "
+        f"| {total - seconds.sum():.1f} s |"
+    )
 
 
 def session(task: str) -> None:

@@ -6,7 +6,6 @@ import copy
 from pathlib import Path
 
 from model_fixture import make_tiny_roberta
-
 from telly.config import parse_params
 from telly.jsonl import write_jsonl
 
@@ -30,7 +29,9 @@ def task_rows(task: str, n: int) -> list[dict]:
             rows.append({"id": f"r{i}", "query": doc, "code": code})
         elif task == "clone_detection":
             other = SNIPPETS[(i + 1 + i // 2) % len(SNIPPETS)][1]
-            rows.append({"id": f"r{i}", "code1": code, "code2": code if i % 2 == 0 else other, "label": int(i % 2 == 0)})
+            rows.append(
+                {"id": f"r{i}", "code1": code, "code2": code if i % 2 == 0 else other, "label": int(i % 2 == 0)}
+            )
         elif task == "code_summarization":
             rows.append({"id": f"r{i}", "source": code, "target": doc})
         elif task == "code_generation":
@@ -42,8 +43,15 @@ def task_rows(task: str, n: int) -> list[dict]:
 
 
 TASK_SETTINGS = {
-    "train_size": 16, "valid_size": 8, "test_size": 8, "epochs": 2, "batch_size": 4, "learning_rate": 1e-3,
-    "max_source_length": 24, "max_target_length": 12, "beam_size": 2,
+    "train_size": 16,
+    "valid_size": 8,
+    "test_size": 8,
+    "epochs": 2,
+    "batch_size": 4,
+    "learning_rate": 1e-3,
+    "max_source_length": 24,
+    "max_target_length": 12,
+    "beam_size": 2,
 }
 
 
@@ -57,11 +65,22 @@ def make_setup(root: Path, raw_params: dict, *, n_train: int = 16, **task_overri
             write_jsonl(tasks_dir / task / f"{split}.jsonl", task_rows(task, n))
     raw = copy.deepcopy(raw_params)
     raw["finetune"] = {
-        "model": str(model), "tasks_dir": str(tasks_dir), "output_dir": str(root / "finetuned"),
-        "results_dir": str(root / "results"), "checkpoint_dir": str(root / "checkpoints"),
-        "task_names": names, "variants": ["base", "telly-0", "telly-1"], "cache_frozen": True, "seed": 7,
-        "device": "cpu", "bf16": False, "weight_decay": 0.0, "warmup_fraction": 0.0, "max_grad_norm": 1.0,
-        "eval_batch_size": 8, "convergence_tolerance": 0.01,
+        "model": str(model),
+        "tasks_dir": str(tasks_dir),
+        "output_dir": str(root / "finetuned"),
+        "results_dir": str(root / "results"),
+        "checkpoint_dir": str(root / "checkpoints"),
+        "task_names": names,
+        "variants": ["base", "telly-0", "telly-1"],
+        "cache_frozen": True,
+        "seed": 7,
+        "device": "cpu",
+        "bf16": False,
+        "weight_decay": 0.0,
+        "warmup_fraction": 0.0,
+        "max_grad_norm": 1.0,
+        "eval_batch_size": 8,
+        "convergence_tolerance": 0.01,
         "tasks": {t: {**TASK_SETTINGS, **task_overrides} for t in names},
     }
     return parse_params(raw), raw

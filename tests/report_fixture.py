@@ -38,13 +38,26 @@ def probe_details(prop: str, state: str, peak: int, weight_peak: int | None) -> 
 
     weights = _weights(weight_peak)
     return {
-        "property": prop, "state": state, "metric": metric, "n_hidden_states": L + 1, "hidden_size": 8,
-        "sizes": {"train": 10, "valid": 4, "test": 4}, "seeds": [1, 2], "head": "linear",
+        "property": prop,
+        "state": state,
+        "metric": metric,
+        "n_hidden_states": L + 1,
+        "hidden_size": 8,
+        "sizes": {"train": 10, "valid": 4, "test": 4},
+        "seeds": [1, 2],
+        "head": "linear",
         "baseline": {metric: 0.4},
-        "layer-wise": {metric: ms(curve), f"control_{metric}": ms(control),
-                       f"selectivity_{metric}": ms([round(a - b, 4) for a, b in zip(curve, control)])},
-        "weighted-layer-wise": {metric: ms([0.85]), f"control_{metric}": ms([0.5]), f"selectivity_{metric}": ms([0.35]),
-                                "layer_weights": ms(weights)},
+        "layer-wise": {
+            metric: ms(curve),
+            f"control_{metric}": ms(control),
+            f"selectivity_{metric}": ms([round(a - b, 4) for a, b in zip(curve, control)]),
+        },
+        "weighted-layer-wise": {
+            metric: ms([0.85]),
+            f"control_{metric}": ms([0.5]),
+            f"selectivity_{metric}": ms([0.35]),
+            "layer_weights": ms(weights),
+        },
         "peak": {"layer": peak, metric: max(curve), "std": 0.01, "selectivity": round(max(curve) - 0.5, 4)},
         "weighted_peak_layer": max(range(L + 1), key=weights.__getitem__),
     }
@@ -52,10 +65,16 @@ def probe_details(prop: str, state: str, peak: int, weight_peak: int | None) -> 
 
 def write_probing(root: Path, holding: bool) -> None:
     # holding: lexical h1 < syntactic h2 < structural h4, semantic even weights
-    peaks = {"lexical": 1, "syntactic": 2, "structural": 4, "semantic": 2} if holding else \
-            {"lexical": 3, "syntactic": 2, "structural": 1, "semantic": 2}
-    weight_peaks = {"lexical": 1, "syntactic": 2, "structural": 4, "semantic": None} if holding else \
-                   {"lexical": None, "syntactic": 2, "structural": 1, "semantic": 0}
+    peaks = (
+        {"lexical": 1, "syntactic": 2, "structural": 4, "semantic": 2}
+        if holding
+        else {"lexical": 3, "syntactic": 2, "structural": 1, "semantic": 2}
+    )
+    weight_peaks = (
+        {"lexical": 1, "syntactic": 2, "structural": 4, "semantic": None}
+        if holding
+        else {"lexical": None, "syntactic": 2, "structural": 1, "semantic": 0}
+    )
     for state in ("random", "pretrained", "finetuned"):
         for prop in PROPS:
             details = probe_details(prop, state, peaks[prop], weight_peaks[prop])
@@ -72,29 +91,78 @@ def write_similarity(root: Path, holding: bool) -> None:
     rows = []
     for task in TASKS:
         for h, v in enumerate(similarity_curve(task, holding)):
-            rows.append({"kind": "finetuned", "task": task, "model_a": "pretrained", "model_b": f"ft-{task}",
-                         "hidden_state": h, "n_samples": 24, "rsa_spearman": v, "rsa_spearman_ci_low": v - 0.01,
-                         "rsa_spearman_ci_high": min(v + 0.01, 1.0), "cka": v, "cka_ci_low": None, "cka_ci_high": None})
+            rows.append(
+                {
+                    "kind": "finetuned",
+                    "task": task,
+                    "model_a": "pretrained",
+                    "model_b": f"ft-{task}",
+                    "hidden_state": h,
+                    "n_samples": 24,
+                    "rsa_spearman": v,
+                    "rsa_spearman_ci_low": v - 0.01,
+                    "rsa_spearman_ci_high": min(v + 0.01, 1.0),
+                    "cka": v,
+                    "cka_ci_low": None,
+                    "cka_ci_high": None,
+                }
+            )
     for h in range(L + 1):
-        rows.append({"kind": "random", "task": "all", "model_a": "pretrained", "model_b": "random", "hidden_state": h,
-                     "n_samples": 24, "rsa_spearman": 0.3, "rsa_spearman_ci_low": None, "rsa_spearman_ci_high": None,
-                     "cka": 0.1, "cka_ci_low": None, "cka_ci_high": None})
+        rows.append(
+            {
+                "kind": "random",
+                "task": "all",
+                "model_a": "pretrained",
+                "model_b": "random",
+                "hidden_state": h,
+                "n_samples": 24,
+                "rsa_spearman": 0.3,
+                "rsa_spearman_ci_low": None,
+                "rsa_spearman_ci_high": None,
+                "cka": 0.1,
+                "cka_ci_low": None,
+                "cka_ci_high": None,
+            }
+        )
     write_json(root / "results/similarity/table.json", rows)
-    write_json(root / "results/similarity/suggested_k.json",
-               {t: {"suggested_k": 2 if holding else None, "rule": "r", "metric": "rsa_spearman", "threshold": 0.9,
-                    "curve": similarity_curve(t, holding)} for t in TASKS})
+    write_json(
+        root / "results/similarity/suggested_k.json",
+        {
+            t: {
+                "suggested_k": 2 if holding else None,
+                "rule": "r",
+                "metric": "rsa_spearman",
+                "threshold": 0.9,
+                "curve": similarity_curve(t, holding),
+            }
+            for t in TASKS
+        },
+    )
 
 
 def run_json(task: str, variant: str, *, quality: float, epoch_s: float, cached: bool, params: int) -> dict:
     k = None if variant == "base" else int(variant.split("-")[1])
     return {
-        "task": task, "variant": variant, "k": k,
+        "task": task,
+        "variant": variant,
+        "k": k,
         "test": {m: quality * (1 + 0.1 * i) for i, m in enumerate(METRICS[task])},
-        "best_epoch": 2, "convergence_epoch": 2, "epochs": [],
-        "cost": {"trainable_params": params + 100, "paper_params": params, "total_params": 1000,
-                 "epoch_seconds": epoch_s, "eval_seconds": 1.0, "cache_seconds": 2.0 if cached and k is not None else 0.0,
-                 "cache_bytes": 0, "epochs_run": 3, "epochs_to_convergence": 2,
-                 "time_to_convergence": 2 * epoch_s + (2.0 if cached and k is not None else 0.0), "peak_memory_mb": 100.0},
+        "best_epoch": 2,
+        "convergence_epoch": 2,
+        "epochs": [],
+        "cost": {
+            "trainable_params": params + 100,
+            "paper_params": params,
+            "total_params": 1000,
+            "epoch_seconds": epoch_s,
+            "eval_seconds": 1.0,
+            "cache_seconds": 2.0 if cached and k is not None else 0.0,
+            "cache_bytes": 0,
+            "epochs_run": 3,
+            "epochs_to_convergence": 2,
+            "time_to_convergence": 2 * epoch_s + (2.0 if cached and k is not None else 0.0),
+            "peak_memory_mb": 100.0,
+        },
         "settings": {"cache_frozen": bool(cached and k is not None), "architecture": f"RobertaModel-L{L}-H8-V100"},
     }
 
@@ -105,20 +173,36 @@ def write_finetune(root: Path, holding: bool, *, paper_regime: bool = True) -> N
     for task in TASKS:
         for i, (variant, q) in enumerate(quality.items()):
             params = 1000 if variant == "base" else 800 - 200 * int(variant.split("-")[1])
-            write_json(root / "results/finetune" / task / f"{variant}.json",
-                       run_json(task, variant, quality=q, epoch_s=10.0 - 2 * i, cached=True, params=params))
+            write_json(
+                root / "results/finetune" / task / f"{variant}.json",
+                run_json(task, variant, quality=q, epoch_s=10.0 - 2 * i, cached=True, params=params),
+            )
             if paper_regime and variant != "base":
-                write_json(root / "results/finetune-paper-regime" / task / f"{variant}.json",
-                           run_json(task, variant, quality=q, epoch_s=10.0 - i, cached=False, params=params))
+                write_json(
+                    root / "results/finetune-paper-regime" / task / f"{variant}.json",
+                    run_json(task, variant, quality=q, epoch_s=10.0 - i, cached=False, params=params),
+                )
 
 
 def write_tuning(root: Path) -> None:
     for task in TASKS:
-        write_json(root / "results/tune" / f"{task}.json", {
-            "task": task, "study_name": task, "trials": {"complete": 3, "pruned": 1, "fail": 0},
-            "best": {"trial": 2, "variant": "telly-1", "k": 1, "lr": 3e-4, "epochs": 3, "batch_size": 4,
-                     "valid_score": 0.61},
-        })
+        write_json(
+            root / "results/tune" / f"{task}.json",
+            {
+                "task": task,
+                "study_name": task,
+                "trials": {"complete": 3, "pruned": 1, "fail": 0},
+                "best": {
+                    "trial": 2,
+                    "variant": "telly-1",
+                    "k": 1,
+                    "lr": 3e-4,
+                    "epochs": 3,
+                    "batch_size": 4,
+                    "valid_score": 0.61,
+                },
+            },
+        )
 
 
 def write_all(root: Path, holding: bool) -> None:

@@ -3,8 +3,8 @@ import keyword
 import tokenize
 
 import pytest
-from python_functions import corpus_or_stdlib_codes
 
+from python_functions import corpus_or_stdlib_codes
 from telly.data import analysis as A
 
 CODE = '''@cache
@@ -22,8 +22,16 @@ def area(r, unit="m²"):  # why: the unit is shown
 def test_lexical_tokens_types_and_character_spans():
     got = [(CODE[s:e], t) for s, e, t in A.lexical_tokens(CODE)]
     assert got[:10] == [
-        ("@", "OPERATOR"), ("cache", "NAME"), ("def", "KEYWORD"), ("area", "NAME"), ("(", "OPERATOR"),
-        ("r", "NAME"), (",", "OPERATOR"), ("unit", "NAME"), ("=", "OPERATOR"), ('"m²"', "STRING"),
+        ("@", "OPERATOR"),
+        ("cache", "NAME"),
+        ("def", "KEYWORD"),
+        ("area", "NAME"),
+        ("(", "OPERATOR"),
+        ("r", "NAME"),
+        (",", "OPERATOR"),
+        ("unit", "NAME"),
+        ("=", "OPERATOR"),
+        ('"m²"', "STRING"),
     ]
     assert ("3.14", "NUMBER") in got and ("2", "NUMBER") in got and ("None", "KEYWORD") in got
     assert ('f"{result} {unit}"', "STRING") in got  # an f-string is one STRING, as in tokenize
@@ -57,7 +65,9 @@ def test_align_labels_marks_the_last_subword_of_each_token():
     spans = [(0, 6, "NAME"), (7, 8, "OPERATOR"), (9, 13, "NUMBER")]
     assert A.align_labels(offsets, spans) == [None, None, "NAME", "OPERATOR", None, None, "NUMBER", None]
     # one piece covering two tokens "()" takes the later token's label; truncated tokens get none
-    assert A.align_labels([(0, 1), (1, 3)], [(0, 1, "NAME"), (1, 2, "OPERATOR"), (2, 3, "OPERATOR"), (5, 6, "NAME")]) == [
+    assert A.align_labels(
+        [(0, 1), (1, 3)], [(0, 1, "NAME"), (1, 2, "OPERATOR"), (2, 3, "OPERATOR"), (5, 6, "NAME")]
+    ) == [
         "NAME",
         "OPERATOR",
     ]
@@ -73,7 +83,7 @@ def test_align_labels_with_a_real_fast_tokenizer():
     enc = tok(code, return_offsets_mapping=True)
     labels = A.align_labels(enc["offset_mapping"], spans)
     assert sum(label is not None for label in labels) == len(spans)  # every token labelled exactly once
-    for (s, e, kind), (a, b) in zip(spans, [o for o, lab in zip(enc["offset_mapping"], labels) if lab]):
+    for (_s, e, _kind), (a, b) in zip(spans, [o for o, lab in zip(enc["offset_mapping"], labels) if lab]):
         assert a < e <= b or b == e  # the labelled piece is the token's last
     first_name = labels.index("NAME")
     assert code[enc["offset_mapping"][first_name][0] : enc["offset_mapping"][first_name][1]] in ("cache", "##he")
@@ -98,12 +108,21 @@ def test_ast_only_drops_terminal_values():
         ("return 1", 1),
         ("if a:\n        return 1\n    elif b:\n        return 2\n    else:\n        return 3", 3),
         ("for i in a:\n        pass\n    else:\n        pass\n    while b:\n        break", 4),
-        ("try:\n        pass\n    except A:\n        pass\n    except B:\n        pass\n    else:\n        pass\n    finally:\n        pass", 4),
+        (
+            "try:\n        pass\n    except A:\n        pass\n    except B:\n        pass\n    else:\n        pass\n    finally:\n        pass",
+            4,
+        ),
         ("return a and b and c or d", 4),
         ("return [x for x in a if x if not x] + list(y for y in b)", 5),
         ("assert a and b\n    return 1 if a else 2", 3),
-        ("def inner():\n        if a:\n            pass\n    class K:\n        x = 1 if a else 2\n    return lambda: 1 if a else 2", 2),
-        ("match a:\n        case 1:\n            pass\n        case [x] if x:\n            pass\n        case _:\n            pass", 3),
+        (
+            "def inner():\n        if a:\n            pass\n    class K:\n        x = 1 if a else 2\n    return lambda: 1 if a else 2",
+            2,
+        ),
+        (
+            "match a:\n        case 1:\n            pass\n        case [x] if x:\n            pass\n        case _:\n            pass",
+            3,
+        ),
     ],
 )
 def test_cyclomatic_complexity_hand_counted(body, expected):

@@ -48,8 +48,9 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_params(bad)
 
 
-@pytest.mark.parametrize("params_file", ["params.yaml", "tests/fixtures/params-tiny.yaml",
-                                         "profiles/paper-unixcoder.yaml"])
+@pytest.mark.parametrize(
+    "params_file", ["params.yaml", "tests/fixtures/params-tiny.yaml", "profiles/paper-unixcoder.yaml"]
+)
 def test_every_param_a_dvc_stage_tracks_is_written_out(params_file):
     """DVC reads params.yaml itself, not our defaults: a key a stage tracks must be in every params file."""
     from conftest import REPO

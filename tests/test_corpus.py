@@ -2,7 +2,6 @@ import hashlib
 import json
 
 import pytest
-import yaml
 
 from corpus_fixture import make_corpus, make_wheel, write_lock
 from telly.config import parse_params
@@ -49,7 +48,7 @@ def test_extract_functions_fields():
     assert "#" not in " ".join(get.code_tokens) and '"""Return' not in " ".join(get.code_tokens)
     assert get.code_tokens[:4] == ["def", "get", "(", "self"]
     assert get.class_name == "Cache" and get.class_members == ["limit", "get", "size"]
-    assert get.code.startswith("def get(self, key, default=None):\n    \"\"\"Return")
+    assert get.code.startswith('def get(self, key, default=None):\n    """Return')
     assert size.docstring == "Number of items in the cache."
     assert parse_fn.signature == "def parse(text, strict=True):"
     assert parse_fn.class_name is None and parse_fn.start_line == 21
@@ -77,14 +76,31 @@ def test_prepare_splits_by_project_and_is_deterministic(tmp_path, raw_params, tr
     params = _params(tmp_path, raw_params, valid_fraction=0.15, test_fraction=0.15)
     metrics = prepare(params)
     out = tmp_path / "corpus" / "python"
-    projects = {s: {json.loads(line)["repo"] for line in open(out / f"{s}.jsonl")} for s in ("train", "valid", "test")}
+    projects = {
+        s: {json.loads(line)["repo"] for line in (out / f"{s}.jsonl").read_text().splitlines()}
+        for s in ("train", "valid", "test")
+    }
     assert all(projects.values())
     assert not (projects["train"] & projects["valid"]) and not (projects["train"] & projects["test"])
     assert not (projects["valid"] & projects["test"])
     assert sum(metrics["functions"].values()) > 100
-    row = json.loads(open(out / "train.jsonl").readline())
-    for field in ("repo", "path", "func_name", "original_string", "language", "code", "code_tokens",
-                  "docstring", "docstring_tokens", "url", "partition", "signature", "class_name", "id"):
+    row = json.loads((out / "train.jsonl").read_text().splitlines()[0])
+    for field in (
+        "repo",
+        "path",
+        "func_name",
+        "original_string",
+        "language",
+        "code",
+        "code_tokens",
+        "docstring",
+        "docstring_tokens",
+        "url",
+        "partition",
+        "signature",
+        "class_name",
+        "id",
+    ):
         assert field in row
     assert len(row["docstring_tokens"]) >= params.prepare.min_docstring_tokens
     digests = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in out.glob("*.jsonl")}
@@ -96,10 +112,16 @@ def test_bad_inputs_are_skipped_and_counted(tmp_path, raw_params, tracking_env):
     raw = tmp_path / "raw"
     wheels = make_corpus(raw)
     # a non-UTF-8 file, a file that does not parse, and an empty project
-    wheels.append(make_wheel(raw, "oddkit", {
-        "oddkit/latin1.py": 'def f():\n    """Caf\xe9 is a word here."""\n    return 1\n'.encode("latin-1"),
-        "oddkit/broken.py": b'def g(:\n    """Broken function signature here."""\n    return 2\n',
-    }))
+    wheels.append(
+        make_wheel(
+            raw,
+            "oddkit",
+            {
+                "oddkit/latin1.py": 'def f():\n    """Caf\xe9 is a word here."""\n    return 1\n'.encode("latin-1"),
+                "oddkit/broken.py": b'def g(:\n    """Broken function signature here."""\n    return 2\n',
+            },
+        )
+    )
     wheels.append(make_wheel(raw, "emptykit", {"emptykit/__init__.py": b"x = 1\n"}))
     write_lock(tmp_path / "corpus.lock", wheels)
     # a wheel whose bytes no longer match the lock
@@ -124,7 +146,9 @@ def test_no_wheels_is_a_clear_error(tmp_path, raw_params):
 def test_deduplicate_keeps_projects_own_copy():
     base = {"func_name": "f", "start_line": 1}
     rows = [
-        dict(base, repo="pip", path="pip/_vendor/requests/x.py", code_tokens=["def", "f", "(", ")", ":", "return", "1"]),
+        dict(
+            base, repo="pip", path="pip/_vendor/requests/x.py", code_tokens=["def", "f", "(", ")", ":", "return", "1"]
+        ),
         dict(base, repo="requests", path="requests/x.py", code_tokens=["def", "f", "(", ")", ":", "return", "1"]),
         dict(base, repo="other", path="o.py", code_tokens=["def", "f", "(", "x", ")", ":", "return", "x"]),
     ]

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from finetune_fixture import make_setup
 
+from finetune_fixture import make_setup
 from telly.config import parse_params
 from telly.errors import TellyError
 from telly.finetuning.train import _check_batches, train_variant
@@ -51,8 +51,9 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     _, raw = make_setup(root, yaml.safe_load((REPO / "params.yaml").read_text()))
     config = root / "model" / "config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "hidden_dropout_prob": 0.0,
-                                  "attention_probs_dropout_prob": 0.0}))
+    config.write_text(
+        json.dumps({**json.loads(config.read_text()), "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    )
     raw["finetune"]["eval_batch_size"] = 4  # global: 2 per process
     for task in raw["finetune"]["tasks"].values():  # 16 training rows in global batches of 4
         task.update(epochs=EPOCHS, valid_size=7, test_size=7)  # 7 = 4 + 3: the last eval batch is padded
@@ -62,8 +63,23 @@ def setup(tmp_path_factory):
 
 
 def launch_two_processes(root: Path, params_file: Path, task: str, variant: str, mlflow_uri: str) -> str:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "telly", "finetune", "--task", task, "--variant", variant, "--params", str(params_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "telly",
+        "finetune",
+        "--task",
+        task,
+        "--variant",
+        variant,
+        "--params",
+        str(params_file),
+    ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=180)
     output = done.stdout + done.stderr
@@ -78,8 +94,9 @@ def max_weight_difference(folder_a: Path, folder_b: Path) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a if not k.startswith("pooler."))
 
 
-@pytest.mark.parametrize(("task", "variant", "resume"), [("code_search", "telly-1", True),
-                                                          ("code_summarization", "base", False)])
+@pytest.mark.parametrize(
+    ("task", "variant", "resume"), [("code_search", "telly-1", True), ("code_summarization", "base", False)]
+)
 def test_two_processes_give_the_one_process_result_written_once(setup, tmp_path, task, variant, resume):
     root, params, params_file = setup
     ft = params.finetune

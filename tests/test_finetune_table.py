@@ -13,10 +13,17 @@ from telly.jsonl import write_json
 
 def run(variant, paper, trainable, epoch_s, conv_epochs, mrr):
     return {
-        "task": "code_search", "variant": variant,
-        "cost": {"paper_params": paper, "trainable_params": trainable, "epoch_seconds": epoch_s,
-                 "epochs_to_convergence": conv_epochs, "time_to_convergence": epoch_s * conv_epochs,
-                 "cache_seconds": 0.0, "peak_memory_mb": 100.0},
+        "task": "code_search",
+        "variant": variant,
+        "cost": {
+            "paper_params": paper,
+            "trainable_params": trainable,
+            "epoch_seconds": epoch_s,
+            "epochs_to_convergence": conv_epochs,
+            "time_to_convergence": epoch_s * conv_epochs,
+            "cache_seconds": 0.0,
+            "peak_memory_mb": 100.0,
+        },
         "test": {"mrr": mrr, "r_at_1": 0.5, "r_at_5": 0.8, "r_at_10": 0.9},
     }
 
@@ -44,7 +51,9 @@ def test_cli_writes_the_table(tmp_path, raw_params, monkeypatch):
     _, raw = make_setup(tmp_path, raw_params)
     results = tmp_path / "results"
     for variant, k in (("telly-10", 0.4), ("base", 0.5), ("telly-2", 0.45)):
-        write_json(results / "code_search" / f"{variant}.json", run(variant, 100 - 10 * (variant != "base"), 1, 5.0, 2, k))
+        write_json(
+            results / "code_search" / f"{variant}.json", run(variant, 100 - 10 * (variant != "base"), 1, 5.0, 2, k)
+        )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     out = CliRunner().invoke(app, ["finetune", "--task", "code_search", "--table", "-p", str(tmp_path / "params.yaml")])
     assert out.exit_code == 0, out.output

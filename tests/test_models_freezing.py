@@ -16,8 +16,14 @@ PER_LAYER = 7_087_872  # one UniXcoder transformer layer
 def unixcoder_shaped():
     """microsoft/unixcoder-base's configuration, randomly initialised, on the meta device (no memory)."""
     config = RobertaConfig(
-        vocab_size=51416, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-        intermediate_size=3072, max_position_embeddings=1026, type_vocab_size=10, pad_token_id=1,
+        vocab_size=51416,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=1026,
+        type_vocab_size=10,
+        pad_token_id=1,
     )
     with torch.device("meta"):
         return RobertaModel(config)
@@ -67,8 +73,14 @@ class CloneModel(torch.nn.Module):
 
 
 def test_wrapped_encoder_keeps_the_head_trainable():
-    config = RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=40)
+    config = RobertaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
+    )
     task = CloneModel(RobertaModel(config))
     head = 32 * 2 + 2
     per_layer = sum(p.numel() for p in task.encoder.encoder.layer[0].parameters())

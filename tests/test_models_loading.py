@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model_fixture import CODE, make_tiny_roberta
 from telly.errors import TellyError
 from telly.models import MODE_TOKENS, ModelLoadError, encode, load_encoder
-from model_fixture import CODE, make_tiny_roberta
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_offsets_point_back_into_the_code(tiny_model):
     assert spans[:3] == [[0, 0]] * 3  # the prefix has no characters
     text = "".join(CODE[0][s:e] for (s, e), m in zip(spans, batch["attention_mask"][0]) if m and e > s)
     assert text.replace(" ", "") == CODE[0].replace(" ", "")
-    assert enc.tokenizer.decode(ids[3:len(spans)], skip_special_tokens=True).startswith("def add")
+    assert enc.tokenizer.decode(ids[3 : len(spans)], skip_special_tokens=True).startswith("def add")
 
 
 def test_long_inputs_are_truncated_and_counted(tiny_model, caplog):

@@ -18,13 +18,36 @@ TEMPLATES = [
     "def set_{n}(self, value):\n    self.{n} = value\n",
     "def has_{n}(self):\n    return self.{n} is not None\n",
 ]
-NAMES = ["name", "size", "color", "owner", "path", "mode", "parent", "count", "label", "value", "index", "state",
-         "key", "data", "text", "width", "height", "depth", "level", "title"]
+NAMES = [
+    "name",
+    "size",
+    "color",
+    "owner",
+    "path",
+    "mode",
+    "parent",
+    "count",
+    "label",
+    "value",
+    "index",
+    "state",
+    "key",
+    "data",
+    "text",
+    "width",
+    "height",
+    "depth",
+    "level",
+    "title",
+]
 
 
 def write_corpus(folder):
     for split, names in (("train", NAMES[:14]), ("valid", NAMES[14:])):
-        rows = [{"id": f"{split}{i}", "code": t.format(n=n)} for i, (t, n) in enumerate((t, n) for n in names for t in TEMPLATES)]
+        rows = [
+            {"id": f"{split}{i}", "code": t.format(n=n)}
+            for i, (t, n) in enumerate((t, n) for n in names for t in TEMPLATES)
+        ]
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -32,11 +55,26 @@ def write_corpus(folder):
 def params(raw_params, tmp_path, tracking_env):
     write_corpus(tmp_path)
     raw_params["pretrain"].update(
-        train=str(tmp_path / "train.jsonl"), valid=str(tmp_path / "valid.jsonl"),
-        out_dir=str(tmp_path / "pretrained"), checkpoint_dir=str(tmp_path / "ckpt"),
+        train=str(tmp_path / "train.jsonl"),
+        valid=str(tmp_path / "valid.jsonl"),
+        out_dir=str(tmp_path / "pretrained"),
+        checkpoint_dir=str(tmp_path / "ckpt"),
         metrics=str(tmp_path / "results" / "metrics.json"),
-        vocab_size=300, layers=2, hidden_size=32, heads=2, ffn_size=64, max_length=32, batch_size=8,
-        lr=1e-2, warmup_steps=2, max_steps=40, dropout=0.0, finetune_dropout=0.1, eval_every=10, log_every=5, eval_examples=50,
+        vocab_size=300,
+        layers=2,
+        hidden_size=32,
+        heads=2,
+        ffn_size=64,
+        max_length=32,
+        batch_size=8,
+        lr=1e-2,
+        warmup_steps=2,
+        max_steps=40,
+        dropout=0.0,
+        finetune_dropout=0.1,
+        eval_every=10,
+        log_every=5,
+        eval_examples=50,
     )
     return raw_params
 
@@ -147,7 +185,9 @@ def test_position_embeddings_can_start_as_sinusoids(params):
     table = model.roberta.embeddings.position_embeddings.weight.detach()
     first = tok.pad_token_id + 1  # RoBERTa's first real position
     assert torch.all(table[:first] == 0)
-    assert table[first, 0::2].abs().max() == 0 and torch.allclose(table[first, 1::2], torch.full_like(table[first, 1::2], 0.05))
+    assert table[first, 0::2].abs().max() == 0 and torch.allclose(
+        table[first, 1::2], torch.full_like(table[first, 1::2], 0.05)
+    )
     assert float(table[first + 1, 0]) == pytest.approx(0.05 * np.sin(1.0), rel=1e-5)
     assert model.config.initializer_range == 0.05
     plain = stage.build_model(cfg.model_copy(update={"sinusoidal_positions": 0.0}), tok)

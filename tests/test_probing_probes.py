@@ -36,7 +36,9 @@ def test_layerwise_heads_are_independent():
 def test_classification_probe_finds_the_layer_and_control_is_not_selective():
     splits = [classes_at(2, n, s) for n, s in ((600, 0), (200, 1), (200, 2))]
     task = TaggingTask("structural", *splits, n_classes=CLASSES)
-    control = TaggingTask("structural", *[controls.shuffled_labels(s, 7 + i) for i, s in enumerate(splits)], n_classes=CLASSES)
+    control = TaggingTask(
+        "structural", *[controls.shuffled_labels(s, 7 + i) for i, s in enumerate(splits)], n_classes=CLASSES
+    )
     r = run_suite("structural", task, control, FAST, seeds=[0, 1, 2])
     acc = r["layer-wise"]["acc"]["mean"]
     assert r["peak"]["layer"] == 2 and acc[2] > 90
@@ -52,7 +54,9 @@ def test_classification_probe_finds_the_layer_and_control_is_not_selective():
 def test_random_labels_give_no_selectivity_anywhere():
     splits = [classes_at(2, n, s, signal=False) for n, s in ((600, 0), (200, 1), (200, 2))]
     task = TaggingTask("structural", *splits, n_classes=CLASSES)
-    control = TaggingTask("structural", *[controls.shuffled_labels(s, 7 + i) for i, s in enumerate(splits)], n_classes=CLASSES)
+    control = TaggingTask(
+        "structural", *[controls.shuffled_labels(s, 7 + i) for i, s in enumerate(splits)], n_classes=CLASSES
+    )
     r = run_suite("structural", task, control, FAST, seeds=[0, 1, 2], probe_types=["layer-wise"])
     assert all(abs(s) < 10 for s in r["layer-wise"]["selectivity_acc"]["mean"])
 

@@ -3,7 +3,6 @@
 import csv
 import json
 
-import numpy as np
 import pytest
 
 from model_fixture import make_tiny_roberta
@@ -23,25 +22,46 @@ def probing_sets(folder, codes):
         part = codes[start : start + n]
         start += n
         ids = [f"{split}-{i}" for i in range(n)]
-        write_jsonl(folder / "lexical" / f"{split}.jsonl",
-                    [{"id": i, "code": c, "tokens": [list(t) for t in lexical_tokens(c)]} for i, c in zip(ids, part)])
+        write_jsonl(
+            folder / "lexical" / f"{split}.jsonl",
+            [{"id": i, "code": c, "tokens": [list(t) for t in lexical_tokens(c)]} for i, c in zip(ids, part)],
+        )
         asts = [ast_only(c) for c in part]
-        write_jsonl(folder / "syntactic" / f"{split}.jsonl",
-                    [{"id": f"{i}-t", "code": c, "ast_only": a, "label": 1} for i, c, a in zip(ids, part, asts)]
-                    + [{"id": f"{i}-f", "code": c, "ast_only": asts[(k + 1) % n], "label": 0}
-                       for k, (i, c) in enumerate(zip(ids, part))])
-        write_jsonl(folder / "structural" / f"{split}.jsonl",
-                    [{"id": i, "code": c, "complexity": cyclomatic_complexity(c),
-                      "label": complexity_class(cyclomatic_complexity(c))} for i, c in zip(ids, part)])
-        write_jsonl(folder / "semantic" / f"{split}.jsonl",
-                    [{"id": i, "code": c, "label": f"class-{k % 4}"} for k, (i, c) in enumerate(zip(ids, part))])
+        write_jsonl(
+            folder / "syntactic" / f"{split}.jsonl",
+            [{"id": f"{i}-t", "code": c, "ast_only": a, "label": 1} for i, c, a in zip(ids, part, asts)]
+            + [
+                {"id": f"{i}-f", "code": c, "ast_only": asts[(k + 1) % n], "label": 0}
+                for k, (i, c) in enumerate(zip(ids, part))
+            ],
+        )
+        write_jsonl(
+            folder / "structural" / f"{split}.jsonl",
+            [
+                {
+                    "id": i,
+                    "code": c,
+                    "complexity": cyclomatic_complexity(c),
+                    "label": complexity_class(cyclomatic_complexity(c)),
+                }
+                for i, c in zip(ids, part)
+            ],
+        )
+        write_jsonl(
+            folder / "semantic" / f"{split}.jsonl",
+            [{"id": i, "code": c, "label": f"class-{k % 4}"} for k, (i, c) in enumerate(zip(ids, part))],
+        )
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("probe")
     model = make_tiny_roberta(root / "models" / "pretrained", max_length=64)
-    codes = [c for _, _, c, _, _ in stdlib_functions(["textwrap", "shlex", "bisect", "colorsys", "fnmatch", "glob"]) if len(c) < 1500][:40]
+    codes = [
+        c
+        for _, _, c, _, _ in stdlib_functions(["textwrap", "shlex", "bisect", "colorsys", "fnmatch", "glob"])
+        if len(c) < 1500
+    ][:40]
     assert len(codes) == 40
     probing_sets(root / "data" / "probing", codes)
     return root, model
@@ -57,7 +77,10 @@ def params(project, raw_params, tracking_env):
         representations_dir=str(root / "data" / "representations"),
         out_dir=str(root / "results" / "probe"),
         max_rows={"train": 24, "valid": 8, "test": 8},
-        max_length=64, epochs=2, batch_size=8, seeds=[1, 2],
+        max_length=64,
+        epochs=2,
+        batch_size=8,
+        seeds=[1, 2],
     )
     return parse_params(raw_params)
 
@@ -99,8 +122,11 @@ def test_lexical_rows_are_last_subwords_and_cache_is_reused(params, project, cap
     # ends two tokens (BPE merging "()") is one row
     expected = 0
     for code, spans in zip(codes, offsets):
-        last = {max(i for i, (s, e) in enumerate(spans) if e > s and s < b and e > a)
-                for a, b, _ in lexical_tokens(code) if any(e > s and s < b and e > a for s, e in spans)}
+        last = {
+            max(i for i, (s, e) in enumerate(spans) if e > s and s < b and e > a)
+            for a, b, _ in lexical_tokens(code)
+            if any(e > s and s < b and e > a for s, e in spans)
+        }
         expected += len(last)
     assert details["sizes"]["train"] == expected
 
@@ -109,7 +135,9 @@ def test_missing_finetuned_model_is_skipped_with_a_message(params, project, caps
     root, _ = project
     result = run_one(params, "structural", "finetuned")
     assert "does not exist yet" in result["skipped"]
-    assert "skipped" in json.loads((root / "results" / "probe" / "finetuned" / "structural" / "metrics.json").read_text())
+    assert "skipped" in json.loads(
+        (root / "results" / "probe" / "finetuned" / "structural" / "metrics.json").read_text()
+    )
     assert "skipped" in capsys.readouterr().out
 
 
@@ -139,7 +167,10 @@ def test_bad_rows_are_named(params, project, tmp_path):
     bad = tmp_path / "probing"
     (bad / "structural").mkdir(parents=True)
     for split in ("train", "valid", "test"):
-        write_jsonl(bad / "structural" / f"{split}.jsonl", [{"id": f"x{i}", "code": "def f(): pass\n", "label": 9} for i in range(3)])
+        write_jsonl(
+            bad / "structural" / f"{split}.jsonl",
+            [{"id": f"x{i}", "code": "def f(): pass\n", "label": 9} for i in range(3)],
+        )
     broken = params.model_copy(update={"probe": params.probe.model_copy(update={"probing_dir": bad})})
     with pytest.raises(TellyError, match=r"structural/train.jsonl: rows .*label must be an integer class 0..5"):
         run_one(broken, "structural", "random")

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from report_fixture import L, TASKS, write_all, write_finetune, write_similarity
 
+from report_fixture import TASKS, L, write_all, write_finetune, write_similarity
 from telly.config import parse_params
 from telly.errors import TellyError
 from telly.reporting.stage import run
@@ -65,12 +65,12 @@ def test_each_claim_fails_where_the_results_contradict_it(params, tmp_path):
     run(params)
     verdicts = _claims(tmp_path / "reports")
     assert verdicts == {
-        "lexical_below_syntactic": "not reproduced",      # lexical h3, syntactic h2
-        "syntactic_below_structural": "not reproduced",   # syntactic h2, structural h1
-        "semantic_spread": "not reproduced",              # lexical weights are the even ones
-        "lower_layers_preserved": "not reproduced",       # h1 = 0.6
-        "top_two_change_most": "not reproduced",          # h1 changes most
-        "telly_within_base": "not reproduced",            # Telly-0 is 5% below Base
+        "lexical_below_syntactic": "not reproduced",  # lexical h3, syntactic h2
+        "syntactic_below_structural": "not reproduced",  # syntactic h2, structural h1
+        "semantic_spread": "not reproduced",  # lexical weights are the even ones
+        "lower_layers_preserved": "not reproduced",  # h1 = 0.6
+        "top_two_change_most": "not reproduced",  # h1 changes most
+        "telly_within_base": "not reproduced",  # Telly-0 is 5% below Base
     }
     evidence = json.loads((tmp_path / "reports/claims.json").read_text())
     assert "lexical peaks at h3, syntactic at h2" in evidence["lexical_below_syntactic"]["evidence"]
@@ -79,8 +79,13 @@ def test_each_claim_fails_where_the_results_contradict_it(params, tmp_path):
 
 def test_missing_inputs_are_named_with_the_stage_to_run(params, tmp_path):
     md = run(params).read_text()
-    for command in ("dvc repro probe", "dvc repro similarity", "dvc repro finetune", "dvc repro finetune-paper-regime",
-                    "dvc repro tune"):
+    for command in (
+        "dvc repro probe",
+        "dvc repro similarity",
+        "dvc repro finetune",
+        "dvc repro finetune-paper-regime",
+        "dvc repro tune",
+    ):
         assert command in md
     assert set(_claims(tmp_path / "reports").values()) == {"not checked"}
     assert "### Paper: rho" in md and "**Paper: Code search" in md  # the paper's numbers are always there

@@ -75,7 +75,12 @@ def test_all_tasks_ignores_unchecked_ones():
 
 def test_paper_numbers_as_transcribed_from_telly_paper_md():
     paper = load_paper()
-    assert paper["rq1"]["scores"]["structural"] == {"metric_label": "acc %", "random": 34.8, "pretrained": 29.7, "finetuned": 62.2}
+    assert paper["rq1"]["scores"]["structural"] == {
+        "metric_label": "acc %",
+        "random": 34.8,
+        "pretrained": 29.7,
+        "finetuned": 62.2,
+    }
     assert paper["rq1"]["layer_weights"]["lexical"]["pretrained"][1] == 0.2825
     assert paper["rq1"]["layer_weights"]["structural"]["random"] is None
     assert paper["rq2"]["similarity"]["clone_detection"][10] == 0.6473

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from conftest import REPO
-
 from telly.config import RealData, load_params
 
 PROFILE = REPO / "profiles" / "paper-unixcoder.yaml"
@@ -18,13 +17,27 @@ def test_paper_profile_is_valid_and_targets_unixcoder_on_real_data():
     assert p.report.paper_regime.variants == p.finetune.variants[1:]
     assert p.report.paper_regime.tasks == p.finetune.task_names == p.similarity.tasks
     # every task and probing set reads the paper's dataset, not the corpus stand-in
-    for name in ("lexical", "syntactic", "structural", "semantic", "code_search", "clone_detection",
-                 "code_summarization", "code_generation", "line_completion"):
+    for name in (
+        "lexical",
+        "syntactic",
+        "structural",
+        "semantic",
+        "code_search",
+        "clone_detection",
+        "code_summarization",
+        "code_generation",
+        "line_completion",
+    ):
         assert isinstance(getattr(p.tasks, name).source, RealData), name
     # the paper's RSA recipe and downstream hyper-parameters (telly-paper.md sections 2 and 4)
     assert (p.similarity.num_samples, p.similarity.max_length, p.similarity.pooling) == (5000, 256, "mean_unmasked")
     search = p.finetune.tasks.code_search
-    assert (search.batch_size, search.learning_rate, search.max_source_length, search.max_target_length) == (128, 2e-5, 256, 128)
+    assert (search.batch_size, search.learning_rate, search.max_source_length, search.max_target_length) == (
+        128,
+        2e-5,
+        256,
+        128,
+    )
     assert p.finetune.tasks.code_generation.epochs == 30 and p.finetune.seed == 123456
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from finetune_fixture import make_setup
 
+from finetune_fixture import make_setup
 from telly.config import parse_params
 from telly.errors import TellyError
 from telly.reporting.inputs import read_regimes
@@ -17,8 +17,11 @@ from telly.reporting.regime import run_paper_regime
 def setup(tmp_path, raw_params, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _, raw = make_setup(tmp_path, raw_params, n_train=8, epochs=1)
-    raw["report"]["paper_regime"] = {"tasks": ["clone_detection"], "variants": ["telly-1"],
-                                     "results_dir": str(tmp_path / "paper-regime")}
+    raw["report"]["paper_regime"] = {
+        "tasks": ["clone_detection"],
+        "variants": ["telly-1"],
+        "results_dir": str(tmp_path / "paper-regime"),
+    }
     return parse_params(raw)
 
 

@@ -69,7 +69,21 @@ def test_humaneval_variants_pass_their_unit_tests(humaneval):
     renamed = [v for entry, (_, v, _) in zip(entries, variants) if entry in v.renamed]
     assert len(renamed) >= 0.95 * len(variants)
     assert not any(f"def {entry}(" in v.code for entry, (_, v, _) in zip(entries, variants) if entry in v.renamed)
-    for name in ("rename", "rename_function", "annotations", "for_to_while", "while_to_for", "swap_if", "comp_to_loop", "loop_to_comp", "reorder", "dead_code", "extract", "literals", "layout"):
+    for name in (
+        "rename",
+        "rename_function",
+        "annotations",
+        "for_to_while",
+        "while_to_for",
+        "swap_if",
+        "comp_to_loop",
+        "loop_to_comp",
+        "reorder",
+        "dead_code",
+        "extract",
+        "literals",
+        "layout",
+    ):
         assert applied[name] >= 5, f"rewrite {name} applied only {applied[name]} times: {applied}"
     print(f"\nHumanEval: {sum(variant_ok)}/{len(variant_ok)} variants pass; rewrites applied: {dict(applied)}")
 
@@ -172,7 +186,9 @@ def test_rename_leaves_globals_keywords_and_dynamic_scopes_alone():
     assert "len(" in out and "key=" in out  # a global read and a keyword argument keep their names
     # the function's own parameters are renamed even where a call passes them by keyword; a nested
     # function called by keyword keeps its parameter's name
-    code = "def f(axis, data):\n    def inner(step):\n        return step\n    return g(data, axis=axis) + inner(step=1)\n"
+    code = (
+        "def f(axis, data):\n    def inner(step):\n        return step\n    return g(data, axis=axis) + inner(step=1)\n"
+    )
     tree = ast.parse(code)
     R.rename(tree.body[0], R.Namer(tree, random.Random(1)), random.Random(1))
     out = ast.unparse(tree)

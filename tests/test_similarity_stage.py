@@ -46,8 +46,15 @@ def workspace(tmp_path, monkeypatch, raw_params, tracking_env):
     raw_params["data"]["corpus_dir"] = "data/corpus"
     raw_params["model"]["name_or_path"] = "models/pretrained"
     raw_params["similarity"].update(
-        num_samples=N, max_length=32, batch_size=8, tasks=["code_search", "clone_detection"],
-        rsa_bootstrap_rounds=3, bootstrap_rounds=10, pooling="mean_unmasked", suggest_threshold=0.95, change_threshold=0.95,
+        num_samples=N,
+        max_length=32,
+        batch_size=8,
+        tasks=["code_search", "clone_detection"],
+        rsa_bootstrap_rounds=3,
+        bootstrap_rounds=10,
+        pooling="mean_unmasked",
+        suggest_threshold=0.95,
+        change_threshold=0.95,
     )
     return parse_params(raw_params)
 
@@ -58,8 +65,16 @@ def test_stage_scores_each_hidden_state_and_suggests_k(workspace, tmp_path, caps
         represent(params, tag)
     summary = run(params)
     out = tmp_path / "results/similarity"
-    for name in ("table.csv", "table.md", "table.json", "metrics.json", "suggested_k.json", "similarity.png",
-                 "plots/rsa_spearman.csv", "plots/cka.csv"):
+    for name in (
+        "table.csv",
+        "table.md",
+        "table.json",
+        "metrics.json",
+        "suggested_k.json",
+        "similarity.png",
+        "plots/rsa_spearman.csv",
+        "plots/cka.csv",
+    ):
         assert (out / name).stat().st_size > 0, name
 
     rows = json.loads((out / "table.json").read_text())
@@ -108,7 +123,9 @@ def test_stage_scores_each_hidden_state_and_suggests_k(workspace, tmp_path, caps
 
 def test_missing_inputs_are_named(workspace):
     params = workspace
-    with pytest.raises(TellyError, match=r"data/representations/pretrained/rsa: no representations.*represent pretrained"):
+    with pytest.raises(
+        TellyError, match=r"data/representations/pretrained/rsa: no representations.*represent pretrained"
+    ):
         run(params)
     bad = params.model_copy(update={"similarity": params.similarity.model_copy(update={"tasks": ["code_generation"]})})
     with pytest.raises(TellyError, match=r"models/finetuned/code_generation/base: no fine-tuned checkpoint"):
@@ -130,8 +147,10 @@ def test_a_checkpoint_without_its_tokenizer_is_caught(workspace, tmp_path):
 def test_representations_of_differently_tokenized_inputs_are_refused(workspace, tmp_path):
     """A checkpoint saved with another tokenizer that still fits its embeddings: the token counts differ."""
     params = workspace
-    folders = {tag: represent(params, tag) for tag in
-               ("pretrained", "random", "finetuned-code_search-base", "finetuned-clone_detection-base")}
+    folders = {
+        tag: represent(params, tag)
+        for tag in ("pretrained", "random", "finetuned-code_search-base", "finetuned-clone_detection-base")
+    }
     meta_file = folders["finetuned-code_search-base"] / "meta.json"
     meta = json.loads(meta_file.read_text())
     meta["tokens"] += 1
@@ -163,5 +182,7 @@ def test_seed_baseline_is_planned_and_its_absence_explained(workspace, tmp_path)
     pair = {r["hidden_state"]: r for r in rows if r["kind"] == "seed_pair" and r["task"] == "code_search"}
     assert pair[0]["cka"] == pytest.approx(1.0) and pair[2]["cka"] < 0.99  # two seeds differ only on top
     header = (tmp_path / "results/similarity/plots/cka.csv").read_text().splitlines()[0]
-    assert header == ("hidden_state,code_search,clone_detection,random,seed_code_search,seed_clone_detection,"
-                      "seed_pair_code_search,seed_pair_clone_detection")
+    assert header == (
+        "hidden_state,code_search,clone_detection,random,seed_code_search,seed_clone_detection,"
+        "seed_pair_code_search,seed_pair_clone_detection"
+    )

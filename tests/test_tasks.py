@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from python_functions import corpus_rows
 
+from python_functions import corpus_rows
 from telly.config import ConfigError, parse_params
 from telly.data import analysis, baselines, clones, tasks
 from telly.jsonl import read_jsonl, write_jsonl
@@ -110,7 +110,9 @@ def test_semantic_classes_are_disjoint_across_splits_and_behave_alike(built):
         by_label.setdefault(r["label"], []).append(r["code"])
     assert all(len(set(members)) >= 2 for members in by_label.values())
     # mined classes are filled up with variants of their copies: every class is as big as a rewritten one
-    assert sum(len(set(m)) == 1 + built[2]["tasks"]["clones"]["semantic_variants"] for m in by_label.values()) >= 0.9 * len(by_label)
+    assert sum(
+        len(set(m)) == 1 + built[2]["tasks"]["clones"]["semantic_variants"] for m in by_label.values()
+    ) >= 0.9 * len(by_label)
 
 
 def test_clone_detection_is_balanced_and_negatives_come_from_the_kind_they_say(built):
@@ -150,10 +152,21 @@ def test_token_overlap_measures_on_hand_computed_cases():
     matrix, _ = baselines.token_sets([a, b, c])
     assert baselines.jaccard_matrix(matrix, matrix)[0, 1] == pytest.approx(5 / 7)
     assert baselines.jaccard_matrix(matrix, matrix)[0, 2] == 0
-    pairs = [{"code1": a, "code2": b, "label": 1}, {"code1": a, "code2": c, "label": 0}, {"code1": b, "code2": c, "label": 1}]
-    assert baselines.clone_detection_auc(pairs) == pytest.approx(0.75)  # positives 5/7 and 0 vs negative 0: (1 + 0.5) / 2
+    pairs = [
+        {"code1": a, "code2": b, "label": 1},
+        {"code1": a, "code2": c, "label": 0},
+        {"code1": b, "code2": c, "label": 1},
+    ]
+    assert baselines.clone_detection_auc(pairs) == pytest.approx(
+        0.75
+    )  # positives 5/7 and 0 vs negative 0: (1 + 0.5) / 2
     # MAP@R by Jaccard: a and b retrieve each other, c and d (label 1) share nothing with anything but each other
-    rows = [{"code": a, "label": 0}, {"code": b, "label": 0}, {"code": "k + 1", "label": 1}, {"code": "k - 1", "label": 1}]
+    rows = [
+        {"code": a, "label": 0},
+        {"code": b, "label": 0},
+        {"code": "k + 1", "label": 1},
+        {"code": "k - 1", "label": 1},
+    ]
     assert baselines.semantic_map_at_r(rows) == pytest.approx(100.0)
     rows[3] = {"code": "x = h(y)", "label": 1}  # now d is nearer to a and b than to c
     assert baselines.semantic_map_at_r(rows) == pytest.approx(50.0)
@@ -161,8 +174,13 @@ def test_token_overlap_measures_on_hand_computed_cases():
 
 def test_hard_negative_picker_finds_functions_sharing_more_tokens_than_random_ones():
     query = "def area(shape):\n    width = shape.width\n    height = shape.height\n    return width * height\n"
-    near = "def perimeter(shape):\n    width = shape.width\n    height = shape.height\n    return 2 * (width + height)\n"
-    far = ["def greet(name):\n    print('hello', name)\n", "def total(xs):\n    s = 0\n    for x in xs:\n        s += x\n    return s\n"]
+    near = (
+        "def perimeter(shape):\n    width = shape.width\n    height = shape.height\n    return 2 * (width + height)\n"
+    )
+    far = [
+        "def greet(name):\n    print('hello', name)\n",
+        "def total(xs):\n    s = 0\n    for x in xs:\n        s += x\n    return s\n",
+    ]
     candidates = [
         {"id": "geo/b", "repo": "geo", "code": near},
         {"id": "geo/a", "repo": "geo", "code": query},  # the query's own function: never its negative
@@ -206,7 +224,12 @@ def test_stage_writes_metrics_logs_and_prints_the_table(corpus, raw_params, tmp_
     raw = _params(raw_params, corpus, tmp_path, sizes=(6, 4, 4))
     concode = tmp_path / "concode.json"
     concode.write_text('{"nl": "return one . concode_field_sep int x", "code": "int f ( ) { return 1 ; }"}\n')
-    raw["tasks"]["code_generation"]["source"] = {"format": "concode", "train": str(concode), "valid": str(concode), "test": str(concode)}
+    raw["tasks"]["code_generation"]["source"] = {
+        "format": "concode",
+        "train": str(concode),
+        "valid": str(concode),
+        "test": str(concode),
+    }
     metrics = tasks.run(parse_params(raw))
     written = json.loads((tmp_path / "tasks" / "metrics.json").read_text())
     assert written == metrics and written["tasks"]["code_generation"]["test"]["rows"] == 1

@@ -16,7 +16,10 @@ def test_runs_are_tagged_with_stage_and_commit(raw_params, tracking_env):
             pass
     got = mlflow.get_run(run.info.run_id)
     assert got.data.tags["telly.stage"] == "prepare"
-    assert len(got.data.tags["mlflow.source.git.commit"]) in (40, 7) or got.data.tags["mlflow.source.git.commit"] == "unknown"
+    assert (
+        len(got.data.tags["mlflow.source.git.commit"]) in (40, 7)
+        or got.data.tags["mlflow.source.git.commit"] == "unknown"
+    )
     assert got.data.params["prepare.seed"] == "1"
     assert mlflow.get_run(child.info.run_id).data.tags["mlflow.parentRunId"] == run.info.run_id
     assert mlflow.get_experiment(got.info.experiment_id).name == "telly-prepare"
@@ -26,8 +29,9 @@ def test_cli_reports_bad_params_without_traceback(tmp_path, raw_params):
     raw_params["prepare"]["max_code_lines"] = "many"
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(raw_params))
-    proc = subprocess.run([sys.executable, "-m", "telly", "prepare", "--params", str(bad)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "telly", "prepare", "--params", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "prepare.max_code_lines" in proc.stderr and "'many'" in proc.stderr
     assert "Traceback" not in proc.stderr

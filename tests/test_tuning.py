@@ -74,7 +74,8 @@ def test_study_searches_k_and_lr_and_writes_outputs(tmp_path, raw_params, tracki
     assert parent.data.metrics["best_valid_score"] == pytest.approx(best["valid_score"])
     children = mlflow.search_runs(
         experiment_ids=[parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list",
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        output_format="list",
     )
     assert len(children) == 10
     by_trial = {int(r.data.tags["optuna.trial"]): r for r in children}
@@ -113,7 +114,15 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path, raw_params,
 
     summary = tune(params, TASK, train_fn=flaky, layers=LAYERS)
     study = _study(params)
-    assert [s.name for s in _states(study)] == ["COMPLETE", "FAIL", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
+    assert [s.name for s in _states(study)] == [
+        "COMPLETE",
+        "FAIL",
+        "COMPLETE",
+        "FAIL",
+        "COMPLETE",
+        "COMPLETE",
+        "COMPLETE",
+    ]
     assert summary["trials"]["fail"] == 2 and summary["trials"]["complete"] == 5
     failed_run = mlflow.get_run(study.trials[1].user_attrs["mlflow_run_id"])
     assert failed_run.data.tags["optuna.state"] == "FAIL"
@@ -147,8 +156,11 @@ def test_a_rerun_continues_the_study_up_to_n_trials(tmp_path, raw_params, tracki
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
     assert summary["trials"]["complete"] == 5
     assert study.user_attrs["telly.mlflow_run_id"] == run_id  # all sessions log under the study's run
-    children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
-                                  experiment_ids=[mlflow.get_run(run_id).info.experiment_id], output_format="list")
+    children = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+        experiment_ids=[mlflow.get_run(run_id).info.experiment_id],
+        output_format="list",
+    )
     assert len(children) == 5
 
 
@@ -198,7 +210,9 @@ def test_storage_urls_never_show_a_password():
     from telly.runtime import repo_root
     from telly.tuning.study import printable
 
-    assert printable("postgresql://optuna:s3cret@db-host:5432/studies") == "postgresql://optuna:***@db-host:5432/studies"
+    assert (
+        printable("postgresql://optuna:s3cret@db-host:5432/studies") == "postgresql://optuna:***@db-host:5432/studies"
+    )
     assert printable("sqlite:////elsewhere/code_search.db") == "sqlite:////elsewhere/code_search.db"
     inside = repo_root() / "results/tune/code_search.db"  # the JSON is committed: no machine's path in it
     assert printable(f"sqlite:///{inside}") == "sqlite:///results/tune/code_search.db"
@@ -207,7 +221,11 @@ def test_storage_urls_never_show_a_password():
 def test_cli_names_an_unknown_task(tmp_path, raw_params):
     _, raw = make_params(raw_params, tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    proc = subprocess.run([sys.executable, "-m", "telly", "tune", "code_review", "--params", str(tmp_path / "params.yaml")],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "telly", "tune", "code_review", "--params", str(tmp_path / "params.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "unknown task 'code_review'" in proc.stderr and "Traceback" not in proc.stderr

@@ -17,8 +17,9 @@ def test_tune_runs_the_real_fine_tuning_engine(tmp_path, raw_params, tracking_en
     """Two trials of the real trainer on a tiny model: scores come from training, not from the stand-in."""
     finetune_fixture = pytest.importorskip("finetune_fixture")
     ft_params, ft_raw = finetune_fixture.make_setup(tmp_path, required_sections(raw_params))
-    params, _ = make_params(ft_raw, tmp_path, finetune=ft_raw["finetune"], n_trials=2, epochs=[2],
-                            lr_min=1e-4, lr_max=1e-2, test_size=4)
+    params, _ = make_params(
+        ft_raw, tmp_path, finetune=ft_raw["finetune"], n_trials=2, epochs=[2], lr_min=1e-4, lr_max=1e-2, test_size=4
+    )
     summary = tune(params, TASK, layers=None)  # the real train_variant, L read from the model
     assert summary["search_space"]["k"] == [-1, 1]  # the tiny model has 2 layers
     study = optuna.load_study(study_name=TASK, storage=f"sqlite:///{params.tune.results_dir / TASK}.db")

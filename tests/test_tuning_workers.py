@@ -32,15 +32,28 @@ def test_two_workers_fill_one_sqlite_study_and_no_trial_is_lost(tmp_path, raw_pa
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw))
     log = tmp_path / "ran.jsonl"
-    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "MLFLOW_TRACKING_URI": tracking_env, "TELLY_FAKE_LOG": str(log),
-           "TELLY_FAKE_DELAY": "0.2"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "MLFLOW_TRACKING_URI": tracking_env,
+        "TELLY_FAKE_LOG": str(log),
+        "TELLY_FAKE_DELAY": "0.2",
+    }
     # The study and the MLflow store exist before the workers start (two processes creating
     # one MLflow SQLite store at once race in its schema migration).
     tune(params, TASK, train_fn=fake_train, layers=LAYERS, n_trials=1)
 
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(params_file)], env=env, cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(params_file)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     for w, out in zip(workers, outputs):
         assert w.returncode == 0, out[-3000:]

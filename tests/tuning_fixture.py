@@ -46,26 +46,53 @@ def fake_train(params, task, variant, *, lr, epochs, on_epoch=None, output_dir=N
     k = -1 if variant == "base" else int(variant.split("-")[1])
     frozen = k + 1  # embeddings count as one block here
     return SimpleNamespace(
-        epochs=records, convergence_epoch=epochs,
-        cost={"trainable_params": 100 * (LAYERS + 1 - frozen), "time_to_convergence": 10.0 * (LAYERS + 1 - frozen),
-              "epoch_seconds": 1.0},
+        epochs=records,
+        convergence_epoch=epochs,
+        cost={
+            "trainable_params": 100 * (LAYERS + 1 - frozen),
+            "time_to_convergence": 10.0 * (LAYERS + 1 - frozen),
+            "epoch_seconds": 1.0,
+        },
     )
 
 
 FINETUNE_TASK = {
-    "train_size": 16, "valid_size": 8, "test_size": 8, "epochs": 2, "batch_size": 4, "learning_rate": 1e-4,
-    "max_source_length": 24, "max_target_length": 12, "beam_size": 1,
+    "train_size": 16,
+    "valid_size": 8,
+    "test_size": 8,
+    "epochs": 2,
+    "batch_size": 4,
+    "learning_rate": 1e-4,
+    "max_source_length": 24,
+    "max_target_length": 12,
+    "beam_size": 1,
 }
 NAMES = ["code_search", "clone_detection", "code_summarization", "code_generation", "line_completion"]
 
 
 def tune_section(root: Path, **overrides) -> dict:
     section = {
-        "task_names": [TASK], "study_name": "{task}", "storage": None, "results_dir": str(root / "tune"),
-        "work_dir": str(root / "work"), "n_trials": 6, "timeout_minutes": None, "max_failed_trials": 4,
-        "objectives": ["valid_score"], "lr_min": 1e-6, "lr_max": 1e-2, "epochs": [3], "batch_sizes": None,
-        "train_size": None, "valid_size": None, "test_size": 2, "pruner": "median", "warmup_epochs": 1,
-        "startup_trials": 2, "enqueue_default": True, "seed": 3,
+        "task_names": [TASK],
+        "study_name": "{task}",
+        "storage": None,
+        "results_dir": str(root / "tune"),
+        "work_dir": str(root / "work"),
+        "n_trials": 6,
+        "timeout_minutes": None,
+        "max_failed_trials": 4,
+        "objectives": ["valid_score"],
+        "lr_min": 1e-6,
+        "lr_max": 1e-2,
+        "epochs": [3],
+        "batch_sizes": None,
+        "train_size": None,
+        "valid_size": None,
+        "test_size": 2,
+        "pruner": "median",
+        "warmup_epochs": 1,
+        "startup_trials": 2,
+        "enqueue_default": True,
+        "seed": 3,
     }
     section.update(overrides)
     return section
@@ -73,18 +100,33 @@ def tune_section(root: Path, **overrides) -> dict:
 
 def required_sections(raw_params: dict) -> dict:
     """Only the sections every params file needs: other stages' sections are not these tests' business."""
-    return {k: copy.deepcopy(v) for k, v in raw_params.items()
-            if k in Params.model_fields and Params.model_fields[k].is_required()}
+    return {
+        k: copy.deepcopy(v)
+        for k, v in raw_params.items()
+        if k in Params.model_fields and Params.model_fields[k].is_required()
+    }
 
 
 def make_params(raw_params: dict, root: Path, *, finetune: dict | None = None, **tune_overrides):
     """Params with a finetune section (or ``finetune``, e.g. a real tiny setup) and a tune section under root."""
     raw = required_sections(raw_params)
     raw["finetune"] = finetune or {
-        "model": str(root / "model"), "tasks_dir": str(root / "tasks"), "output_dir": str(root / "finetuned"),
-        "results_dir": str(root / "results"), "checkpoint_dir": str(root / "checkpoints"), "task_names": NAMES,
-        "variants": ["base"], "cache_frozen": True, "seed": 7, "device": "cpu", "bf16": False, "weight_decay": 0.0,
-        "warmup_fraction": 0.0, "max_grad_norm": 1.0, "eval_batch_size": 8, "convergence_tolerance": 0.01,
+        "model": str(root / "model"),
+        "tasks_dir": str(root / "tasks"),
+        "output_dir": str(root / "finetuned"),
+        "results_dir": str(root / "results"),
+        "checkpoint_dir": str(root / "checkpoints"),
+        "task_names": NAMES,
+        "variants": ["base"],
+        "cache_frozen": True,
+        "seed": 7,
+        "device": "cpu",
+        "bf16": False,
+        "weight_decay": 0.0,
+        "warmup_fraction": 0.0,
+        "max_grad_norm": 1.0,
+        "eval_batch_size": 8,
+        "convergence_tolerance": 0.01,
         "tasks": {t: dict(FINETUNE_TASK) for t in NAMES},
     }
     raw["tune"] = tune_section(root, **tune_overrides)

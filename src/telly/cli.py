@@ -103,12 +103,19 @@ def similarity_represent(
     for tag in tags:
         represent(p, tag)
 
+
 @app.command()
 def probe(
     params: ParamsOption = DEFAULT_PARAMS,
-    prop: Annotated[str | None, typer.Option("--property", help="one property (lexical, syntactic, structural, semantic)")] = None,
-    state: Annotated[str | None, typer.Option("--state", help="one model state (random, pretrained, finetuned)")] = None,
-    summarize: Annotated[bool, typer.Option("--summarize", help="only gather results: peak table, figures, MLflow")] = False,
+    prop: Annotated[
+        str | None, typer.Option("--property", help="one property (lexical, syntactic, structural, semantic)")
+    ] = None,
+    state: Annotated[
+        str | None, typer.Option("--state", help="one model state (random, pretrained, finetuned)")
+    ] = None,
+    summarize: Annotated[
+        bool, typer.Option("--summarize", help="only gather results: peak table, figures, MLflow")
+    ] = False,
 ) -> None:
     """RQ1: probe every property on every model state, layer by layer (docs/probing.md)."""
     from telly.probing.stage import run_one
@@ -138,14 +145,29 @@ def pretrain(params: ParamsOption = DEFAULT_PARAMS) -> None:
 @app.command()
 def extract(
     params: ParamsOption = DEFAULT_PARAMS,
-    model: Annotated[list[str] | None, typer.Option("--model", help="tag (pretrained, random, finetuned-<task>-<variant>) or a model folder / hub id; repeatable; default: extract.models")] = None,
-    dataset: Annotated[list[str] | None, typer.Option("--dataset", help="dataset name from extract.datasets (repeatable), or the output name for --input")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help="tag (pretrained, random, finetuned-<task>-<variant>) or a model folder / hub id; repeatable; default: extract.models",
+        ),
+    ] = None,
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dataset", help="dataset name from extract.datasets (repeatable), or the output name for --input"
+        ),
+    ] = None,
     tag: Annotated[str | None, typer.Option("--tag", help="output folder name for a model given by path")] = None,
-    input_file: Annotated[Path | None, typer.Option("--input", help="a jsonl file not in params (needs one --dataset)")] = None,
+    input_file: Annotated[
+        Path | None, typer.Option("--input", help="a jsonl file not in params (needs one --dataset)")
+    ] = None,
     field: Annotated[str, typer.Option(help="jsonl field with the text, for --input")] = "code",
     limit: Annotated[int | None, typer.Option(help="first N rows, for --input")] = None,
     max_length: Annotated[int, typer.Option(help="tokens per input, for --input")] = 256,
-    kinds: Annotated[list[str] | None, typer.Option("--kind", help="pooling for --input: mean, first, mean_unmasked (repeatable)")] = None,
+    kinds: Annotated[
+        list[str] | None, typer.Option("--kind", help="pooling for --input: mean, first, mean_unmasked (repeatable)")
+    ] = None,
     token_examples: Annotated[int, typer.Option(help="rows whose token-level states are kept, for --input")] = 0,
 ) -> None:
     """Layer-wise representations under data/representations/<model_tag>/<dataset>/."""
@@ -158,8 +180,14 @@ def extract(
     adhoc = None
     if input_file is not None:
         try:
-            adhoc = ExtractDataset(input=input_file, field=field, limit=limit, max_length=max_length,
-                                   kinds=kinds or ["mean", "first"], token_examples=token_examples)
+            adhoc = ExtractDataset(
+                input=input_file,
+                field=field,
+                limit=limit,
+                max_length=max_length,
+                kinds=kinds or ["mean", "first"],
+                token_examples=token_examples,
+            )
         except ValidationError as err:
             raise TellyError(f"telly extract --input {input_file}: {err}") from None
     run(p, models=model, datasets=dataset, tag=tag, adhoc=adhoc)
@@ -167,7 +195,9 @@ def extract(
 
 @app.command()
 def finetune(
-    task: Annotated[str, typer.Option(help="code_search, clone_detection, code_summarization, code_generation, line_completion")],
+    task: Annotated[
+        str, typer.Option(help="code_search, clone_detection, code_summarization, code_generation, line_completion")
+    ],
     variant: Annotated[str | None, typer.Option(help="base, base-seed<S> or telly-<K>")] = None,
     table: Annotated[bool, typer.Option("--table", help="aggregate the task's runs into its table instead")] = False,
     params: ParamsOption = DEFAULT_PARAMS,
@@ -186,10 +216,18 @@ def finetune(
 
 @app.command()
 def tune(
-    task: Annotated[str, typer.Argument(help="code_search, clone_detection, code_summarization, code_generation, line_completion")],
-    storage: Annotated[str | None, typer.Option(help="database URL shared by several workers (default: tune.storage)")] = None,
-    n_trials: Annotated[int | None, typer.Option(help="finished trials the study should reach (default: tune.n_trials)")] = None,
-    timeout_minutes: Annotated[float | None, typer.Option(help="this session's budget (default: tune.timeout_minutes)")] = None,
+    task: Annotated[
+        str, typer.Argument(help="code_search, clone_detection, code_summarization, code_generation, line_completion")
+    ],
+    storage: Annotated[
+        str | None, typer.Option(help="database URL shared by several workers (default: tune.storage)")
+    ] = None,
+    n_trials: Annotated[
+        int | None, typer.Option(help="finished trials the study should reach (default: tune.n_trials)")
+    ] = None,
+    timeout_minutes: Annotated[
+        float | None, typer.Option(help="this session's budget (default: tune.timeout_minutes)")
+    ] = None,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Optuna: tune freeze depth K and learning rate on one task; a rerun continues the study (docs/tuning.md)."""

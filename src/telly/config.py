@@ -15,10 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-DEFAULT_PARAMS = Path("params.yaml")
-
-
 from telly.errors import TellyError
+
+DEFAULT_PARAMS = Path("params.yaml")
 
 
 class ConfigError(TellyError, ValueError):
@@ -118,20 +117,30 @@ class PretrainParams(Section):
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     warmup_steps: int = Field(ge=0)
-    lr_cooldown: float = Field(gt=0, le=1, description="share of training over which the rate decays to 0 (1: linear decay)")
+    lr_cooldown: float = Field(
+        gt=0, le=1, description="share of training over which the rate decays to 0 (1: linear decay)"
+    )
     init_std: float = Field(gt=0, description="std of the initial weights (RoBERTa: 0.02)")
-    sinusoidal_positions: float = Field(ge=0, description="position embeddings start as sinusoids of this amplitude (0: random, as RoBERTa)")
+    sinusoidal_positions: float = Field(
+        ge=0, description="position embeddings start as sinusoids of this amplitude (0: random, as RoBERTa)"
+    )
     weight_decay: float = Field(ge=0)
     max_steps: int = Field(ge=1)
     time_budget_minutes: float = Field(gt=0, description="training stops here even before max_steps")
     mlm_probability: float = Field(gt=0, lt=1, description="share of tokens masked while training")
-    eval_mlm_probability: float = Field(gt=0, lt=1, description="share masked in the held-out measurement (BERT's 15 %)")
+    eval_mlm_probability: float = Field(
+        gt=0, lt=1, description="share masked in the held-out measurement (BERT's 15 %)"
+    )
     eval_examples: int = Field(ge=1, description="held-out functions for masked-token accuracy")
     eval_every: int = Field(ge=1)
     log_every: int = Field(ge=1)
     checkpoint_every_minutes: float = Field(gt=0)
-    threads: int = Field(ge=0, description="torch CPU threads; 0 = torch's default (all cores); 1 on a CPU shared with other jobs")
-    bf16: bool = Field(description="bf16 autocast while training (CPU with AVX512-BF16, or CUDA); evaluation stays fp32")
+    threads: int = Field(
+        ge=0, description="torch CPU threads; 0 = torch's default (all cores); 1 on a CPU shared with other jobs"
+    )
+    bf16: bool = Field(
+        description="bf16 autocast while training (CPU with AVX512-BF16, or CUDA); evaluation stays fp32"
+    )
     seed: int
 
     @field_validator("heads")
@@ -200,7 +209,9 @@ class SimilarityParams(Section):
     ci_level: float = Field(gt=0.5, lt=1.0)
     seed: int
     suggest_metric: Literal["rsa_spearman", "rsa_pearson", "cka"]
-    suggest_threshold: float = Field(gt=0, le=1, description="suggested K: deepest K with hidden states 0..K at or above this")
+    suggest_threshold: float = Field(
+        gt=0, le=1, description="suggested K: deepest K with hidden states 0..K at or above this"
+    )
     change_threshold: float = Field(gt=0, le=1, description="a hidden state 'changes much' below this similarity")
 
     @field_validator("tasks")
@@ -246,9 +257,13 @@ class FinetuneParams(Section):
     checkpoint_dir: Path = Field(description="last-epoch state for resuming (not a DVC output)")
     task_names: list[TaskName] = Field(min_length=1, description="tasks of the DVC matrix")
     variants: list[str] = Field(min_length=1, description="base and telly-<K> names of the DVC matrix")
-    cache_frozen: bool = Field(description="frozen-prefix caching; false = the paper's regime (frozen layers run, dropout on)")
+    cache_frozen: bool = Field(
+        description="frozen-prefix caching; false = the paper's regime (frozen layers run, dropout on)"
+    )
     cache_dropout: float = Field(
-        default=0.0, ge=0, lt=1,
+        default=0.0,
+        ge=0,
+        lt=1,
         description="dropout on the cached hidden state K while training: noise in place of the frozen layers' own dropout",
     )
     seed: int
@@ -287,7 +302,9 @@ class ProbeParams(Section):
 
     properties: list[ProbingProperty] = Field(min_length=1)
     states: list[ModelStateName] = Field(min_length=1, description="model states probed")
-    finetuned_model: str = Field(description="the fine-tuned checkpoint probed as 'finetuned' (paper: code search, Base)")
+    finetuned_model: str = Field(
+        description="the fine-tuned checkpoint probed as 'finetuned' (paper: code search, Base)"
+    )
     probing_dir: Path = Field(description="probing sets written by the tasks stage")
     representations_dir: Path = Field(description="cache of extracted hidden states")
     out_dir: Path
@@ -357,7 +374,9 @@ class TuneParams(Section):
     @classmethod
     def _metric_first(cls, v: list[str]) -> list[str]:
         if v[0] != "valid_score" or len(set(v)) != len(v):
-            raise ValueError(f"must start with valid_score and not repeat (e.g. [valid_score, time_to_convergence]), got {v}")
+            raise ValueError(
+                f"must start with valid_score and not repeat (e.g. [valid_score, time_to_convergence]), got {v}"
+            )
         return v
 
     @field_validator("lr_max")
@@ -412,20 +431,31 @@ class CloneParams(Section):
     min_rewrites: int = Field(ge=1)
     max_rewrites: int = Field(ge=1)
     min_statements: int = Field(ge=1, description="functions with fewer body statements make no class")
-    hard_negatives: float = Field(ge=0, le=1, description="share of negatives that are nearest neighbours by token overlap")
+    hard_negatives: float = Field(
+        ge=0, le=1, description="share of negatives that are nearest neighbours by token overlap"
+    )
     same_project_negatives: float = Field(
         ge=0, le=1, description="share of the hard negatives taken from the same project (the rest: other projects)"
     )
     mined_share: float = Field(ge=0, le=1, description="at most this share of classes are mined real clones (0 = none)")
     mutant_negatives: float = Field(
-        default=0.0, ge=0, lt=1, description="share of clone-detection negatives that are near-miss mutants of the class's function"
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="share of clone-detection negatives that are near-miss mutants of the class's function",
     )
 
 
 TASK_SOURCES = {
-    "lexical": "codesearchnet", "syntactic": "codesearchnet", "structural": "codesearchnet", "semantic": "poj104",
-    "code_search": "codesearchnet", "clone_detection": "bigclonebench", "code_summarization": "codesearchnet",
-    "code_generation": "concode", "line_completion": "codexglue_line",
+    "lexical": "codesearchnet",
+    "syntactic": "codesearchnet",
+    "structural": "codesearchnet",
+    "semantic": "poj104",
+    "code_search": "codesearchnet",
+    "clone_detection": "bigclonebench",
+    "code_summarization": "codesearchnet",
+    "code_generation": "concode",
+    "line_completion": "codexglue_line",
 }
 
 
@@ -468,7 +498,9 @@ class PaperRegimeParams(Section):
     """Telly-K runs without frozen-prefix caching (frozen layers run every step), for the report's second table."""
 
     tasks: list[TaskName] = Field(min_length=1, description="tasks of the DVC matrix `finetune-paper-regime`")
-    variants: list[str] = Field(min_length=1, description="telly-<K> names (Base has nothing frozen: its run is shared)")
+    variants: list[str] = Field(
+        min_length=1, description="telly-<K> names (Base has nothing frozen: its run is shared)"
+    )
     results_dir: Path = Field(description="<results_dir>/<task>/<variant>.json, like finetune.results_dir")
 
     @field_validator("variants")
@@ -478,7 +510,9 @@ class PaperRegimeParams(Section):
 
         bad = [name for name in v if not re.fullmatch(r"telly-(0|[1-9][0-9]*)", name)]
         if bad or len(set(v)) != len(v):
-            raise ValueError(f"must be distinct telly-<K> names (Base is the same run with or without caching), got {v}")
+            raise ValueError(
+                f"must be distinct telly-<K> names (Base is the same run with or without caching), got {v}"
+            )
         return v
 
 
@@ -486,12 +520,22 @@ class ReportParams(Section):
     """The study report: every RQ's tables and figures beside the paper's, and its claims checked (docs/report.md)."""
 
     out_dir: Path = Field(description="report.md, report.html, figures/, plots/, claims.json")
-    paper_numbers: Path | None = Field(description="the paper's published numbers; null = the packaged paper_numbers.yaml")
+    paper_numbers: Path | None = Field(
+        description="the paper's published numbers; null = the packaged paper_numbers.yaml"
+    )
     similarity_metric: Literal["rsa_spearman", "rsa_pearson", "cka"] = Field(description="RQ2 curve the claims read")
-    lower_layers_fraction: float = Field(gt=0, lt=1, description="'lower layers' = hidden states 0..floor(fraction x L)")
-    preserve_threshold: float = Field(gt=0, le=1, description="a lower hidden state is preserved at this similarity or above")
-    within_base_tolerance: float = Field(ge=0, lt=1, description="Telly-K keeps Base quality: main metric >= (1 - this) x Base")
-    within_base_min_depth: float = Field(gt=0, le=1, description="claim holds when the first K = ceil(depth x L) - 1 layers can be frozen")
+    lower_layers_fraction: float = Field(
+        gt=0, lt=1, description="'lower layers' = hidden states 0..floor(fraction x L)"
+    )
+    preserve_threshold: float = Field(
+        gt=0, le=1, description="a lower hidden state is preserved at this similarity or above"
+    )
+    within_base_tolerance: float = Field(
+        ge=0, lt=1, description="Telly-K keeps Base quality: main metric >= (1 - this) x Base"
+    )
+    within_base_min_depth: float = Field(
+        gt=0, le=1, description="claim holds when the first K = ceil(depth x L) - 1 layers can be frozen"
+    )
     paper_regime: PaperRegimeParams
     track: bool = Field(description="log the report and the claim verdicts to MLflow (experiment <prefix>-report)")
 

@@ -29,7 +29,7 @@ def set_seed(seed: int) -> None:
         pass
 
 
-def device(prefer: str = "auto") -> "torch.device":  # noqa: F821
+def device(prefer: str = "auto") -> torch.device:  # noqa: F821
     """CUDA when present (or asked for), else CPU."""
     import torch
 
@@ -53,9 +53,7 @@ def repo_root() -> Path:
 @lru_cache(maxsize=1)
 def git_commit() -> str:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=repo_root()
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=repo_root())
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

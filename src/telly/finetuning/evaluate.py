@@ -30,8 +30,13 @@ def _same(outputs: Any, **_: Any) -> Any:
 
 @torch.no_grad()
 def embed_all(
-    model: TaskModel, examples: list[dict], field: str, pad_id: int, batches: Batches,
-    cache: HiddenCache | None = None, gather: Gather = _same,
+    model: TaskModel,
+    examples: list[dict],
+    field: str,
+    pad_id: int,
+    batches: Batches,
+    cache: HiddenCache | None = None,
+    gather: Gather = _same,
 ) -> torch.Tensor:
     was_training = model.training
     model.eval()

@@ -58,36 +58,59 @@ def task_table(task: str, runs: list[dict]) -> pd.DataFrame:
     rows = []
     for r in runs:
         c, b = r["cost"], base["cost"]
-        rows.append({
-            "variant": r["variant"],
-            "paper_params_m": c["paper_params"] / 1e6,
-            "params_reduction_pct": 100 * (1 - c["paper_params"] / b["paper_params"]),
-            "trainable_params_m": c["trainable_params"] / 1e6,
-            "epoch_seconds": c["epoch_seconds"],
-            "epoch_reduction_pct": 100 * (1 - c["epoch_seconds"] / b["epoch_seconds"]),
-            "epochs_to_convergence": c["epochs_to_convergence"],
-            "convergence_seconds": c["time_to_convergence"],
-            "convergence_reduction_pct": 100 * (1 - c["time_to_convergence"] / b["time_to_convergence"]),
-            "cache_seconds": c["cache_seconds"],
-            "peak_memory_mb": c["peak_memory_mb"],
-            **{m: r["test"][m] for m in METRICS[task]},
-            f"{main}_vs_base_pct": 100 * (r["test"][main] / base["test"][main] - 1) if base["test"][main] else float("nan"),
-        })
+        rows.append(
+            {
+                "variant": r["variant"],
+                "paper_params_m": c["paper_params"] / 1e6,
+                "params_reduction_pct": 100 * (1 - c["paper_params"] / b["paper_params"]),
+                "trainable_params_m": c["trainable_params"] / 1e6,
+                "epoch_seconds": c["epoch_seconds"],
+                "epoch_reduction_pct": 100 * (1 - c["epoch_seconds"] / b["epoch_seconds"]),
+                "epochs_to_convergence": c["epochs_to_convergence"],
+                "convergence_seconds": c["time_to_convergence"],
+                "convergence_reduction_pct": 100 * (1 - c["time_to_convergence"] / b["time_to_convergence"]),
+                "cache_seconds": c["cache_seconds"],
+                "peak_memory_mb": c["peak_memory_mb"],
+                **{m: r["test"][m] for m in METRICS[task]},
+                f"{main}_vs_base_pct": 100 * (r["test"][main] / base["test"][main] - 1)
+                if base["test"][main]
+                else float("nan"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def to_markdown(task: str, df: pd.DataFrame) -> str:
     main = METRICS[task][0]
-    header = ["Variant", "Train params (M)", "↓%", "Trainable (M)", "Epoch time", "↓%", "#Ep→conv",
-              "Conv. time", "↓%", "Peak mem (MB)", *METRICS[task], f"{main} Δ% vs Base"]
+    header = [
+        "Variant",
+        "Train params (M)",
+        "↓%",
+        "Trainable (M)",
+        "Epoch time",
+        "↓%",
+        "#Ep→conv",
+        "Conv. time",
+        "↓%",
+        "Peak mem (MB)",
+        *METRICS[task],
+        f"{main} Δ% vs Base",
+    ]
     lines = [f"#### {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in df.to_dict("records"):
         cells = [
             r["variant"].replace("telly-", "Telly-").replace("base", "Base"),
-            f"{r['paper_params_m']:.2f}", f"{r['params_reduction_pct']:.1f}", f"{r['trainable_params_m']:.2f}",
-            clock(r["epoch_seconds"]), f"{r['epoch_reduction_pct']:.1f}", str(r["epochs_to_convergence"]),
-            clock(r["convergence_seconds"]), f"{r['convergence_reduction_pct']:.1f}", f"{r['peak_memory_mb']:.0f}",
-            *(f"{r[m]:.4g}" for m in METRICS[task]), f"{r[f'{main}_vs_base_pct']:+.1f}",
+            f"{r['paper_params_m']:.2f}",
+            f"{r['params_reduction_pct']:.1f}",
+            f"{r['trainable_params_m']:.2f}",
+            clock(r["epoch_seconds"]),
+            f"{r['epoch_reduction_pct']:.1f}",
+            str(r["epochs_to_convergence"]),
+            clock(r["convergence_seconds"]),
+            f"{r['convergence_reduction_pct']:.1f}",
+            f"{r['peak_memory_mb']:.0f}",
+            *(f"{r[m]:.4g}" for m in METRICS[task]),
+            f"{r[f'{main}_vs_base_pct']:+.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -169,11 +169,23 @@ def train_variant(
 
     model = TaskModel(encoder.model, task, k, settings.cache_dropout if cached else 0.0).to(device)
     run_settings = {
-        "task": task, "variant": variant, "k": k, "lr": lr, "epochs": epochs, "cache_frozen": cached,
+        "task": task,
+        "variant": variant,
+        "k": k,
+        "lr": lr,
+        "epochs": epochs,
+        "cache_frozen": cached,
         "cache_dropout": settings.cache_dropout if cached else 0.0,
-        "model": settings.model, "architecture": _architecture(encoder), "seed": seed, **cfg.model_dump(exclude={"learning_rate", "epochs"}),
-        "weight_decay": settings.weight_decay, "warmup_fraction": settings.warmup_fraction,
-        "max_grad_norm": settings.max_grad_norm, "n_train": len(train), "n_valid": len(valid), "n_test": len(test),
+        "model": settings.model,
+        "architecture": _architecture(encoder),
+        "seed": seed,
+        **cfg.model_dump(exclude={"learning_rate", "epochs"}),
+        "weight_decay": settings.weight_decay,
+        "warmup_fraction": settings.warmup_fraction,
+        "max_grad_norm": settings.max_grad_norm,
+        "n_train": len(train),
+        "n_valid": len(valid),
+        "n_test": len(test),
     }
     fingerprint = hashlib.sha256(json.dumps(run_settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -198,7 +210,9 @@ def train_variant(
 
     shuffle = torch.Generator()  # the training order, re-seeded every epoch
     train_loader = index_loader(
-        len(train), cfg.batch_size, shuffle=shuffle,
+        len(train),
+        cfg.batch_size,
+        shuffle=shuffle,
         collate_fn=lambda idx: make_batch(task, [train[i] for i in idx], idx, tok.pad, train_caches),
     )
     valid_loader = index_loader(len(valid), settings.eval_batch_size)
@@ -229,18 +243,27 @@ def train_variant(
         torch.autocast("cuda", dtype=torch.bfloat16) if settings.bf16 and device.type == "cuda" else nullcontext()
     )
     eval_kwargs = {
-        "beam_size": cfg.beam_size, "max_new_tokens": cfg.max_target_length, "gather": accelerator.gather_for_metrics,
+        "beam_size": cfg.beam_size,
+        "max_new_tokens": cfg.max_target_length,
+        "gather": accelerator.gather_for_metrics,
     }
     system = _system_tags(device, accelerator.num_processes)
     tags = {"telly.task": task, "telly.variant": variant, "telly.cache_frozen": str(cached), **system}
     tracking = (
         start_run(params, "finetune", f"{task}/{variant}", nested=_mlflow_active(), tags=tags, log_params=run_settings)
-        if main else nullcontext()
+        if main
+        else nullcontext()
     )
     with tracking:
         mlflow = _mlflow(main)
-        mlflow.log_params({"trainable_params": counts.trainable, "paper_params": counts.paper,
-                           "total_params": counts.total, "resumed_from_epoch": start_epoch - 1})
+        mlflow.log_params(
+            {
+                "trainable_params": counts.trainable,
+                "paper_params": counts.paper,
+                "total_params": counts.total,
+                "resumed_from_epoch": start_epoch - 1,
+            }
+        )
         for record in history:  # a resumed run still shows the whole curve
             _log_epoch(mlflow, record)
         for epoch in range(start_epoch, epochs + 1):
@@ -268,8 +291,12 @@ def train_variant(
                 )
             eval_seconds = time.perf_counter() - t0
             record = {
-                "epoch": epoch, "train_loss": sum(losses) / len(losses), "train_seconds": train_seconds,
-                "train_cpu_seconds": train_cpu_seconds, "eval_seconds": eval_seconds, "lr": scheduler.get_last_lr()[0],
+                "epoch": epoch,
+                "train_loss": sum(losses) / len(losses),
+                "train_seconds": train_seconds,
+                "train_cpu_seconds": train_cpu_seconds,
+                "eval_seconds": eval_seconds,
+                "lr": scheduler.get_last_lr()[0],
                 **{f"valid_{name}": value for name, value in valid_metrics.items()},
             }
             history.append(record)
@@ -281,8 +308,15 @@ def train_variant(
                     _save_weights(encoder.model, state_dir / "best.safetensors")
                 _save_state(state_dir, fingerprint, epoch, task_model, optimizer, scheduler, history, best)
             _log_epoch(mlflow, record)
-            log.info("%s/%s epoch %d: loss %.4f, valid score %.4f, %.1f s", task, variant, epoch,
-                     record["train_loss"], valid_metrics["score"], train_seconds)
+            log.info(
+                "%s/%s epoch %d: loss %.4f, valid score %.4f, %.1f s",
+                task,
+                variant,
+                epoch,
+                record["train_loss"],
+                valid_metrics["score"],
+                train_seconds,
+            )
             if on_epoch is not None:
                 on_epoch(epoch, record)
 
@@ -291,7 +325,12 @@ def train_variant(
         _load_weights(encoder.model, state_dir / "best.safetensors")
         with autocast:
             test_metrics = evaluate(
-                task_model, test, tok, encoder.tokenizer, batches=test_loader, threshold=best.get("threshold"),
+                task_model,
+                test,
+                tok,
+                encoder.tokenizer,
+                batches=test_loader,
+                threshold=best.get("threshold"),
                 **eval_kwargs,
             )
         test_metrics.pop("score")
@@ -315,8 +354,17 @@ def train_variant(
         mlflow.log_metrics({n: float(v) for n, v in cost.items()})
 
     result = RunResult(
-        task=task, variant=variant, k=k, test=test_metrics, best_epoch=best["epoch"], convergence_epoch=conv_epoch,
-        epochs=history, cost=cost, settings=run_settings, checkpoint=str(output_dir), system=system,
+        task=task,
+        variant=variant,
+        k=k,
+        test=test_metrics,
+        best_epoch=best["epoch"],
+        convergence_epoch=conv_epoch,
+        epochs=history,
+        cost=cost,
+        settings=run_settings,
+        checkpoint=str(output_dir),
+        system=system,
     )
     if main:
         _publish(encoder, output_dir)
@@ -372,8 +420,10 @@ def _check_batches(task: str, batch_size: int, eval_batch_size: int, processes: 
 
 
 def _check_lengths(task: str, cfg: Any, model_max: int) -> None:
-    need = cfg.max_source_length + cfg.max_target_length if task not in SEQUENCE_FIELDS else max(
-        cfg.max_source_length, cfg.max_target_length
+    need = (
+        cfg.max_source_length + cfg.max_target_length
+        if task not in SEQUENCE_FIELDS
+        else max(cfg.max_source_length, cfg.max_target_length)
     )
     if need > model_max:
         raise TellyError(

@@ -113,10 +113,14 @@ class FeatureBuilder:
 
     def model_fp(self) -> str:
         if self._model_fp is None:
-            self._model_fp = model_fingerprint(self.state.source if self.state.source != "random" else f"random:{self.state.like}")
+            self._model_fp = model_fingerprint(
+                self.state.source if self.state.source != "random" else f"random:{self.state.like}"
+            )
         return self._model_fp
 
-    def representations(self, prop: str, split: str, texts: list[str], ids: list[str], *, side: str = "", tokens: bool = False):
+    def representations(
+        self, prop: str, split: str, texts: list[str], ids: list[str], *, side: str = "", tokens: bool = False
+    ):
         from telly.models.extraction import extract
 
         name = f"{split}-{side}" if side else split
@@ -127,8 +131,14 @@ class FeatureBuilder:
             log.info("%s: cached representations reused", folder)
             return reps
         return extract(
-            self.encoder(), texts, ids, folder, kinds=("mean", "first"), batch_size=self.batch_size,
-            max_length=self.max_length, token_examples=len(texts) if tokens else 0,
+            self.encoder(),
+            texts,
+            ids,
+            folder,
+            kinds=("mean", "first"),
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            token_examples=len(texts) if tokens else 0,
             meta={"probe_fingerprint": fingerprint, "model_state": self.state.name},
         )
 

@@ -31,7 +31,8 @@ def class_scores(labels: np.ndarray, predictions: np.ndarray, n_classes: int) ->
     """Accuracy (percent) and macro-F1 (percent) over ``n_classes`` classes, absent ones included."""
     return {
         "acc": 100.0 * accuracy_score(labels, predictions),
-        "macro_f1": 100.0 * f1_score(labels, predictions, labels=list(range(n_classes)), average="macro", zero_division=0),
+        "macro_f1": 100.0
+        * f1_score(labels, predictions, labels=list(range(n_classes)), average="macro", zero_division=0),
     }
 
 

@@ -26,8 +26,16 @@ from torch import nn
 class StackedHeads(nn.Module):
     """``n_heads`` independent heads; input ``[B, n_heads, H]``, output ``[B, n_heads, out]``."""
 
-    def __init__(self, n_heads: int, hidden: int, out: int, *, kind: str = "linear", mlp_hidden: int = 256,
-                 orthogonal: bool = False) -> None:
+    def __init__(
+        self,
+        n_heads: int,
+        hidden: int,
+        out: int,
+        *,
+        kind: str = "linear",
+        mlp_hidden: int = 256,
+        orthogonal: bool = False,
+    ) -> None:
         super().__init__()
         if kind not in ("linear", "mlp"):
             raise ValueError(f"probe head kind {kind!r} is not one of 'linear', 'mlp'")

@@ -70,14 +70,18 @@ def build_tasks(params: Params, prop: str, builder: FeatureBuilder) -> tuple[Pro
     rows = {s: read_rows(p.probing_dir, prop, s, p.max_rows[s]) for s in SPLITS}
     for split, split_rows in rows.items():
         if len(split_rows) < 2:
-            raise TellyError(f"{p.probing_dir / prop / (split + '.jsonl')}: {len(split_rows)} row(s); a probe needs at least 2")
+            raise TellyError(
+                f"{p.probing_dir / prop / (split + '.jsonl')}: {len(split_rows)} row(s); a probe needs at least 2"
+            )
     ids = {s: [str(r["id"]) for r in rows[s]] for s in SPLITS}
     codes = {s: [r["code"] for r in rows[s]] for s in SPLITS}
     # labels are checked before any extraction, so a bad file costs nothing
     labels = {s: _int_labels(rows[s], prop, Path(p.probing_dir) / prop / f"{s}.jsonl") for s in SPLITS}
 
     if prop == "lexical":
-        arrays = {s: lexical_arrays(rows[s], builder.representations(prop, s, codes[s], ids[s], tokens=True)) for s in SPLITS}
+        arrays = {
+            s: lexical_arrays(rows[s], builder.representations(prop, s, codes[s], ids[s], tokens=True)) for s in SPLITS
+        }
         real = {s: Split(x, y) for s, (x, y, _) in arrays.items()}
         control_y = controls.labels_per_type([arrays[s][2] for s in SPLITS], real["train"].y, p.control_seed)
         fake = {s: Split(real[s].x, y) for s, y in zip(SPLITS, control_y)}
@@ -86,14 +90,15 @@ def build_tasks(params: Params, prop: str, builder: FeatureBuilder) -> tuple[Pro
         real = {}
         for s in SPLITS:
             code = _pooled(builder.representations(prop, s, codes[s], ids[s]), p.pooling)
-            ast = _pooled(builder.representations(prop, s, [ast_text(r) for r in rows[s]], ids[s], side="ast"), p.pooling)
+            ast = _pooled(
+                builder.representations(prop, s, [ast_text(r) for r in rows[s]], ids[s], side="ast"), p.pooling
+            )
             real[s] = Split(code, labels[s], ast)
         fake = {s: controls.deranged_pairs(real[s], p.control_seed + i) for i, s in enumerate(SPLITS)}
         make = lambda splits: PairTask("syntactic", *splits)  # noqa: E731
     elif prop in ("structural", "semantic"):
         real = {
-            s: Split(_pooled(builder.representations(prop, s, codes[s], ids[s]), p.pooling), labels[s])
-            for s in SPLITS
+            s: Split(_pooled(builder.representations(prop, s, codes[s], ids[s]), p.pooling), labels[s]) for s in SPLITS
         }
         fake = {s: controls.shuffled_labels(real[s], p.control_seed + i) for i, s in enumerate(SPLITS)}
         if prop == "structural":
@@ -111,7 +116,9 @@ def _int_labels(rows: list[dict[str, Any]], prop: str, path: Path) -> np.ndarray
     if allowed is not None:
         bad = [r["id"] for r in rows if not (isinstance(r["label"], int) and r["label"] in allowed)]
         if bad:
-            raise TellyError(f"{path}: rows {bad[:3]}: label must be an integer class {allowed.start}..{allowed.stop - 1}")
+            raise TellyError(
+                f"{path}: rows {bad[:3]}: label must be an integer class {allowed.start}..{allowed.stop - 1}"
+            )
         return np.asarray([r["label"] for r in rows], dtype=np.int64)
     if prop == "semantic":  # clone classes: any label type
         return np.unique([str(r["label"]) for r in rows], return_inverse=True)[1].astype(np.int64)
@@ -137,8 +144,13 @@ def curve_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     for l in range(result["n_hidden_states"]):
         row: dict[str, Any] = {"layer": l}
         if layer:
-            row.update(score=layer[m]["mean"][l], score_std=layer[m]["std"][l], control=layer[f"control_{m}"]["mean"][l],
-                       selectivity=layer[f"selectivity_{m}"]["mean"][l], selectivity_std=layer[f"selectivity_{m}"]["std"][l])
+            row.update(
+                score=layer[m]["mean"][l],
+                score_std=layer[m]["std"][l],
+                control=layer[f"control_{m}"]["mean"][l],
+                selectivity=layer[f"selectivity_{m}"]["mean"][l],
+                selectivity_std=layer[f"selectivity_{m}"]["std"][l],
+            )
         if weights:
             row.update(weight=weights["mean"][l], weight_std=weights["std"][l])
         rows.append(row)
@@ -195,11 +207,15 @@ def peak_line(state: str, result: dict[str, Any]) -> str:
     parts = [f"{prop:<10} {state:<10}"]
     if "peak" in result:
         pk = result["peak"]
-        parts.append(f"peaks at layer {pk['layer']}: {m} {pk[m]:.3f} ± {pk['std']:.3f}, selectivity {pk['selectivity']:+.3f}")
+        parts.append(
+            f"peaks at layer {pk['layer']}: {m} {pk[m]:.3f} ± {pk['std']:.3f}, selectivity {pk['selectivity']:+.3f}"
+        )
     if "weighted-layer-wise" in result:
         w = result["weighted-layer-wise"]
-        parts.append(f"| weighted {m} {w[m]['mean'][0]:.3f} (selectivity {w[f'selectivity_{m}']['mean'][0]:+.3f}), "
-                     f"largest weight on layer {result['weighted_peak_layer']}")
+        parts.append(
+            f"| weighted {m} {w[m]['mean'][0]:.3f} (selectivity {w[f'selectivity_{m}']['mean'][0]:+.3f}), "
+            f"largest weight on layer {result['weighted_peak_layer']}"
+        )
     parts.append(f"| majority {m} {result['baseline'][m]:.3f}")
     return " ".join(parts)
 
@@ -211,8 +227,10 @@ def run_one(params: Params, prop: str, state_name: str) -> dict[str, Any]:
     """Probe one property on one model state and write its outputs."""
     p = _section(params)
     if prop not in p.properties or state_name not in p.states:
-        raise TellyError(f"probe: property {prop!r} / state {state_name!r} not in probe.properties {p.properties} "
-                         f"/ probe.states {p.states}")
+        raise TellyError(
+            f"probe: property {prop!r} / state {state_name!r} not in probe.properties {p.properties} "
+            f"/ probe.states {p.states}"
+        )
     folder = out_folder(params, state_name, prop)
     state, reason = model_state(params, state_name)
     if state is None:
@@ -223,11 +241,18 @@ def run_one(params: Params, prop: str, state_name: str) -> dict[str, Any]:
         return result
 
     set_seed(params.seed)
-    builder = FeatureBuilder(state, p.representations_dir, max_length=p.max_length,
-                             batch_size=p.extract_batch_size, seed=params.seed)
+    builder = FeatureBuilder(
+        state, p.representations_dir, max_length=p.max_length, batch_size=p.extract_batch_size, seed=params.seed
+    )
     task, control = build_tasks(params, prop, builder)
-    settings = TrainSettings(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
-                             head=p.head, mlp_hidden=p.mlp_hidden)
+    settings = TrainSettings(
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        weight_decay=p.weight_decay,
+        head=p.head,
+        mlp_hidden=p.mlp_hidden,
+    )
     result = run_suite(prop, task, control, settings, p.seeds, p.probe_types)
     result.update(state=state_name, model=state.source, model_tag=state.tag, pooling=p.pooling)
     write_outputs(folder, result)

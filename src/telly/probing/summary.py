@@ -34,7 +34,9 @@ def load_results(params: Params) -> dict[str, dict[str, dict[str, Any]]]:
             if path.exists():
                 results.setdefault(state, {})[prop] = json.loads(path.read_text(encoding="utf-8"))
             else:
-                log.warning("%s: missing; run `dvc repro probe` (or `telly probe --property %s --state %s`)", path, prop, state)
+                log.warning(
+                    "%s: missing; run `dvc repro probe` (or `telly probe --property %s --state %s`)", path, prop, state
+                )
     return results
 
 
@@ -61,7 +63,13 @@ def plot_state(state: str, results: dict[str, dict[str, Any]], folder: Path) -> 
             mean, std = _percent(r, r["layer-wise"][m]["mean"]), _percent(r, r["layer-wise"][m]["std"])
             layers = range(len(mean))
             line = ax.errorbar(layers, mean, yerr=std, marker="o", capsize=3, label=f"{prop} ({m})")
-            ax.plot(layers, _percent(r, r["layer-wise"][f"control_{m}"]["mean"]), ls="--", color=line[0].get_color(), alpha=0.5)
+            ax.plot(
+                layers,
+                _percent(r, r["layer-wise"][f"control_{m}"]["mean"]),
+                ls="--",
+                color=line[0].get_color(),
+                alpha=0.5,
+            )
         ax.set_xlabel("hidden state (0 = embeddings)")
         ax.set_ylabel("test score (%)")
         ax.set_title(f"Layer-wise probes, {state} model (dashed: control task)")
@@ -101,13 +109,24 @@ def _log_mlflow(params: Params, results: dict[str, dict[str, dict[str, Any]]], f
             for path in figures.get(state, []):
                 mlflow.log_artifact(str(path), artifact_path="figures")
             for prop, r in by_prop.items():
-                with start_run(params, "probe", run_name=f"{state}/{prop}", nested=True,
-                               tags={"telly.model_state": state, "telly.property": prop}):
+                with start_run(
+                    params,
+                    "probe",
+                    run_name=f"{state}/{prop}",
+                    nested=True,
+                    tags={"telly.model_state": state, "telly.property": prop},
+                ):
                     if "skipped" in r:
                         mlflow.set_tag("skipped", r["skipped"])
                         continue
-                    mlflow.log_params({"metric": r["metric"], "model": r.get("model", ""),
-                                       "n_train": r["sizes"]["train"], "n_test": r["sizes"]["test"]})
+                    mlflow.log_params(
+                        {
+                            "metric": r["metric"],
+                            "model": r.get("model", ""),
+                            "n_train": r["sizes"]["train"],
+                            "n_test": r["sizes"]["test"],
+                        }
+                    )
                     flat = flat_metrics(r)
                     scalars = {f"weighted_{k}": v for k, v in flat.get("weighted", {}).items()}
                     scalars.update({f"baseline_{k}": v for k, v in flat["baseline"].items()})
@@ -123,8 +142,13 @@ def _log_mlflow(params: Params, results: dict[str, dict[str, dict[str, Any]]], f
                     for l, layer_scores in flat.get("layers", {}).items():
                         for name, value in layer_scores.items():
                             mlflow.log_metric(f"layerwise_{name}", value, step=int(l))
-                        with start_run(params, "probe", run_name=f"{state}/{prop}/layer-{l}", nested=True,
-                                       tags={"telly.model_state": state, "telly.property": prop, "telly.layer": l}):
+                        with start_run(
+                            params,
+                            "probe",
+                            run_name=f"{state}/{prop}/layer-{l}",
+                            nested=True,
+                            tags={"telly.model_state": state, "telly.property": prop, "telly.layer": l},
+                        ):
                             mlflow.log_metrics(layer_scores)
 
 

@@ -48,8 +48,8 @@ class Scaler:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, *arrays: np.ndarray, max_rows: int = 20000) -> "Scaler":
-        rows = np.concatenate([a[: max_rows] for a in arrays]).astype(np.float32)
+    def fit(cls, *arrays: np.ndarray, max_rows: int = 20000) -> Scaler:
+        rows = np.concatenate([a[:max_rows] for a in arrays]).astype(np.float32)
         return cls(rows.mean(axis=0), rows.std(axis=0) + 1e-6)
 
     def __call__(self, x: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -156,7 +156,9 @@ class PairTask(ProbingTask):
     def batches(self, rng, batch_size):
         true_pairs = np.flatnonzero(self.train.y == 1)
         order = rng.permutation(true_pairs)
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size) if len(order[i : i + batch_size]) > 1]
+        return [
+            order[i : i + batch_size] for i in range(0, len(order), batch_size) if len(order[i : i + batch_size]) > 1
+        ]
 
     def loss(self, probe, idx, rng):
         return _info_nce(probe(self.scaler(self.train.x[idx])), probe(self.scaler(self.train.x2[idx])))
@@ -188,7 +190,9 @@ class CloneRetrievalTask(ProbingTask):
         labels, counts = np.unique(self.train.y, return_counts=True)
         usable = np.isin(self.train.y, labels[counts > 1])
         order = rng.permutation(np.flatnonzero(usable))
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size) if len(order[i : i + batch_size]) > 1]
+        return [
+            order[i : i + batch_size] for i in range(0, len(order), batch_size) if len(order[i : i + batch_size]) > 1
+        ]
 
     def loss(self, probe, idx, rng):
         # each anchor gets a random other member of its clone class as its positive

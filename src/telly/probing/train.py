@@ -40,8 +40,15 @@ def train_probe(task: ProbingTask, probe_type: str, settings: TrainSettings, see
     torch.set_flush_denormal(True)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    probe = build_probe(probe_type, task.n_states, task.hidden, task.out_size,
-                        kind=settings.head, mlp_hidden=settings.mlp_hidden, orthogonal=task.retrieval)
+    probe = build_probe(
+        probe_type,
+        task.n_states,
+        task.hidden,
+        task.out_size,
+        kind=settings.head,
+        mlp_hidden=settings.mlp_hidden,
+        orthogonal=task.retrieval,
+    )
     optimizer = torch.optim.AdamW(probe.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
     best_state = {k: v.detach().clone() for k, v in probe.state_dict().items()}

@@ -129,8 +129,10 @@ def within_base(metrics: Mapping[int | None, float], num_layers: int, tolerance:
     need = max(math.ceil(min_depth * num_layers) - 1, 0)
     deepest, failing = deepest_within(metrics, tolerance)
     ran = sorted(k for k in metrics if k is not None)
-    text = (f"within {tolerance:.0%} of Base up to K = {deepest if deepest is not None else 'none'} "
-            f"(ran K = {_ks(ran)}, outside: {_ks(failing) if failing else 'none'}; needs K = 0..{need})")
+    text = (
+        f"within {tolerance:.0%} of Base up to K = {deepest if deepest is not None else 'none'} "
+        f"(ran K = {_ks(ran)}, outside: {_ks(failing) if failing else 'none'}; needs K = 0..{need})"
+    )
     details = {"deepest_k": deepest, "needed_k": need, "failing": failing}
     if any(k <= need for k in failing):
         return Verdict(NOT_REPRODUCED, text, details)

@@ -16,13 +16,18 @@ from telly.runtime import git_commit
 
 MARK = {REPRODUCED: "✅ reproduced", "not reproduced": "❌ not reproduced", NOT_CHECKED: "⏳ not checked"}
 STAGE_OF = {
-    "rq1": "RQ1 probing", "rq2": "RQ2 similarity", "rq3": "RQ3 fine-tuning",
-    "rq3-paper-regime": "RQ3 without caching", "tuning": "tuning",
+    "rq1": "RQ1 probing",
+    "rq2": "RQ2 similarity",
+    "rq3": "RQ3 fine-tuning",
+    "rq3-paper-regime": "RQ3 without caching",
+    "tuning": "tuning",
 }
 
 
 def _missing(inputs: Inputs, *sections: str) -> str:
-    lines = [f"> **Not available yet** ({STAGE_OF[s]}): {inputs.missing[s]}.\n" for s in sections if s in inputs.missing]
+    lines = [
+        f"> **Not available yet** ({STAGE_OF[s]}): {inputs.missing[s]}.\n" for s in sections if s in inputs.missing
+    ]
     return "\n".join(lines)
 
 
@@ -52,20 +57,29 @@ def answers(inputs: Inputs, claims: list[Claim], params: Params) -> str:
     peaks, how = probe_peaks(inputs)
     if peaks:
         where = ", ".join(f"{p} h{peaks[p]}" for p in PROPERTIES if p in peaks)
-        out.append(f"**RQ1 — what do the layers encode?** Peaks ({how}): {where}. "
-                   f"Lexical below syntactic: {MARK[by_id['lexical_below_syntactic'].run.verdict]}; "
-                   f"syntactic below structural: {MARK[by_id['syntactic_below_structural'].run.verdict]}; "
-                   f"semantic spread over all layers: {MARK[by_id['semantic_spread'].run.verdict]}.\n")
+        out.append(
+            f"**RQ1 — what do the layers encode?** Peaks ({how}): {where}. "
+            f"Lexical below syntactic: {MARK[by_id['lexical_below_syntactic'].run.verdict]}; "
+            f"syntactic below structural: {MARK[by_id['syntactic_below_structural'].run.verdict]}; "
+            f"semantic spread over all layers: {MARK[by_id['semantic_spread'].run.verdict]}.\n"
+        )
     else:
         out.append(f"**RQ1 — what do the layers encode?** {inputs.missing.get('rq1', 'no probe results')}.\n")
     if inputs.similarity is not None:
         sug = inputs.similarity.suggested
-        ks = ", ".join(f"{t} {'Base' if v.get('suggested_k') is None else 'K = ' + str(v['suggested_k'])}"
-                       for t, v in sug.items()) or "–"
-        out.append(f"**RQ2 — what does fine-tuning change?** Lower layers preserved "
-                   f"({inputs.similarity.metric} ≥ {s.preserve_threshold} on the bottom {s.lower_layers_fraction:.0%}): "
-                   f"{MARK[by_id['lower_layers_preserved'].run.verdict]}; the top two layers change most: "
-                   f"{MARK[by_id['top_two_change_most'].run.verdict]}. Freeze depth suggested by the curves: {ks}.\n")
+        ks = (
+            ", ".join(
+                f"{t} {'Base' if v.get('suggested_k') is None else 'K = ' + str(v['suggested_k'])}"
+                for t, v in sug.items()
+            )
+            or "–"
+        )
+        out.append(
+            f"**RQ2 — what does fine-tuning change?** Lower layers preserved "
+            f"({inputs.similarity.metric} ≥ {s.preserve_threshold} on the bottom {s.lower_layers_fraction:.0%}): "
+            f"{MARK[by_id['lower_layers_preserved'].run.verdict]}; the top two layers change most: "
+            f"{MARK[by_id['top_two_change_most'].run.verdict]}. Freeze depth suggested by the curves: {ks}.\n"
+        )
     else:
         out.append(f"**RQ2 — what does fine-tuning change?** {inputs.missing.get('rq2', 'no similarity results')}.\n")
     if inputs.regimes:
@@ -76,11 +90,16 @@ def answers(inputs: Inputs, claims: list[Claim], params: Params) -> str:
                 parts.append(f"{task}: no Telly-K within {s.within_base_tolerance:.0%}")
                 continue
             row = _row(inputs.regimes[0].runs[task], f"telly-{k}")
-            parts.append(f"{task}: up to Telly-{k} ({tables.millions(row['paper_params_m'])} M trainable, "
-                         f"{-row['params_reduction_pct']:+.0f}% parameters and {-row['epoch_reduction_pct']:+.0f}% "
-                         "epoch time vs Base)")
-        out.append(f"**RQ3 — can the bottom layers be frozen?** Telly-K within {s.within_base_tolerance:.0%} of Base: "
-                   + "; ".join(parts) + f". Claim: {MARK[by_id['telly_within_base'].run.verdict]}.\n")
+            parts.append(
+                f"{task}: up to Telly-{k} ({tables.millions(row['paper_params_m'])} M trainable, "
+                f"{-row['params_reduction_pct']:+.0f}% parameters and {-row['epoch_reduction_pct']:+.0f}% "
+                "epoch time vs Base)"
+            )
+        out.append(
+            f"**RQ3 — can the bottom layers be frozen?** Telly-K within {s.within_base_tolerance:.0%} of Base: "
+            + "; ".join(parts)
+            + f". Claim: {MARK[by_id['telly_within_base'].run.verdict]}.\n"
+        )
     else:
         out.append(f"**RQ3 — can the bottom layers be frozen?** {inputs.missing.get('rq3', 'no runs')}.\n")
     return "\n".join(out)
@@ -93,54 +112,81 @@ def _row(runs: list[dict[str, Any]], variant: str) -> dict[str, Any]:
 
 
 def claims_section(claims: list[Claim]) -> str:
-    rows = [[c.text, c.rq, MARK[c.run.verdict], _escape(c.run.evidence), f"{MARK[c.paper.verdict]}: {_escape(c.paper.evidence)}"]
-            for c in claims]
-    return ("## The paper's claims, checked on this run\n\n"
-            "Each claim is an explicit rule (see *How the claims are checked* below); the last column applies the "
-            "same rule to the paper's published numbers.\n\n"
-            + tables.table(["claim", "RQ", "this run", "evidence (this run)", "paper's numbers, same rule"], rows))
+    rows = [
+        [
+            c.text,
+            c.rq,
+            MARK[c.run.verdict],
+            _escape(c.run.evidence),
+            f"{MARK[c.paper.verdict]}: {_escape(c.paper.evidence)}",
+        ]
+        for c in claims
+    ]
+    return (
+        "## The paper's claims, checked on this run\n\n"
+        "Each claim is an explicit rule (see *How the claims are checked* below); the last column applies the "
+        "same rule to the paper's published numbers.\n\n"
+        + tables.table(["claim", "RQ", "this run", "evidence (this run)", "paper's numbers, same rule"], rows)
+    )
 
 
 def rq1_section(inputs: Inputs, paper: dict[str, Any], figures: dict[str, Path | None]) -> str:
     out = ["## RQ1: probing — which properties each layer encodes\n", _missing(inputs, "rq1")]
     if inputs.probing is not None:
-        out += ["### Probe scores (weighted-layer-wise probe, the paper's table)\n",
-                "Mean ± std over probe seeds; *sel.* = selectivity (task minus control task, same probe). "
-                "Syntactic accuracy is in [0, 1], the other scores in percent, as in the paper.\n",
-                tables.probe_scores(inputs.probing, paper),
-                "### Layer-wise probes (one probe per hidden state)\n", tables.probe_peaks(inputs.probing),
-                _figure(figures, "probe_curves", "layer-wise probe curves")]
+        out += [
+            "### Probe scores (weighted-layer-wise probe, the paper's table)\n",
+            "Mean ± std over probe seeds; *sel.* = selectivity (task minus control task, same probe). "
+            "Syntactic accuracy is in [0, 1], the other scores in percent, as in the paper.\n",
+            tables.probe_scores(inputs.probing, paper),
+            "### Layer-wise probes (one probe per hidden state)\n",
+            tables.probe_peaks(inputs.probing),
+            _figure(figures, "probe_curves", "layer-wise probe curves"),
+        ]
         if inputs.probing.skipped:
-            out.append("Skipped by the probe stage: " + "; ".join(f"`{k}`: {v}" for k, v in inputs.probing.skipped.items()) + "\n")
-    out += ["### Layer weights of the weighted-layer-wise probes\n",
-            "Weight x (L + 1) against relative depth, so that this run's model and the paper's 12-layer UniXcoder "
-            "share the axes (1 = uniform; dashed = paper).\n",
-            _figure(figures, "layer_weights", "layer weights")]
+            out.append(
+                "Skipped by the probe stage: "
+                + "; ".join(f"`{k}`: {v}" for k, v in inputs.probing.skipped.items())
+                + "\n"
+            )
+    out += [
+        "### Layer weights of the weighted-layer-wise probes\n",
+        "Weight x (L + 1) against relative depth, so that this run's model and the paper's 12-layer UniXcoder "
+        "share the axes (1 = uniform; dashed = paper).\n",
+        _figure(figures, "layer_weights", "layer weights"),
+    ]
     if inputs.probing is not None:
         out.append(tables.layer_weight_table(inputs.probing))
     return "\n".join(filter(None, out))
 
 
 def rq2_section(inputs: Inputs, paper: dict[str, Any], figures: dict[str, Path | None]) -> str:
-    out = ["## RQ2: representational similarity — what fine-tuning changes, layer by layer\n",
-           _missing(inputs, "rq2"), _figure(figures, "similarity", "similarity per hidden state")]
+    out = [
+        "## RQ2: representational similarity — what fine-tuning changes, layer by layer\n",
+        _missing(inputs, "rq2"),
+        _figure(figures, "similarity", "similarity per hidden state"),
+    ]
     sim = inputs.similarity
     if sim is not None:
-        out += [f"### This run: {sim.metric}, pre-trained vs fine-tuned (Base), per hidden state\n",
-                "Brackets: half-sample interval (docs/similarity.md); *random init* = pre-trained vs a randomly "
-                "initialised model (the floor).\n", tables.similarity_table(sim)]
+        out += [
+            f"### This run: {sim.metric}, pre-trained vs fine-tuned (Base), per hidden state\n",
+            "Brackets: half-sample interval (docs/similarity.md); *random init* = pre-trained vs a randomly "
+            "initialised model (the floor).\n",
+            tables.similarity_table(sim),
+        ]
     out += [f"### Paper: {paper['rq2']['measure']}\n", tables.paper_similarity_table(paper)]
     return "\n".join(filter(None, out))
 
 
 def rq3_section(inputs: Inputs, paper: dict[str, Any], figures: dict[str, Path | None]) -> str:
-    out = ["## RQ3: Telly-K — freezing the embeddings and the bottom K layers\n",
-           "Columns as the paper's section 3.3: trainable parameters (the paper's convention), epoch time (training "
-           "only), epochs and time to convergence (docs/finetuning.md: first epoch within the tolerance of the best "
-           "valid score; with caching, the cache build is included), test metrics; ↓% = reduction against Base, "
-           "Δ% = change of the main metric against Base.\n",
-           _missing(inputs, "rq3", "rq3-paper-regime"),
-           _figure(figures, "quality_vs_cost", "quality vs cost")]
+    out = [
+        "## RQ3: Telly-K — freezing the embeddings and the bottom K layers\n",
+        "Columns as the paper's section 3.3: trainable parameters (the paper's convention), epoch time (training "
+        "only), epochs and time to convergence (docs/finetuning.md: first epoch within the tolerance of the best "
+        "valid score; with caching, the cache build is included), test metrics; ↓% = reduction against Base, "
+        "Δ% = change of the main metric against Base.\n",
+        _missing(inputs, "rq3", "rq3-paper-regime"),
+        _figure(figures, "quality_vs_cost", "quality vs cost"),
+    ]
     for task in MAIN_METRIC:
         out.append(f"### {task}\n")
         for regime in inputs.regimes:
@@ -158,12 +204,17 @@ def rq3_section(inputs: Inputs, paper: dict[str, Any], figures: dict[str, Path |
 def tuning_section(inputs: Inputs, params: Params) -> str:
     suggested = inputs.similarity.suggested if inputs.similarity else {}
     deepest = deepest_per_task(inputs, params.report.within_base_tolerance)
-    base_lr = ({t: getattr(params.finetune.tasks, t).learning_rate for t in MAIN_METRIC} if params.finetune else {})
-    return "\n".join(filter(None, [
-        "## Tuning: the freeze depth and learning rate Optuna chose, beside the similarity's suggestion\n",
-        _missing(inputs, "tuning"),
-        tables.tuning_table(inputs.tuning, suggested, deepest, base_lr, params.report.within_base_tolerance),
-    ]))
+    base_lr = {t: getattr(params.finetune.tasks, t).learning_rate for t in MAIN_METRIC} if params.finetune else {}
+    return "\n".join(
+        filter(
+            None,
+            [
+                "## Tuning: the freeze depth and learning rate Optuna chose, beside the similarity's suggestion\n",
+                _missing(inputs, "tuning"),
+                tables.tuning_table(inputs.tuning, suggested, deepest, base_lr, params.report.within_base_tolerance),
+            ],
+        )
+    )
 
 
 def method_section(params: Params) -> str:
@@ -188,16 +239,28 @@ Settings: `report` in params.yaml. The paper's numbers: `src/telly/reporting/pap
 """
 
 
-def build(inputs: Inputs, claims: list[Claim], paper: dict[str, Any], params: Params,
-          figures: dict[str, Path | None]) -> str:
-    arch = next((r["settings"].get("architecture") for reg in inputs.regimes for runs in reg.runs.values()
-                 for r in runs), None)
+def build(
+    inputs: Inputs, claims: list[Claim], paper: dict[str, Any], params: Params, figures: dict[str, Path | None]
+) -> str:
+    arch = next(
+        (r["settings"].get("architecture") for reg in inputs.regimes for runs in reg.runs.values() for r in runs), None
+    )
     model = params.model.name_or_path if params.model else "?"
-    header = (f"# Telly study report\n\nRegenerated by `telly report` from this pipeline's results on "
-              f"{date.today().isoformat()} (git `{git_commit()[:10]}`); model `{model}`"
-              + (f" ({arch})" if arch else "") + f"; the paper's model: {paper['model']['name']} "
-              f"({paper['model']['layers']} layers). Hidden state 0 = embeddings, h = output of layer h.\n")
-    parts = [header, answers(inputs, claims, params), claims_section(claims), rq1_section(inputs, paper, figures),
-             rq2_section(inputs, paper, figures), rq3_section(inputs, paper, figures), tuning_section(inputs, params),
-             method_section(params)]
+    header = (
+        f"# Telly study report\n\nRegenerated by `telly report` from this pipeline's results on "
+        f"{date.today().isoformat()} (git `{git_commit()[:10]}`); model `{model}`"
+        + (f" ({arch})" if arch else "")
+        + f"; the paper's model: {paper['model']['name']} "
+        f"({paper['model']['layers']} layers). Hidden state 0 = embeddings, h = output of layer h.\n"
+    )
+    parts = [
+        header,
+        answers(inputs, claims, params),
+        claims_section(claims),
+        rq1_section(inputs, paper, figures),
+        rq2_section(inputs, paper, figures),
+        rq3_section(inputs, paper, figures),
+        tuning_section(inputs, params),
+        method_section(params),
+    ]
     return "\n\n".join(p.strip("\n") for p in parts) + "\n"

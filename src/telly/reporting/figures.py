@@ -56,10 +56,21 @@ def probe_curves(inputs: Inputs, path: Path) -> Path | None:
             mean, std = _percent(prop, d["layer-wise"][m]["mean"]), _percent(prop, d["layer-wise"][m]["std"])
             x = range(len(mean))
             ax.plot(x, mean, marker="o", ms=3, color=STATE_COLORS[state], label=state)
-            ax.fill_between(x, [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)],
-                            color=STATE_COLORS[state], alpha=0.15, linewidth=0)
-            ax.plot(x, _percent(prop, d["layer-wise"][f"control_{m}"]["mean"]), ls="--", color=STATE_COLORS[state],
-                    alpha=0.6)
+            ax.fill_between(
+                x,
+                [a - b for a, b in zip(mean, std)],
+                [a + b for a, b in zip(mean, std)],
+                color=STATE_COLORS[state],
+                alpha=0.15,
+                linewidth=0,
+            )
+            ax.plot(
+                x,
+                _percent(prop, d["layer-wise"][f"control_{m}"]["mean"]),
+                ls="--",
+                color=STATE_COLORS[state],
+                alpha=0.6,
+            )
         ax.set_title(f"{prop} (dashed: control task)", fontsize=10)
         ax.set_xlabel("hidden state (0 = embeddings)")
         ax.grid(alpha=0.3)
@@ -78,12 +89,24 @@ def layer_weights(inputs: Inputs, paper: dict[str, Any], path: Path) -> Path:
             d = inputs.probing.get(state, prop) if inputs.probing else None
             if d and "weighted-layer-wise" in d:
                 w = d["weighted-layer-wise"]["layer_weights"]["mean"]
-                ax.plot(_depth(len(w)), [v * len(w) for v in w], marker="o", ms=3, color=STATE_COLORS[state],
-                        label=f"{state} (this run)")
+                ax.plot(
+                    _depth(len(w)),
+                    [v * len(w) for v in w],
+                    marker="o",
+                    ms=3,
+                    color=STATE_COLORS[state],
+                    label=f"{state} (this run)",
+                )
             pw = paper["rq1"]["layer_weights"][prop].get(state)
             if pw and state != "random":
-                ax.plot(_depth(len(pw)), [v * len(pw) for v in pw], ls="--", color=STATE_COLORS[state], alpha=0.7,
-                        label=f"{state} (paper)")
+                ax.plot(
+                    _depth(len(pw)),
+                    [v * len(pw) for v in pw],
+                    ls="--",
+                    color=STATE_COLORS[state],
+                    alpha=0.7,
+                    label=f"{state} (paper)",
+                )
         ax.axhline(1, color="black", lw=0.6, ls=":")
         ax.set_title(prop, fontsize=10)
         ax.set_xlabel("relative depth (hidden state / L)")
@@ -143,15 +166,30 @@ def quality_vs_cost(inputs: Inputs, paper: dict[str, Any], path: Path) -> Path |
         for regime, style in zip(inputs.regimes, styles):
             points = _relative(regime.runs.get(task, []), metric)
             if points:
-                ax.plot([p[1] for p in points], [p[2] for p in points], ls="-", lw=0.8, ms=5,
-                        label="this run, " + ("cached" if regime.cached else "paper's regime"), **style)
+                ax.plot(
+                    [p[1] for p in points],
+                    [p[2] for p in points],
+                    ls="-",
+                    lw=0.8,
+                    ms=5,
+                    label="this run, " + ("cached" if regime.cached else "paper's regime"),
+                    **style,
+                )
                 for k, x, y in points:
-                    ax.annotate("B" if k is None else str(k), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                    ax.annotate(
+                        "B" if k is None else str(k), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                    )
         rows = paper["rq3"][task]["rows"]
         base = rows[0]
-        ax.plot([100 * r["epoch_seconds"] / base["epoch_seconds"] for r in rows],
-                [100 * r["metrics"][metric] / base["metrics"][metric] for r in rows],
-                ls=":", marker="x", color="tab:gray", ms=4, label="paper")
+        ax.plot(
+            [100 * r["epoch_seconds"] / base["epoch_seconds"] for r in rows],
+            [100 * r["metrics"][metric] / base["metrics"][metric] for r in rows],
+            ls=":",
+            marker="x",
+            color="tab:gray",
+            ms=4,
+            label="paper",
+        )
         ax.axhline(100, color="black", lw=0.6)
         ax.axhline(99, color="black", lw=0.6, ls=":")
         ax.set_title(f"{task} ({metric})", fontsize=10)
@@ -168,6 +206,12 @@ def _relative(runs: list[dict[str, Any]], metric: str) -> list[tuple[int | None,
     base = next((r for r in runs if r["variant"] == "base"), None)
     if base is None or not base["test"].get(metric) or not base["cost"]["epoch_seconds"]:
         return []
-    points = [(variant_k(r["variant"]), 100 * r["cost"]["epoch_seconds"] / base["cost"]["epoch_seconds"],
-               100 * r["test"][metric] / base["test"][metric]) for r in runs]
+    points = [
+        (
+            variant_k(r["variant"]),
+            100 * r["cost"]["epoch_seconds"] / base["cost"]["epoch_seconds"],
+            100 * r["test"][metric] / base["test"][metric],
+        )
+        for r in runs
+    ]
     return sorted(points, key=lambda p: -1 if p[0] is None else p[0])

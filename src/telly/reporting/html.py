@@ -32,5 +32,7 @@ def to_html(markdown: str, base_dir: Path, title: str = "Telly study report") ->
         return f'src="data:image/png;base64,{data}"'
 
     body = re.sub(r'src="([^":]+\.png)"', inline, body)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
-            f"<style>{STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
+        f"<style>{STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"
+    )

@@ -94,7 +94,9 @@ def read_similarity(params: Params, metric: str) -> tuple[Similarity | None, str
     high: dict[str, list[float | None]] = {}
     random: list[float] | None = None
     for kind in ("finetuned", "random"):
-        picked = sorted((r for r in rows if r.get("kind") == kind), key=lambda r: r["hidden_state"])  # tasks keep their order
+        picked = sorted(
+            (r for r in rows if r.get("kind") == kind), key=lambda r: r["hidden_state"]
+        )  # tasks keep their order
         for task in dict.fromkeys(r["task"] for r in picked):
             series = [r for r in picked if r["task"] == task]
             values = [r.get(metric) for r in series]
@@ -147,7 +149,9 @@ def read_regimes(params: Params) -> tuple[list[Regime], dict[str, str]]:
 
 
 def _label(cached: bool) -> str:
-    return "with frozen-prefix caching" if cached else "without caching (the paper's regime: frozen layers run every step)"
+    return (
+        "with frozen-prefix caching" if cached else "without caching (the paper's regime: frozen layers run every step)"
+    )
 
 
 def read_tuning(params: Params) -> tuple[dict[str, dict[str, Any]], str]:

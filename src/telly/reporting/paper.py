@@ -30,7 +30,9 @@ def load_paper(path: str | Path | None = None) -> dict[str, Any]:
     layers = numbers["model"]["layers"]
     for task, curve in numbers["rq2"]["similarity"].items():
         if len(curve) != layers + 1:
-            raise TellyError(f"{path}: rq2.similarity.{task} has {len(curve)} values, expected {layers + 1} (h0..h{layers})")
+            raise TellyError(
+                f"{path}: rq2.similarity.{task} has {len(curve)} values, expected {layers + 1} (h0..h{layers})"
+            )
     return numbers
 
 

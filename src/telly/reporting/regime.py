@@ -21,7 +21,9 @@ def run_paper_regime(params: Params, task: str, variant: str) -> Path:
         raise TellyError("params: the report and finetune sections are needed for paper-regime runs")
     regime = params.report.paper_regime
     if variant not in regime.variants or task not in regime.tasks:
-        raise TellyError(f"report.paper_regime: {task}/{variant} is not in tasks {regime.tasks} x variants {regime.variants}")
+        raise TellyError(
+            f"report.paper_regime: {task}/{variant} is not in tasks {regime.tasks} x variants {regime.variants}"
+        )
     # its own resume folder, so it never picks up (or discards) the cached run's state
     scratch = Path(params.finetune.checkpoint_dir) / "paper-regime"
     finetune = params.finetune.model_copy(update={"checkpoint_dir": scratch})
@@ -30,5 +32,7 @@ def run_paper_regime(params: Params, task: str, variant: str) -> Path:
     model_dir = scratch / "models" / task / variant  # the weights are not needed: only the cost and metrics
     result = train_variant(params, task, variant, cache_frozen=False, output_dir=model_dir, results_path=results)
     shutil.rmtree(model_dir, ignore_errors=True)
-    log.info("%s/%s (paper's regime): %.2f s per epoch, test %s", task, variant, result.cost["epoch_seconds"], result.test)
+    log.info(
+        "%s/%s (paper's regime): %.2f s per epoch, test %s", task, variant, result.cost["epoch_seconds"], result.test
+    )
     return results

@@ -83,8 +83,17 @@ def dvc_metrics(claims: list[Claim], inputs: Inputs, tolerance: float) -> dict[s
 
 
 def claims_json(claims: list[Claim]) -> dict[str, Any]:
-    return {c.id: {"claim": c.text, "rq": c.rq, "this_run": c.run.verdict, "evidence": c.run.evidence,
-                   "paper": c.paper.verdict, "paper_evidence": c.paper.evidence} for c in claims}
+    return {
+        c.id: {
+            "claim": c.text,
+            "rq": c.rq,
+            "this_run": c.run.verdict,
+            "evidence": c.run.evidence,
+            "paper": c.paper.verdict,
+            "paper_evidence": c.paper.evidence,
+        }
+        for c in claims
+    }
 
 
 def run(params: Params) -> Path:
@@ -118,8 +127,12 @@ def _log_mlflow(params: Params, out: Path, claims: list[Claim], inputs: Inputs) 
 
     from telly.tracking import start_run
 
-    with start_run(params, "report", log_params=params.report.model_dump(mode="json"),
-                   tags={"telly.missing_inputs": ",".join(inputs.missing) or "none"}):
+    with start_run(
+        params,
+        "report",
+        log_params=params.report.model_dump(mode="json"),
+        tags={"telly.missing_inputs": ",".join(inputs.missing) or "none"},
+    ):
         # 1 = reproduced, 0 = not reproduced; a claim not checked has no metric
         mlflow.log_metrics({f"claim.{c.id}": float(c.run.holds) for c in claims if c.run.holds is not None})
         mlflow.log_artifacts(str(out), artifact_path="report")

@@ -45,12 +45,18 @@ def probe_scores(probing: Probing, paper: dict[str, Any]) -> str:
                 cells.append("–")
                 continue
             metric = d["metric"]
-            cells.append(f"{w[metric]['mean'][0]:.3f} ± {w[metric]['std'][0]:.3f} "
-                         f"(sel. {w[f'selectivity_{metric}']['mean'][0]:+.3f})")
+            cells.append(
+                f"{w[metric]['mean'][0]:.3f} ± {w[metric]['std'][0]:.3f} "
+                f"(sel. {w[f'selectivity_{metric}']['mean'][0]:+.3f})"
+            )
         p = paper["rq1"]["scores"][prop]
         rows.append([prop, metric or "–", *cells, f"{p['random']} / {p['pretrained']} / {p['finetuned']}"])
-    header = ["property", "metric", *(f"{STATE_LABEL[s]} (this run)" for s in STATES),
-              "paper: random / pre-trained / fine-tuned"]
+    header = [
+        "property",
+        "metric",
+        *(f"{STATE_LABEL[s]} (this run)" for s in STATES),
+        "paper: random / pre-trained / fine-tuned",
+    ]
     return table(header, rows)
 
 
@@ -64,22 +70,34 @@ def probe_peaks(probing: Probing) -> str:
                 continue
             m, last = d["metric"], d["n_hidden_states"] - 1
             pk = d.get("peak")
-            rows.append([
-                prop, STATE_LABEL[state],
-                f"h{pk['layer']} of {last}" if pk else "–",
-                f"{pk[m]:.3f} ± {pk['std']:.3f}" if pk else "–",
-                f"{pk['selectivity']:+.3f}" if pk else "–",
-                f"h{d['weighted_peak_layer']}" if "weighted_peak_layer" in d else "–",
-                num(d["baseline"].get(m)),
-            ])
-    return table(["property", "model", "best layer (layer-wise)", "score at best", "selectivity at best",
-                  "largest layer weight", "majority baseline"], rows)
+            rows.append(
+                [
+                    prop,
+                    STATE_LABEL[state],
+                    f"h{pk['layer']} of {last}" if pk else "–",
+                    f"{pk[m]:.3f} ± {pk['std']:.3f}" if pk else "–",
+                    f"{pk['selectivity']:+.3f}" if pk else "–",
+                    f"h{d['weighted_peak_layer']}" if "weighted_peak_layer" in d else "–",
+                    num(d["baseline"].get(m)),
+                ]
+            )
+    return table(
+        [
+            "property",
+            "model",
+            "best layer (layer-wise)",
+            "score at best",
+            "selectivity at best",
+            "largest layer weight",
+            "majority baseline",
+        ],
+        rows,
+    )
 
 
 def layer_weight_table(probing: Probing) -> str:
     """The paper's layer-weight table layout: hidden states down, property x model state across."""
-    columns = [(p, s) for p in PROPERTIES for s in STATES
-               if "weighted-layer-wise" in (probing.get(s, p) or {})]
+    columns = [(p, s) for p in PROPERTIES for s in STATES if "weighted-layer-wise" in (probing.get(s, p) or {})]
     if not columns:
         return ""
     weights = {c: probing.get(c[1], c[0])["weighted-layer-wise"]["layer_weights"]["mean"] for c in columns}
@@ -117,15 +135,33 @@ def telly_table(task: str, runs: list[dict[str, Any]]) -> str:
     """One task's runs in the layout of telly-paper.md section 3.3 (↓% = reduction against Base)."""
     df = task_table(task, runs)
     main = MAIN_METRIC[task]
-    header = ["Variant", "Train params (M)", "↓%", "Epoch time", "↓%", "#Ep→conv", "Conv. time", "↓%",
-              *METRICS[task], f"{main} Δ% vs Base"]
-    rows = [[
-        r["variant"].replace("telly-", "Telly-").replace("base", "Base"),
-        millions(r["paper_params_m"]), f"{r['params_reduction_pct']:.1f}",
-        clock(r["epoch_seconds"]), f"{r['epoch_reduction_pct']:.1f}", r["epochs_to_convergence"],
-        clock(r["convergence_seconds"]), f"{r['convergence_reduction_pct']:.1f}",
-        *(f"{r[m]:.4g}" for m in METRICS[task]), f"{r[f'{main}_vs_base_pct']:+.1f}",
-    ] for r in df.to_dict("records")]
+    header = [
+        "Variant",
+        "Train params (M)",
+        "↓%",
+        "Epoch time",
+        "↓%",
+        "#Ep→conv",
+        "Conv. time",
+        "↓%",
+        *METRICS[task],
+        f"{main} Δ% vs Base",
+    ]
+    rows = [
+        [
+            r["variant"].replace("telly-", "Telly-").replace("base", "Base"),
+            millions(r["paper_params_m"]),
+            f"{r['params_reduction_pct']:.1f}",
+            clock(r["epoch_seconds"]),
+            f"{r['epoch_reduction_pct']:.1f}",
+            r["epochs_to_convergence"],
+            clock(r["convergence_seconds"]),
+            f"{r['convergence_reduction_pct']:.1f}",
+            *(f"{r[m]:.4g}" for m in METRICS[task]),
+            f"{r[f'{main}_vs_base_pct']:+.1f}",
+        ]
+        for r in df.to_dict("records")
+    ]
     return table(header, rows)
 
 
@@ -133,37 +169,74 @@ def paper_telly_table(task: str, paper: dict[str, Any]) -> str:
     spec = paper["rq3"][task]
     main = spec["metrics"][0]
     base = spec["rows"][0]["metrics"][main]
-    header = ["Variant", "Train params (M)", "↓%", "Epoch time", "↓%", "#Ep→conv", "Conv. time", "↓%",
-              *spec["metrics"], f"{main} Δ% vs Base"]
-    rows = [[
-        r["variant"].replace("telly-", "Telly-").replace("base", "Base"), f"{r['params_m']:.2f}",
-        r["params_reduction_pct"], r["epoch_time"], r["epoch_reduction_pct"], r["epochs_to_convergence"],
-        r["convergence_time"], r["convergence_reduction_pct"], *(r["metrics"][m] for m in spec["metrics"]),
-        f"{100 * (r['metrics'][main] / base - 1):+.1f}",
-    ] for r in spec["rows"]]
+    header = [
+        "Variant",
+        "Train params (M)",
+        "↓%",
+        "Epoch time",
+        "↓%",
+        "#Ep→conv",
+        "Conv. time",
+        "↓%",
+        *spec["metrics"],
+        f"{main} Δ% vs Base",
+    ]
+    rows = [
+        [
+            r["variant"].replace("telly-", "Telly-").replace("base", "Base"),
+            f"{r['params_m']:.2f}",
+            r["params_reduction_pct"],
+            r["epoch_time"],
+            r["epoch_reduction_pct"],
+            r["epochs_to_convergence"],
+            r["convergence_time"],
+            r["convergence_reduction_pct"],
+            *(r["metrics"][m] for m in spec["metrics"]),
+            f"{100 * (r['metrics'][main] / base - 1):+.1f}",
+        ]
+        for r in spec["rows"]
+    ]
     return table(header, rows)
 
 
 # ------------------------------------------------------------------ tuning
 
 
-def tuning_table(tuning: dict[str, dict[str, Any]], suggested: dict[str, dict[str, Any]],
-                 deepest: dict[str, int | None], base_lr: dict[str, float], tolerance: float) -> str:
+def tuning_table(
+    tuning: dict[str, dict[str, Any]],
+    suggested: dict[str, dict[str, Any]],
+    deepest: dict[str, int | None],
+    base_lr: dict[str, float],
+    tolerance: float,
+) -> str:
     rows = []
     for task in MAIN_METRIC:
         study = tuning.get(task)
         best = (study or {}).get("best") or {}
         trials = (study or {}).get("trials") or {}
         sk = suggested.get(task, {})
-        rows.append([
-            task,
-            best.get("variant", "–"),
-            f"{best['lr']:.2e}" if "lr" in best else "–",
-            num(best.get("valid_score"), 4),
-            ", ".join(f"{k} {v}" for k, v in trials.items() if v) or "–",
-            ("Base" if sk.get("suggested_k") is None else f"Telly-{sk['suggested_k']}") if sk else "–",
-            "–" if task not in deepest else ("none" if deepest[task] is None else f"Telly-{deepest[task]}"),
-            f"{base_lr[task]:.1e}" if task in base_lr else "–",
-        ])
-    return table(["task", "tuned variant (Optuna)", "tuned lr", "valid score", "trials",
-                  "suggested by similarity (RQ2)", f"deepest within {tolerance:.0%} of Base (RQ3)", "finetune lr"], rows)
+        rows.append(
+            [
+                task,
+                best.get("variant", "–"),
+                f"{best['lr']:.2e}" if "lr" in best else "–",
+                num(best.get("valid_score"), 4),
+                ", ".join(f"{k} {v}" for k, v in trials.items() if v) or "–",
+                ("Base" if sk.get("suggested_k") is None else f"Telly-{sk['suggested_k']}") if sk else "–",
+                "–" if task not in deepest else ("none" if deepest[task] is None else f"Telly-{deepest[task]}"),
+                f"{base_lr[task]:.1e}" if task in base_lr else "–",
+            ]
+        )
+    return table(
+        [
+            "task",
+            "tuned variant (Optuna)",
+            "tuned lr",
+            "valid score",
+            "trials",
+            "suggested by similarity (RQ2)",
+            f"deepest within {tolerance:.0%} of Base (RQ3)",
+            "finetune lr",
+        ],
+        rows,
+    )

@@ -34,15 +34,20 @@ def probe_peaks(inputs: Inputs, state: str = "pretrained") -> tuple[dict[str, in
     found = inputs.probing.details.get(state, {})
     if all("peak" in d for d in found.values()):
         return {p: d["peak"]["layer"] for p, d in found.items()}, f"best layer of the layer-wise probes, {state} model"
-    return ({p: d["weighted_peak_layer"] for p, d in found.items() if "weighted_peak_layer" in d},
-            f"largest weight of the weighted-layer-wise probes, {state} model")
+    return (
+        {p: d["weighted_peak_layer"] for p, d in found.items() if "weighted_peak_layer" in d},
+        f"largest weight of the weighted-layer-wise probes, {state} model",
+    )
 
 
 def probe_weights(inputs: Inputs, state: str = "pretrained") -> dict[str, list[float]]:
     if inputs.probing is None:
         return {}
-    return {p: d["weighted-layer-wise"]["layer_weights"]["mean"]
-            for p, d in inputs.probing.details.get(state, {}).items() if "weighted-layer-wise" in d}
+    return {
+        p: d["weighted-layer-wise"]["layer_weights"]["mean"]
+        for p, d in inputs.probing.details.get(state, {}).items()
+        if "weighted-layer-wise" in d
+    }
 
 
 def similarity_curves(inputs: Inputs) -> dict[str, list[float]]:
@@ -86,31 +91,59 @@ def check_claims(inputs: Inputs, settings: ReportParams, paper: dict[str, Any]) 
         verdicts = {}
         for task in MAIN_METRIC:
             metrics = metrics_of(task)
-            verdicts[task] = (c.within_base(metrics, layers, settings.within_base_tolerance, settings.within_base_min_depth)
-                              if layers and metrics else c.not_checked("no runs"))
+            verdicts[task] = (
+                c.within_base(metrics, layers, settings.within_base_tolerance, settings.within_base_min_depth)
+                if layers and metrics
+                else c.not_checked("no runs")
+            )
         return c.all_tasks(verdicts)
 
     run_layers = num_layers([r for runs in main.runs.values() for r in runs]) if main else None
     sim_why = "; ".join(filter(None, [inputs.missing.get("rq2")]))
     return [
-        Claim("lexical_below_syntactic", "Lexical properties peak in lower layers than syntactic ones", "RQ1",
-              c.peaks_lower(peaks, "lexical", "syntactic", how=how),
-              c.peaks_lower(paper_peaks, "lexical", "syntactic", how=paper_how)),
-        Claim("syntactic_below_structural", "Syntactic properties peak in lower layers than structural ones", "RQ1",
-              c.peaks_lower(peaks, "syntactic", "structural", how=how),
-              c.peaks_lower(paper_peaks, "syntactic", "structural", how=paper_how)),
-        Claim("semantic_spread", "Semantic information is spread over all layers", "RQ1",
-              c.semantic_spread(probe_weights(inputs)), c.semantic_spread(paper_weights)),
-        Claim("lower_layers_preserved", "Fine-tuning preserves the lower layers", "RQ2",
-              c.lower_layers_preserved(curves, settings.lower_layers_fraction, settings.preserve_threshold)
-              if curves else c.not_checked(sim_why or "no similarity curves"),
-              c.lower_layers_preserved(paper_curves, settings.lower_layers_fraction, settings.preserve_threshold)),
-        Claim("top_two_change_most", "The top two layers change most in fine-tuning", "RQ2",
-              c.top_two_change_most(curves) if curves else c.not_checked(sim_why or "no similarity curves"),
-              c.top_two_change_most(paper_curves)),
-        Claim("telly_within_base",
-              f"Telly-K stays within {settings.within_base_tolerance:.0%} of Base while freezing "
-              f"the bottom {settings.within_base_min_depth:.0%} of the layers", "RQ3",
-              within(lambda t: task_metrics(main, t), run_layers),
-              within(lambda t: paper_variant_metrics(paper, t, MAIN_METRIC[t]), layers_paper)),
+        Claim(
+            "lexical_below_syntactic",
+            "Lexical properties peak in lower layers than syntactic ones",
+            "RQ1",
+            c.peaks_lower(peaks, "lexical", "syntactic", how=how),
+            c.peaks_lower(paper_peaks, "lexical", "syntactic", how=paper_how),
+        ),
+        Claim(
+            "syntactic_below_structural",
+            "Syntactic properties peak in lower layers than structural ones",
+            "RQ1",
+            c.peaks_lower(peaks, "syntactic", "structural", how=how),
+            c.peaks_lower(paper_peaks, "syntactic", "structural", how=paper_how),
+        ),
+        Claim(
+            "semantic_spread",
+            "Semantic information is spread over all layers",
+            "RQ1",
+            c.semantic_spread(probe_weights(inputs)),
+            c.semantic_spread(paper_weights),
+        ),
+        Claim(
+            "lower_layers_preserved",
+            "Fine-tuning preserves the lower layers",
+            "RQ2",
+            c.lower_layers_preserved(curves, settings.lower_layers_fraction, settings.preserve_threshold)
+            if curves
+            else c.not_checked(sim_why or "no similarity curves"),
+            c.lower_layers_preserved(paper_curves, settings.lower_layers_fraction, settings.preserve_threshold),
+        ),
+        Claim(
+            "top_two_change_most",
+            "The top two layers change most in fine-tuning",
+            "RQ2",
+            c.top_two_change_most(curves) if curves else c.not_checked(sim_why or "no similarity curves"),
+            c.top_two_change_most(paper_curves),
+        ),
+        Claim(
+            "telly_within_base",
+            f"Telly-K stays within {settings.within_base_tolerance:.0%} of Base while freezing "
+            f"the bottom {settings.within_base_min_depth:.0%} of the layers",
+            "RQ3",
+            within(lambda t: task_metrics(main, t), run_layers),
+            within(lambda t: paper_variant_metrics(paper, t, MAIN_METRIC[t]), layers_paper),
+        ),
     ]

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from telly.errors import TellyError
-from telly.similarity.bootstrap import spread_interval, half_samples
+from telly.similarity.bootstrap import half_samples, spread_interval
 from telly.similarity.cka import Centred, scores
 from telly.similarity.rsa import RSAReference, compare
 
@@ -89,11 +89,13 @@ def compute(
     for h in range(num_hidden_states):
         arrays: dict[str, np.ndarray] = {}
 
-        def get(tag: str) -> np.ndarray:
+        def get(tag: str, arrays: dict[str, np.ndarray] = arrays, h: int = h) -> np.ndarray:
             if tag not in arrays:
                 arrays[tag] = layer(tag, h)
                 if arrays[tag].shape[0] != num_samples:
-                    raise TellyError(f"{tag}: {arrays[tag].shape[0]} samples at hidden state {h}, expected {num_samples}")
+                    raise TellyError(
+                        f"{tag}: {arrays[tag].shape[0]} samples at hidden state {h}, expected {num_samples}"
+                    )
             return arrays[tag]
 
         full = _scores_all(comparisons, get, None, rsa=True, other=True, block_rows=block_rows)
@@ -139,8 +141,9 @@ def _scores_all(
         values: dict[str, float] = {}
         if refs is not None:
             r = compare(*refs.pair(c))
-            values.update(rsa_spearman=r.spearman, rsa_spearman_p=r.spearman_p, rsa_pearson=r.pearson,
-                          rsa_pearson_p=r.pearson_p)
+            values.update(
+                rsa_spearman=r.spearman, rsa_spearman_p=r.spearman_p, rsa_pearson=r.pearson, rsa_pearson_p=r.pearson_p
+            )
         if centred is not None:
             values["cka"], values["procrustes"] = scores(*centred.pair(c))
         out[c] = values

@@ -96,8 +96,9 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     parts = [
         "# RQ2: similarity of each hidden state before and after fine-tuning\n",
         f"{n} inputs; hidden state 0 = embeddings, h = output of layer h. "
-        "Brackets: half-sample interval. Baseline columns: " + "; ".join(f"`{k}`: {v}" for k, v in KINDS.items()
-                                                                     if k != "finetuned") + ".\n",
+        "Brackets: half-sample interval. Baseline columns: "
+        + "; ".join(f"`{k}`: {v}" for k, v in KINDS.items() if k != "finetuned")
+        + ".\n",
     ]
     for metric in METRICS:
         parts.append(f"\n## {LABELS[metric]}\n")
@@ -144,8 +145,9 @@ def figure(rows: Sequence[Mapping[str, Any]], path: Path, *, threshold: float, t
                 y = [r[metric] for r in series]
                 label = task if kind == "finetuned" else f"{kind} ({task})" if kind == "seed" else "random init"
                 color = "black" if kind == "random" else colors.get(task)
-                (line,) = ax.plot(x, y, style, marker="o" if kind == "finetuned" else None, ms=3, color=color,
-                                  label=label)
+                (line,) = ax.plot(
+                    x, y, style, marker="o" if kind == "finetuned" else None, ms=3, color=color, label=label
+                )
                 colors.setdefault(task, line.get_color())
                 low = [r[f"{metric}_ci_low"] for r in series]
                 high = [r[f"{metric}_ci_high"] for r in series]

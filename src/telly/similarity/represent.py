@@ -82,11 +82,21 @@ def represent(params: Params, tag: str) -> Path:
     if encoder.max_length < sp.max_length:
         log.warning(
             "%s embeds at most %d positions: inputs are padded to %d, not similarity.max_length = %d",
-            tag, encoder.max_length, encoder.max_length, sp.max_length,
+            tag,
+            encoder.max_length,
+            encoder.max_length,
+            sp.max_length,
         )
     out = folder(tag, sp.dataset)
     extract(
-        encoder, texts, ids, out, kinds=POOLINGS, batch_size=sp.batch_size, max_length=sp.max_length,
-        bf16=params.model.bf16, meta={"model": tag, "dataset": sp.dataset, "input": "code_tokens joined by spaces"},
+        encoder,
+        texts,
+        ids,
+        out,
+        kinds=POOLINGS,
+        batch_size=sp.batch_size,
+        max_length=sp.max_length,
+        bf16=params.model.bf16,
+        meta={"model": tag, "dataset": sp.dataset, "input": "code_tokens joined by spaces"},
     )
     return out

@@ -72,13 +72,18 @@ def open_representations(tags: Sequence[str], sp: SimilarityParams) -> dict[str,
             raise TellyError(f"{rep.folder} and {first.folder} hold different inputs; re-extract both")
         if rep.num_layers != first.num_layers:
             raise TellyError(f"{tag} has {rep.num_layers} layers, {first_tag} {first.num_layers}: not one architecture")
-        if (rep.meta.get("tokens"), rep.meta.get("n_truncated")) != (first.meta.get("tokens"), first.meta.get("n_truncated")):
+        if (rep.meta.get("tokens"), rep.meta.get("n_truncated")) != (
+            first.meta.get("tokens"),
+            first.meta.get("n_truncated"),
+        ):
             raise TellyError(
                 f"{rep.folder}: the inputs tokenize to {rep.meta.get('tokens')} tokens, {first_tag}'s to "
                 f"{first.meta.get('tokens')}; is the pre-trained tokenizer saved with the checkpoint?"
             )
         if rep.meta["padded_to"] != first.meta["padded_to"]:
-            raise TellyError(f"{tag} was padded to {rep.meta['padded_to']} tokens, {first_tag} to {first.meta['padded_to']}")
+            raise TellyError(
+                f"{tag} was padded to {rep.meta['padded_to']} tokens, {first_tag} to {first.meta['padded_to']}"
+            )
     return reps
 
 
@@ -112,7 +117,10 @@ def report(summary: dict[str, dict[str, Any]], sp: SimilarityParams, num_layers:
             f"suggested K = {'Base (freeze nothing)' if k is None else k}"
         )
     holds = [t for t, s in summary.items() if s["top_two_only"]]
-    lines.append(f"  the paper's claim holds for {len(holds)} of {len(summary)} tasks" + (f": {', '.join(holds)}" if holds else ""))
+    lines.append(
+        f"  the paper's claim holds for {len(holds)} of {len(summary)} tasks"
+        + (f": {', '.join(holds)}" if holds else "")
+    )
     return "\n".join(lines)
 
 
@@ -128,8 +136,15 @@ def run(params: Params, out: Path = OUT) -> dict[str, dict[str, Any]]:
         return np.asarray(reps[tag].pooled(sp.pooling)[:n, h, :], dtype=np.float32)
 
     rows = compute(
-        layer, comparisons, num_layers + 1, num_samples=n, block_rows=sp.block_rows,
-        rsa_rounds=sp.rsa_bootstrap_rounds, rounds=sp.bootstrap_rounds, ci_level=sp.ci_level, seed=sp.seed,
+        layer,
+        comparisons,
+        num_layers + 1,
+        num_samples=n,
+        block_rows=sp.block_rows,
+        rsa_rounds=sp.rsa_bootstrap_rounds,
+        rounds=sp.bootstrap_rounds,
+        ci_level=sp.ci_level,
+        seed=sp.seed,
     )
     summary = summarise(rows, sp)
     write(rows, summary, sp, out)

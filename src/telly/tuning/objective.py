@@ -103,21 +103,36 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"at epoch {epoch} (valid score {score:.4f})")
 
-        tags = {"optuna.study": self.study_name, "optuna.trial": str(trial.number), "telly.task": self.task,
-                "telly.variant": choice.variant}
-        logged = {"k": choice.k, "variant": choice.variant, "lr": choice.lr, "epochs": choice.epochs,
-                  "batch_size": choice.batch_size}
+        tags = {
+            "optuna.study": self.study_name,
+            "optuna.trial": str(trial.number),
+            "telly.task": self.task,
+            "telly.variant": choice.variant,
+        }
+        logged = {
+            "k": choice.k,
+            "variant": choice.variant,
+            "lr": choice.lr,
+            "epochs": choice.epochs,
+            "batch_size": choice.batch_size,
+        }
         error: BaseException | None = None
         state = "COMPLETE"
-        with start_run(self.params, "tune", f"{self.study_name}/trial-{trial.number}", nested=True, tags=tags,
-                       log_params=logged) as run:
+        with start_run(
+            self.params, "tune", f"{self.study_name}/trial-{trial.number}", nested=True, tags=tags, log_params=logged
+        ) as run:
             import mlflow
 
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
                 result = self.train_fn(
-                    trial_params(self.params, self.task, choice, work), self.task, choice.variant, lr=choice.lr,
-                    epochs=choice.epochs, on_epoch=on_epoch, output_dir=work / "model",
+                    trial_params(self.params, self.task, choice, work),
+                    self.task,
+                    choice.variant,
+                    lr=choice.lr,
+                    epochs=choice.epochs,
+                    on_epoch=on_epoch,
+                    output_dir=work / "model",
                     results_path=work / "result.json",
                 )
                 values = objective_values(result, self.space.objectives)

@@ -29,11 +29,18 @@ log = logging.getLogger(__name__)
 def _trial_row(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> dict[str, Any]:
     p = trial.params
     return {
-        "trial": trial.number, "variant": variant_name(p["k"]), "k": p["k"], "lr": p["lr"],
-        "epochs": p.get("epochs", space.epochs[0]), "batch_size": p.get("batch_size", space.batch_sizes[0]),
+        "trial": trial.number,
+        "variant": variant_name(p["k"]),
+        "k": p["k"],
+        "lr": p["lr"],
+        "epochs": p.get("epochs", space.epochs[0]),
+        "batch_size": p.get("batch_size", space.batch_sizes[0]),
         **dict(zip(space.objectives, trial.values)),
-        **{k: trial.user_attrs[k] for k in ("epochs_to_convergence", "time_to_convergence", "trainable_params")
-           if k in trial.user_attrs},
+        **{
+            k: trial.user_attrs[k]
+            for k in ("epochs_to_convergence", "time_to_convergence", "trainable_params")
+            if k in trial.user_attrs
+        },
     }
 
 
@@ -131,7 +138,9 @@ def plot(study: optuna.Study, space: SearchSpace, folder: Path, seed: int) -> li
     return written
 
 
-def write_outputs(study: optuna.Study, space: SearchSpace, task: str, storage: str, results_dir: Path, seed: int) -> dict[str, Any]:
+def write_outputs(
+    study: optuna.Study, space: SearchSpace, task: str, storage: str, results_dir: Path, seed: int
+) -> dict[str, Any]:
     """``<task>.json``, ``<task>.csv`` and ``<task>/*.png`` under ``results_dir``; returns the summary."""
     summary = summarize(study, space, task, storage, seed)
     write_json(results_dir / f"{task}.json", summary)

@@ -47,7 +47,9 @@ def _settings(params: Params, task: str) -> None:
     if params.finetune is None:
         raise TellyError("params: tune needs the finetune section (model, tasks) -- see docs/finetuning.md")
     if not hasattr(params.finetune.tasks, task):
-        raise TellyError(f"unknown task {task!r}; finetune.tasks has {', '.join(type(params.finetune.tasks).model_fields)}")
+        raise TellyError(
+            f"unknown task {task!r}; finetune.tasks has {', '.join(type(params.finetune.tasks).model_fields)}"
+        )
 
 
 def _parent_run_id(params: Params, study: Any) -> str | None:
@@ -106,8 +108,11 @@ def tune(
             with tqdm(total=budget.n_trials, initial=budget.finished(study), desc=f"tune {task}", unit="trial") as bar:
                 budget.progress = bar
                 study.optimize(
-                    Objective(params, task, space, train_fn, name), timeout=None if timeout is None else timeout * 60,
-                    catch=trial_failures(), callbacks=[budget], gc_after_trial=_on_gpu(),
+                    Objective(params, task, space, train_fn, name),
+                    timeout=None if timeout is None else timeout * 60,
+                    catch=trial_failures(),
+                    callbacks=[budget],
+                    gc_after_trial=_on_gpu(),
                 )
         summary = write_outputs(study, space, task, printable(url), cfg.results_dir, cfg.seed)
         mlflow.log_metrics({f"trials_{state}": n for state, n in summary["trials"].items()})
@@ -122,6 +127,12 @@ def tune(
             f"{name}: no trial completed ({summary['trials']}); see the failed trials in {cfg.results_dir / task}.csv"
         )
     best = summary["best"]
-    log.info("%s: best %s, lr %.2e, valid score %.4f (trial %d)", name, best["variant"], best["lr"],
-             best["valid_score"], best["trial"])
+    log.info(
+        "%s: best %s, lr %.2e, valid score %.4f (trial %d)",
+        name,
+        best["variant"],
+        best["lr"],
+        best["valid_score"],
+        best["trial"],
+    )
     return summary

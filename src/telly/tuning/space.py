@@ -60,13 +60,21 @@ class SearchSpace:
         tune, finetune = params.tune, params.finetune
         task_cfg = getattr(finetune.tasks, task)
         fixed = {
-            "task": task, "model": finetune.model, "seed": finetune.seed, "cache_frozen": finetune.cache_frozen,
-            "train_size": tune.train_size or task_cfg.train_size, "valid_size": tune.valid_size or task_cfg.valid_size,
+            "task": task,
+            "model": finetune.model,
+            "seed": finetune.seed,
+            "cache_frozen": finetune.cache_frozen,
+            "train_size": tune.train_size or task_cfg.train_size,
+            "valid_size": tune.valid_size or task_cfg.valid_size,
             **task_cfg.model_dump(include={"max_source_length", "max_target_length", "beam_size"}),
         }
         return cls(
-            num_layers=num_layers, lr_min=tune.lr_min, lr_max=tune.lr_max, epochs=tuple(tune.epochs),
-            batch_sizes=tuple(tune.batch_sizes or [task_cfg.batch_size]), objectives=tuple(tune.objectives),
+            num_layers=num_layers,
+            lr_min=tune.lr_min,
+            lr_max=tune.lr_max,
+            epochs=tuple(tune.epochs),
+            batch_sizes=tuple(tune.batch_sizes or [task_cfg.batch_size]),
+            objectives=tuple(tune.objectives),
             fixed=fixed,
         )
 
@@ -84,7 +92,9 @@ class SearchSpace:
         lr = trial.suggest_float("lr", self.lr_min, self.lr_max, log=True)
         epochs = trial.suggest_categorical("epochs", self.epochs) if len(self.epochs) > 1 else self.epochs[0]
         batch = (
-            trial.suggest_categorical("batch_size", self.batch_sizes) if len(self.batch_sizes) > 1 else self.batch_sizes[0]
+            trial.suggest_categorical("batch_size", self.batch_sizes)
+            if len(self.batch_sizes) > 1
+            else self.batch_sizes[0]
         )
         trial.set_user_attr("variant", variant_name(k))
         return Choice(k=k, lr=lr, epochs=epochs, batch_size=batch)
@@ -92,8 +102,12 @@ class SearchSpace:
     def describe(self) -> dict[str, Any]:
         """The JSON form stored in the study (and written to results/tune/<task>.json)."""
         return {
-            "k": [BASE, self.num_layers - 1], "lr": [self.lr_min, self.lr_max], "epochs": list(self.epochs),
-            "batch_size": list(self.batch_sizes), "objectives": list(self.objectives), "fixed": dict(self.fixed),
+            "k": [BASE, self.num_layers - 1],
+            "lr": [self.lr_min, self.lr_max],
+            "epochs": list(self.epochs),
+            "batch_size": list(self.batch_sizes),
+            "objectives": list(self.objectives),
+            "fixed": dict(self.fixed),
         }
 
     def check(self, stored: dict[str, Any] | None, study_name: str, storage: str) -> None:

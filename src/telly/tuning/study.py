@@ -76,7 +76,10 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
         return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
             heartbeat_stale_trial_callback=resume_later,
         )
 
@@ -99,8 +102,12 @@ def open_study(params: Params, task: str, space: SearchSpace, url: str) -> optun
     """Load the study or create it; a stored search space that differs is an error."""
     name = study_name(params, task)
     study = optuna.create_study(
-        storage=open_storage(url), study_name=name, directions=space.directions, load_if_exists=True,
-        sampler=make_sampler(params, space), pruner=make_pruner(params, space),
+        storage=open_storage(url),
+        study_name=name,
+        directions=space.directions,
+        load_if_exists=True,
+        sampler=make_sampler(params, space),
+        pruner=make_pruner(params, space),
     )
     stored = study.user_attrs.get(SPACE_ATTR)
     if stored is None and study.trials:
