@@ -7,13 +7,14 @@ from typing import Any
 
 from telly.config import read_yaml
 from telly.errors import TellyError
+from telly.tasks import TASK_NAMES
 
 PACKAGED = Path(__file__).with_name("paper_numbers.yaml")
 REQUIRED = {
     "model": ("layers",),
     "rq1": ("scores", "layer_weights"),
     "rq2": ("similarity",),
-    "rq3": ("code_search", "clone_detection", "code_summarization", "code_generation", "line_completion"),
+    "rq3": TASK_NAMES,
 }
 
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from telly.config import ReportParams
-from telly.finetuning.table import METRICS
 from telly.reporting import claims as c
 from telly.reporting.inputs import Inputs, Regime
 from telly.reporting.paper import paper_variant_metrics
+from telly.tasks import TASKS
 
-MAIN_METRIC = {task: names[0] for task, names in METRICS.items()}  # the paper's headline metric per task
+MAIN_METRIC = {name: task.main_metric for name, task in TASKS.items()}  # the paper's headline metric per task
 
 
 @dataclass
