@@ -18,6 +18,7 @@ from rich.logging import RichHandler
 
 from telly.config import DEFAULT_PARAMS, Params, load_params
 from telly.errors import TellyError
+from telly.tasks import TASK_NAMES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 data_app = typer.Typer(no_args_is_help=True, help="The raw corpus: fetch the pinned wheels.")
@@ -195,30 +196,28 @@ def extract(
 
 @app.command()
 def finetune(
-    task: Annotated[
-        str, typer.Option(help="code_search, clone_detection, code_summarization, code_generation, line_completion")
-    ],
+    task: Annotated[str, typer.Option(help=", ".join(TASK_NAMES))],
     variant: Annotated[str | None, typer.Option(help="base, base-seed<S> or telly-<K>")] = None,
     table: Annotated[bool, typer.Option("--table", help="aggregate the task's runs into its table instead")] = False,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """RQ3: fine-tune one variant on one task (Base or Telly-K), or write the task's table."""
-    from telly.finetuning import stage
-
     p = _params(params)
     if table:
-        stage.table(p, task)
+        from telly.finetuning.table import run_table
+
+        run_table(p, task)
     elif variant is None:
         raise TellyError("telly finetune: give --variant (base or telly-<K>) or --table")
     else:
-        stage.run(p, task, variant)
+        from telly.finetuning.stage import run
+
+        run(p, task, variant)
 
 
 @app.command()
 def tune(
-    task: Annotated[
-        str, typer.Argument(help="code_search, clone_detection, code_summarization, code_generation, line_completion")
-    ],
+    task: Annotated[str, typer.Argument(help=", ".join(TASK_NAMES))],
     storage: Annotated[
         str | None, typer.Option(help="database URL shared by several workers (default: tune.storage)")
     ] = None,

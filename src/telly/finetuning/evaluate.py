@@ -115,4 +115,4 @@ def generation_metrics(
         texts = [" ".join(tokenizer.decode(g, skip_special_tokens=True).split()) for g in generated]
         hyps += gather(texts, use_gather_object=True)  # python objects, not tensors
     refs = [" ".join(ex["reference"].split()) for ex in examples]
-    return {name: metric(refs, hyps) for name, metric in spec.text_metrics.items()}
+    return {name: getattr(M, function)(refs, hyps) for name, function in spec.text_metrics.items()}

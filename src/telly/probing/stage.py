@@ -38,7 +38,7 @@ def _section(params: Params):
 
 
 def pretrained_source(params: Params) -> str:
-    from telly.models import DEFAULT_MODEL
+    from telly.models.loading import DEFAULT_MODEL
 
     return str(getattr(params.model, "name_or_path", None) or DEFAULT_MODEL)
 
