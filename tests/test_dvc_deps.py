@@ -24,9 +24,8 @@ SRC = REPO / "src"
 # below makes sure the `telly` subcommand of the stage's cmd really imports it.
 ENTRY = {
     "prepare": "telly.data.corpus",
-    "tasks": "telly.data.tasks",
+    "tasks": "telly.data.datasets",
     "pretrain": "telly.models.pretrain",
-    "extract": "telly.models.extract_stage",
     "finetune-run": "telly.finetuning.stage",
     "finetune": "telly.finetuning.table",
     "similarity-represent-base": "telly.similarity.represent",
@@ -173,3 +172,13 @@ def test_the_check_fails_when_an_import_is_missing_from_dvc_yaml():
     assert "telly.models.freezing" in closure(ENTRY["finetune-run"])
     assert _covered(freezing, deps)
     assert not _covered(freezing, [d for d in deps if d not in {"src/telly/models/freezing.py", "src/telly/models"}])
+
+
+@pytest.mark.parametrize("stage", sorted(ENTRY))
+def test_stage_tracks_the_top_level_seed_its_sections_inherit(stage):
+    """``prepare``, ``model``, ``pretrain``, ... take the top-level ``seed`` unless they set one (config.INHERITED_SEEDS)."""
+    from telly.config import INHERITED_SEEDS
+
+    tracked = [str(p) for p in _body(_stages()[stage]).get("params", [])]
+    inherits = [t for t in tracked if t in INHERITED_SEEDS or t in {f"{s}.seed" for s in INHERITED_SEEDS}]
+    assert not inherits or "seed" in tracked, f"dvc.yaml stage {stage!r} tracks {inherits} but not `seed`"

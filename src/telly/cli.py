@@ -54,7 +54,7 @@ def prepare(params: ParamsOption = DEFAULT_PARAMS) -> None:
 @app.command()
 def tasks(params: ParamsOption = DEFAULT_PARAMS) -> None:
     """Build the four probing sets and the five downstream sets from the corpus (or real data)."""
-    from telly.data.tasks import run
+    from telly.data.datasets import run
 
     run(_params(params))
 
@@ -133,6 +133,18 @@ def probe(
             run_one(p, prop_name, s)
     if not (prop or state):
         gather(p)
+
+
+@app.command()
+def variants(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Print Base and every Telly-K of the model fine-tuning starts from: the list for finetune.variants."""
+    from telly import variants as names
+    from telly.models.loading import load_encoder
+
+    p = _params(params)
+    layers = load_encoder(p.finetune_model, device="cpu").num_layers
+    typer.echo(f"# {p.finetune_model}: {layers} layers")
+    typer.echo(f"variants: [{', '.join(names.all_for_depth(layers))}]")
 
 
 @app.command()

@@ -4,9 +4,9 @@ Each :class:`DownstreamTask` holds what the stages need to know about a task: th
 rows (``data/tasks/<task>/*.jsonl``), how a row becomes token sequences (``layout``), the head
 and loss that train it, the metrics the paper reports (the first is the headline metric that
 RQ3's claims compare), how a checkpoint is selected on valid, and the public dataset format of
-its real data. The tasks stage (``telly.data.tasks``), fine-tuning (data, heads, evaluation,
+its real data. The tasks stage (``telly.data.datasets``), fine-tuning (data, heads, evaluation,
 tables), tuning, the config and the report all read this table; a sixth task is one more entry
-here plus its dataset builder in ``telly.data.tasks`` (docs/architecture.md, "Task registry").
+here plus its dataset builder in ``telly.data.datasets`` (docs/architecture.md, "Task registry").
 
 The paper's settings per task (UniXcoder's downstream scripts):
 

@@ -28,8 +28,6 @@ from telly.runtime import set_seed
 
 log = logging.getLogger(__name__)
 
-TAGS = {"random": "random", "pretrained": "pretrained"}
-
 
 def _section(params: Params):
     if params.probe is None:
