@@ -1,18 +1,99 @@
 """Beam search for the seq2seq and decoder-only heads.
 
 Hypotheses are scored by the sum of token log-probabilities with no length
-penalty, as UniXcoder's ``Beam``. Each step re-runs the encoder over prompt +
-hypothesis (RoBERTa has no key/value cache outside decoder mode); sequences
-are short here, and the UniLM mask makes the result identical to cached decoding.
+penalty, as UniXcoder's ``Beam``. Under the UniLM mask no prompt position ever
+sees the target (prefix positions see the prefix, later ones only earlier
+positions), so the prompt's keys and values are the same at every step:
+``beam_search`` encodes the prompt once and then runs one new token per beam
+through the layers, attending to the cached keys/values (incremental decoding).
+``beam_search_reference`` is the original, re-encode-everything-per-step version
+(kept as the reference the fast one is tested against, and the fallback for
+encoders whose layers we cannot drive one token at a time).
+
+The fast path drives the model's own modules (embeddings, each ``encoder.layer[i]``
+with a key/value ``cache``, as transformers' BERT/RoBERTa self-attention accepts),
+so every number is computed by the module's code; only the position ids of the new
+token are computed here, by the embedding's own rule.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from tqdm.auto import tqdm
 
 from telly.finetuning.data import Seq, collate
 from telly.finetuning.heads import TaskModel
+
+log = logging.getLogger(__name__)
+
+# registry: layer classes whose self-attention takes ``cache=`` (keys/values via ``cache.update``) in transformers 5.x
+INCREMENTAL_LAYERS = {"BertLayer", "RobertaLayer", "XLMRobertaLayer", "CamembertLayer"}
+
+
+class _BeamKeyValues:
+    """Preallocated keys/values of every layer for ``rows`` = examples x beams: the prompt's
+    columns ``[0, P)`` are written once (each beam of an example holds the same prompt), generated
+    tokens go to column ``P + t``. Passed to the layers as their ``cache``: ``update`` stores the
+    new columns and hands back everything so far (the layer attends over it)."""
+
+    def __init__(self, layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * layers
+        self.values: list[torch.Tensor | None] = [None] * layers
+        self.beams, self.capacity, self.filled = 1, 0, 0
+        self.prompt_mode = True
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if self.prompt_mode:  # [B, heads, P, d] -> every beam's rows
+            rows, heads, width, dim = key.shape
+            shape = (rows * self.beams, heads, self.capacity, dim)
+            self.keys[layer_idx] = key.new_empty(shape)
+            self.values[layer_idx] = value.new_empty(shape)
+            self.keys[layer_idx][:, :, :width] = key.repeat_interleave(self.beams, 0)
+            self.values[layer_idx][:, :, :width] = value.repeat_interleave(self.beams, 0)
+            return key, value
+        end = self.filled + key.shape[2]
+        self.keys[layer_idx][:, :, self.filled : end] = key
+        self.values[layer_idx][:, :, self.filled : end] = value
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+    def reorder(self, rows: torch.Tensor, start: int) -> None:
+        """Each beam takes its parent's generated columns (the prompt's are the same in every beam)."""
+        if self.filled > start:
+            for store in (self.keys, self.values):
+                for layer in store:
+                    layer[:, :, start : self.filled] = layer[rows, :, start : self.filled]
+
+
+def _position_rule(embeddings: torch.nn.Module) -> str | None:
+    """How the embedding numbers positions: RoBERTa counts non-pad tokens from ``padding_idx + 1``
+    (a generated pad token gets ``padding_idx``), BERT numbers them 0, 1, 2, ..."""
+    if hasattr(embeddings, "create_position_ids_from_input_ids") and hasattr(embeddings, "padding_idx"):
+        return "count_non_pad"
+    if hasattr(embeddings, "position_ids") and hasattr(embeddings, "position_embeddings"):
+        return "absolute"
+    return None
+
+
+def supports_incremental(model: TaskModel) -> bool:
+    encoder = model.encoder
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if layers is None or _position_rule(getattr(encoder, "embeddings", None)) is None:
+        return False
+    return all(type(layer).__name__ in INCREMENTAL_LAYERS for layer in layers)
+
+
+def _unilm_keep(lengths: torch.Tensor, prefixes: torch.Tensor, width: int) -> torch.Tensor:
+    """``data.attention_mask`` built on the device: query i sees key j < length when j < prefix or j <= i."""
+    i = torch.arange(width, device=lengths.device)[None, :, None]
+    j = torch.arange(width, device=lengths.device)[None, None, :]
+    return (((j < prefixes[:, None, None]) | (j <= i)) & (j < lengths[:, None, None]))[:, None]
+
+
+def _additive(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean keep-mask as the additive float mask every attention implementation takes."""
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
 
 
 @torch.no_grad()
@@ -27,7 +108,142 @@ def beam_search(
     pad_id: int,
     batch_size: int = 16,
 ) -> list[list[int]]:
-    """The best continuation (without the end token) of each prompt."""
+    """The best continuation (without the end token) of each prompt: the same hypotheses as
+    ``beam_search_reference``, with the prompt encoded once and one token per beam per step."""
+    if not supports_incremental(model):
+        log.info("beam search: %s layers take no key/value cache here; re-encoding every step", type(model.encoder))
+        return beam_search_reference(
+            model,
+            prompts,
+            prefixes,
+            beam_size=beam_size,
+            max_new_tokens=max_new_tokens,
+            eos_id=eos_id,
+            pad_id=pad_id,
+            batch_size=batch_size,
+        )
+    was_training = model.training
+    model.eval()
+    results: list[list[int]] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="beam search", leave=False):
+        end = min(start + batch_size, len(prompts))
+        results += _beam_batch(
+            model, prompts[start:end], prefixes[start:end], beam_size, max_new_tokens, eos_id, pad_id
+        )
+    model.train(was_training)
+    return results
+
+
+def _beam_batch(
+    model: TaskModel,
+    prompts: list[list[int]],
+    prefixes: list[int],
+    beams: int,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+) -> list[list[int]]:
+    encoder = model.encoder
+    layers = encoder.encoder.layer
+    embeddings = encoder.embeddings
+    device = next(model.parameters()).device
+    n, rows = len(prompts), len(prompts) * beams
+
+    # 1. The prompt, once: right-padded, UniLM mask, its keys/values stored for every beam.
+    batch = collate([Seq(tuple(p), f) for p, f in zip(prompts, prefixes)], pad_id)
+    ids, lengths = batch["ids"].to(device), batch["lengths"].to(device)
+    width = ids.shape[1]
+    kv = _BeamKeyValues(len(layers))
+    kv.beams, kv.capacity = beams, width + max_new_tokens
+    hidden = embeddings(input_ids=ids)
+    mask = _additive(_unilm_keep(lengths, torch.tensor(prefixes, device=device), width), hidden.dtype)
+    for layer in layers:
+        hidden = layer(hidden, mask, cache=kv)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    kv.prompt_mode, kv.filled = False, width
+    last = hidden[torch.arange(n, device=device), lengths - 1]
+    logprobs = torch.log_softmax(model.lm_logits(last).float(), dim=-1).repeat_interleave(beams, 0)
+
+    # 2. Beams as tensors: row b * beams + s is beam s of example b. A beam with score -inf is dead
+    # (the first step has one live beam per example, as the reference's single empty hypothesis).
+    # scores in float64: the reference sums Python floats, so ties and near-ties resolve the same way
+    scores = torch.full((n, beams), float("-inf"), dtype=torch.float64, device=device)
+    scores[:, 0] = 0.0
+    active = torch.ones(n, dtype=torch.bool, device=device)
+    tokens = torch.empty(rows, 0, dtype=torch.long, device=device)
+    rule = _position_rule(embeddings)
+    prompt_lengths = lengths.repeat_interleave(beams)
+    non_pad = (ids != pad_id).sum(1).repeat_interleave(beams)  # RoBERTa's position counter
+    # The new token (query) sees the prompt's real columns and every generated column.
+    column = torch.arange(kv.capacity, device=device)
+    keep = (column[None, :] < prompt_lengths[:, None]) | (column[None, :] >= width)
+    step_mask = _additive(keep[:, None, None, :], hidden.dtype)
+    done: list[list[tuple[list[int], float]]] = [[] for _ in range(n)]
+    example_rows = torch.arange(n, device=device)[:, None] * beams
+
+    for step in range(max_new_tokens):
+        top_lp, top_ids = logprobs.topk(beams, dim=-1)  # [rows, beams]
+        candidates = (scores[:, :, None] + top_lp.double().view(n, beams, beams)).view(n, beams * beams)
+        # the reference sorts each example's candidates (beam-major, then top-k order) by score, stably
+        order = torch.sort(candidates, dim=1, descending=True, stable=True).indices[:, :beams]
+        best = candidates.gather(1, order)
+        chosen = top_ids.view(n, beams * beams).gather(1, order)
+        parents = (example_rows + order // beams).view(-1)
+        ended = (chosen == eos_id) & active[:, None]
+        if ended.any():
+            for b, s in ended.nonzero().tolist():  # finished hypotheses leave the beam (few: host copies)
+                done[b].append((tokens[parents[b * beams + s]].tolist(), float(best[b, s])))
+        scores = best.masked_fill(ended | ~active[:, None], float("-inf"))
+        finished = torch.tensor([len(d) >= beams for d in done], device=device) | torch.isinf(scores).all(1)
+        active &= ~finished
+        scores[~active] = float("-inf")
+        if not bool(active.any()):
+            break
+        tokens = torch.cat([tokens[parents], chosen.view(-1, 1)], dim=1)
+        if step == max_new_tokens - 1:
+            break
+        # 3. One step: the chosen token of every beam through the layers, over the cached keys/values.
+        new = chosen.view(-1)
+        kv.reorder(parents, width)
+        if rule == "count_non_pad":
+            non_pad = non_pad[parents] + (new != pad_id)
+            position = torch.where(new != pad_id, non_pad + embeddings.padding_idx, embeddings.padding_idx)
+        else:
+            position = prompt_lengths + step
+        hidden = embeddings(input_ids=new[:, None], position_ids=position[:, None])
+        mask = step_mask[..., : kv.filled + 1]
+        for layer in layers:
+            hidden = layer(hidden, mask, cache=kv)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        kv.filled += 1
+        logprobs = torch.log_softmax(model.lm_logits(hidden[:, 0]).float(), dim=-1)
+
+    live_scores = scores.tolist()
+    results = []
+    for b in range(n):
+        if done[b]:
+            results.append(max(done[b], key=lambda c: c[1])[0])  # first of the best, as the reference's max
+            continue
+        live = [(s, score) for s, score in enumerate(live_scores[b]) if score != float("-inf")]
+        s = max(live, key=lambda c: c[1])[0]
+        results.append(tokens[b * beams + s].tolist())
+    return results
+
+
+@torch.no_grad()
+def beam_search_reference(
+    model: TaskModel,
+    prompts: list[list[int]],
+    prefixes: list[int],
+    *,
+    beam_size: int,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    batch_size: int = 16,
+) -> list[list[int]]:
+    """The best continuation (without the end token) of each prompt, re-encoding prompt +
+    hypothesis at every step (the original implementation)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -1,0 +1,86 @@
+"""Incremental beam search gives the reference (re-encode every step) beam search's hypotheses."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from telly.finetuning.generation import beam_search, beam_search_reference, supports_incremental
+from telly.finetuning.heads import TaskModel
+
+VOCAB, PAD, EOS = 40, 1, 2
+
+
+def tiny(family: str, seed: int = 0) -> TaskModel:
+    """A random 2-layer encoder whose next-token distributions are peaked enough to end beams early."""
+    from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+
+    config_class, model_class = {"roberta": (RobertaConfig, RobertaModel), "bert": (BertConfig, BertModel)}[family]
+    config = config_class(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=80,
+        pad_token_id=PAD,
+        type_vocab_size=1,
+        initializer_range=0.3,
+    )
+    torch.manual_seed(seed)
+    return TaskModel(model_class(config).eval(), "code_generation")
+
+
+def prompts(seed: int, n: int, decoder_only: bool) -> tuple[list[list[int]], list[int]]:
+    rng = random.Random(seed)
+    out, prefixes = [], []
+    for _ in range(n):
+        source = [0] + [rng.randrange(3, VOCAB) for _ in range(rng.randrange(2, 12))]
+        prompt = source if decoder_only else source + [EOS, 3]  # 3 stands in for <mask0>
+        out.append(prompt)
+        prefixes.append(0 if decoder_only else len(source) + 1)
+    return out, prefixes
+
+
+@pytest.mark.parametrize("family", ["roberta", "bert"])
+@pytest.mark.parametrize("decoder_only", [False, True])
+@pytest.mark.parametrize("beam_size", [1, 3, 5])
+def test_incremental_beam_search_matches_reference(family, decoder_only, beam_size):
+    model = tiny(family)
+    assert supports_incremental(model)
+    ps, prefixes = prompts(beam_size, 7, decoder_only)  # prompt lengths 4..14: padding in every batch
+    stopped = cut = False
+    # an end token the model never produces (-1) makes every hypothesis run to the limit
+    for max_new_tokens, eos_id in ((2, EOS), (9, EOS), (9, -1)):
+        kwargs = dict(beam_size=beam_size, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=PAD, batch_size=4)
+        expected = beam_search_reference(model, ps, prefixes, **kwargs)
+        got = beam_search(model, ps, prefixes, **kwargs)
+        assert got == expected
+        stopped |= any(len(g) < max_new_tokens for g in got)
+        cut |= any(len(g) == max_new_tokens for g in got)
+    assert stopped and cut  # both ends exercised: hypotheses ending at </s> and ones cut at the limit
+
+
+def test_generated_pad_token_keeps_roberta_positions():
+    """RoBERTa gives a pad token the padding position and does not count it; so must the cache."""
+    model = tiny("roberta", seed=3)
+    ps, prefixes = prompts(11, 3, False)
+    kwargs = dict(beam_size=2, max_new_tokens=6, eos_id=EOS, pad_id=PAD)
+    favourite = beam_search_reference(model, ps, prefixes, **kwargs)[0][0]
+    with torch.no_grad():  # pad's (tied) embedding takes over the model's favourite token's
+        words = model.encoder.embeddings.word_embeddings.weight
+        words[PAD] = 1.5 * words[favourite]
+    expected = beam_search_reference(model, ps, prefixes, **kwargs)
+    assert any(PAD in e for e in expected)
+    assert beam_search(model, ps, prefixes, **kwargs) == expected
+
+
+def test_unsupported_encoder_falls_back_to_reference():
+    model = tiny("roberta")
+    model.encoder.encoder.layer[0].__class__ = type("OtherLayer", (type(model.encoder.encoder.layer[0]),), {})
+    assert not supports_incremental(model)
+    ps, prefixes = prompts(5, 3, False)
+    kwargs = dict(beam_size=2, max_new_tokens=5, eos_id=EOS, pad_id=PAD)
+    assert beam_search(model, ps, prefixes, **kwargs) == beam_search_reference(model, ps, prefixes, **kwargs)
