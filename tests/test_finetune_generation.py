@@ -17,7 +17,8 @@ def tiny(family: str, seed: int = 0) -> TaskModel:
     """A random 2-layer encoder whose next-token distributions are peaked enough to end beams early."""
     from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 
-    config_class, model_class = {"roberta": (RobertaConfig, RobertaModel), "bert": (BertConfig, BertModel)}[family]
+    name, _, attention = family.partition("-")
+    config_class, model_class = {"roberta": (RobertaConfig, RobertaModel), "bert": (BertConfig, BertModel)}[name]
     config = config_class(
         vocab_size=VOCAB,
         hidden_size=32,
@@ -29,6 +30,7 @@ def tiny(family: str, seed: int = 0) -> TaskModel:
         type_vocab_size=1,
         initializer_range=0.3,
     )
+    config._attn_implementation = attention or "sdpa"
     torch.manual_seed(seed)
     return TaskModel(model_class(config).eval(), "code_generation")
 
@@ -44,7 +46,18 @@ def prompts(seed: int, n: int, decoder_only: bool) -> tuple[list[list[int]], lis
     return out, prefixes
 
 
-@pytest.mark.parametrize("family", ["roberta", "bert"])
+def reference(model: TaskModel, *args, **kwargs) -> list[list[int]]:
+    """The reference's hypotheses, under SDPA: through ``TaskModel.last_hidden`` a boolean 4-D mask
+    reaches eager attention unconverted (it adds 0/1, so future tokens leak), hence no eager reference."""
+    config = model.encoder.config
+    chosen, config._attn_implementation = config._attn_implementation, "sdpa"
+    try:
+        return beam_search_reference(model, *args, **kwargs)
+    finally:
+        config._attn_implementation = chosen
+
+
+@pytest.mark.parametrize("family", ["roberta", "bert", "roberta-eager"])
 @pytest.mark.parametrize("decoder_only", [False, True])
 @pytest.mark.parametrize("beam_size", [1, 3, 5])
 def test_incremental_beam_search_matches_reference(family, decoder_only, beam_size):
@@ -55,7 +68,7 @@ def test_incremental_beam_search_matches_reference(family, decoder_only, beam_si
     # an end token the model never produces (-1) makes every hypothesis run to the limit
     for max_new_tokens, eos_id in ((2, EOS), (9, EOS), (9, -1)):
         kwargs = dict(beam_size=beam_size, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=PAD, batch_size=4)
-        expected = beam_search_reference(model, ps, prefixes, **kwargs)
+        expected = reference(model, ps, prefixes, **kwargs)
         got = beam_search(model, ps, prefixes, **kwargs)
         assert got == expected
         stopped |= any(len(g) < max_new_tokens for g in got)
@@ -84,3 +97,13 @@ def test_unsupported_encoder_falls_back_to_reference():
     ps, prefixes = prompts(5, 3, False)
     kwargs = dict(beam_size=2, max_new_tokens=5, eos_id=EOS, pad_id=PAD)
     assert beam_search(model, ps, prefixes, **kwargs) == beam_search_reference(model, ps, prefixes, **kwargs)
+
+
+@pytest.mark.parametrize("family", ["roberta", "roberta-eager"])
+def test_runs_under_bf16_autocast(family):
+    """Evaluation runs under bf16 autocast on a GPU: the cached keys take the layers' dtype, the mask fits."""
+    model = tiny(family)
+    ps, prefixes = prompts(2, 4, False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = beam_search(model, ps, prefixes, beam_size=2, max_new_tokens=4, eos_id=-1, pad_id=PAD)
+    assert [len(g) for g in got] == [4] * 4 and all(0 <= t < VOCAB for g in got for t in g)

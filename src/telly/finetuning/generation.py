@@ -81,6 +81,8 @@ def supports_incremental(model: TaskModel) -> bool:
     layers = getattr(getattr(encoder, "encoder", None), "layer", None)
     if layers is None or _position_rule(getattr(encoder, "embeddings", None)) is None:
         return False
+    if encoder.config._attn_implementation not in ("sdpa", "eager"):  # flash/flex take no 4-D mask
+        return False
     return all(type(layer).__name__ in INCREMENTAL_LAYERS for layer in layers)
 
 
@@ -91,8 +93,11 @@ def _unilm_keep(lengths: torch.Tensor, prefixes: torch.Tensor, width: int) -> to
     return (((j < prefixes[:, None, None]) | (j <= i)) & (j < lengths[:, None, None]))[:, None]
 
 
-def _additive(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A boolean keep-mask as the additive float mask every attention implementation takes."""
+def _layer_mask(model: TaskModel, keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A 4-D keep-mask in the implementation's form: SDPA takes it as is (any dtype under autocast),
+    eager attention adds it (0 / the dtype's minimum)."""
+    if model.encoder.config._attn_implementation == "sdpa":
+        return keep
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
 
 
@@ -156,7 +161,7 @@ def _beam_batch(
     kv = _BeamKeyValues(len(layers))
     kv.beams, kv.capacity = beams, width + max_new_tokens
     hidden = embeddings(input_ids=ids)
-    mask = _additive(_unilm_keep(lengths, torch.tensor(prefixes, device=device), width), hidden.dtype)
+    mask = _layer_mask(model, _unilm_keep(lengths, torch.tensor(prefixes, device=device), width), hidden.dtype)
     for layer in layers:
         hidden = layer(hidden, mask, cache=kv)
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
@@ -177,7 +182,7 @@ def _beam_batch(
     # The new token (query) sees the prompt's real columns and every generated column.
     column = torch.arange(kv.capacity, device=device)
     keep = (column[None, :] < prompt_lengths[:, None]) | (column[None, :] >= width)
-    step_mask = _additive(keep[:, None, None, :], hidden.dtype)
+    step_mask = _layer_mask(model, keep[:, None, None, :], hidden.dtype)
     done: list[list[tuple[list[int], float]]] = [[] for _ in range(n)]
     example_rows = torch.arange(n, device=device)[:, None] * beams
 
