@@ -421,6 +421,12 @@ class TaskSet(Section):
 
     sizes: SplitSizes
     source: Literal["corpus"] | RealData = "corpus"
+    codebase_size: int | None = Field(
+        default=None,
+        ge=2,
+        description="code search from the corpus: codes the test queries are ranked against (their own codes plus "
+        "distractors from the test split's other functions), written to codebase.jsonl; null = among the test codes",
+    )
 
 
 class CloneParams(Section):
@@ -459,6 +465,9 @@ TASK_SOURCES = {
 }
 
 
+TASK_SETS = tuple(TASK_SOURCES)  # the nine sets of the tasks stage
+
+
 class TasksParams(Section):
     """The tasks stage: four probing sets and five downstream sets (docs/datasets.md)."""
 
@@ -478,6 +487,16 @@ class TasksParams(Section):
     syntactic_negatives: Literal["similar_length", "random"]
     structural_sampling: Literal["balanced", "natural"]
     generation_max_body_lines: int = Field(ge=1)
+
+    @field_validator(*TASK_SETS)
+    @classmethod
+    def _codebase_only_for_corpus_search(cls, value: TaskSet, info: Any) -> TaskSet:
+        if value.codebase_size is not None and (info.field_name != "code_search" or value.source != "corpus"):
+            raise ValueError(
+                f"tasks.{info.field_name}.codebase_size: only for code_search built from the corpus "
+                "(real data brings its codebase.jsonl)"
+            )
+        return value
 
     @field_validator(*TASK_SOURCES)
     @classmethod

@@ -56,7 +56,7 @@ from telly.finetuning.data import (
     load_split,
     make_example,
 )
-from telly.finetuning.evaluate import evaluate
+from telly.finetuning.evaluate import codebase_path, evaluate, load_codebase
 from telly.finetuning.heads import TaskModel
 from telly.jsonl import write_json
 
@@ -157,8 +157,13 @@ def train_variant(
     tok = Tokens.of(encoder.tokenizer)
 
     splits = {}
+    codebase = None
     for split, size in (("train", cfg.train_size), ("valid", cfg.valid_size), ("test", cfg.test_size)):
         rows = load_split(settings.tasks_dir, task, split, size, settings.seed, min_rows=2)  # same rows for every seed
+        if split == "test" and task == "code_search" and codebase_path(settings.tasks_dir).exists():
+            # the paper's protocol: test queries ranked against the codebase (valid: among its own codes)
+            path = codebase_path(settings.tasks_dir)
+            codebase = load_codebase(path, rows, encoder.tokenizer, tok, cfg.max_source_length)
         splits[split] = [
             make_example(task, r, encoder.tokenizer, tok, cfg.max_source_length, cfg.max_target_length)
             for r in tqdm(rows, desc=f"tokenize {split}", leave=False)
@@ -187,6 +192,8 @@ def train_variant(
         "n_valid": len(valid),
         "n_test": len(test),
     }
+    if codebase is not None:
+        run_settings["n_codebase"] = len(codebase.codes)
     fingerprint = hashlib.sha256(json.dumps(run_settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # Frozen-prefix caching: hidden state K of every training (and, for the encoder tasks, eval) sequence.
@@ -331,6 +338,8 @@ def train_variant(
                 encoder.tokenizer,
                 batches=test_loader,
                 threshold=best.get("threshold"),
+                codebase=codebase,
+                codebase_batch_size=settings.eval_batch_size,
                 **eval_kwargs,
             )
         test_metrics.pop("score")
