@@ -107,3 +107,18 @@ def test_runs_under_bf16_autocast(family):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = beam_search(model, ps, prefixes, beam_size=2, max_new_tokens=4, eos_id=-1, pad_id=PAD)
     assert [len(g) for g in got] == [4] * 4 and all(0 <= t < VOCAB for g in got for t in g)
+
+
+def test_key_value_budget_splits_the_batch_without_changing_tokens(monkeypatch):
+    import telly.finetuning.generation as G
+
+    model = tiny("roberta")
+    ps, prefixes = prompts(4, 6, False)
+    kwargs = dict(beam_size=3, max_new_tokens=5, eos_id=EOS, pad_id=PAD)
+    whole = beam_search(model, ps, prefixes, batch_size=6, **kwargs)
+    sizes = []
+    batch = G._beam_batch
+    monkeypatch.setattr(G, "_beam_batch", lambda m, p, *a: sizes.append(len(p)) or batch(m, p, *a))
+    per_example = 3 * (max(map(len, ps)) + 5) * 2 * 2 * 32 * 4  # beams x positions x layers x (k, v) x hidden x fp32
+    assert beam_search(model, ps, prefixes, batch_size=6, kv_budget_bytes=2 * per_example, **kwargs) == whole
+    assert sizes == [2, 2, 2]

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 # registry: layer classes whose self-attention takes ``cache=`` (keys/values via ``cache.update``) in transformers 5.x
 INCREMENTAL_LAYERS = {"BertLayer", "RobertaLayer", "XLMRobertaLayer", "CamembertLayer"}
+# The paper's line completion (eval batch 256 x beam 5 x 1,000 positions) would need ~94 GB of fp32
+# keys/values at once; batches are cut to stay under this.
+KV_BUDGET_BYTES = 8 * 2**30
 
 
 class _BeamKeyValues:
@@ -112,9 +115,12 @@ def beam_search(
     eos_id: int,
     pad_id: int,
     batch_size: int = 16,
+    kv_budget_bytes: int = KV_BUDGET_BYTES,
 ) -> list[list[int]]:
     """The best continuation (without the end token) of each prompt: the same hypotheses as
-    ``beam_search_reference``, with the prompt encoded once and one token per beam per step."""
+    ``beam_search_reference``, with the prompt encoded once and one token per beam per step.
+    Batches shrink below ``batch_size`` where their key/value cache would pass ``kv_budget_bytes``
+    (each example is decoded independently, so the tokens do not change)."""
     if not supports_incremental(model):
         log.info("beam search: %s layers take no key/value cache here; re-encoding every step", type(model.encoder))
         return beam_search_reference(
@@ -129,6 +135,7 @@ def beam_search(
         )
     was_training = model.training
     model.eval()
+    batch_size = min(batch_size, _examples_within(model, prompts, beam_size, max_new_tokens, kv_budget_bytes))
     results: list[list[int]] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="beam search", leave=False):
         end = min(start + batch_size, len(prompts))
@@ -137,6 +144,16 @@ def beam_search(
         )
     model.train(was_training)
     return results
+
+
+def _examples_within(model: TaskModel, prompts: list[list[int]], beams: int, max_new_tokens: int, budget: int) -> int:
+    """Examples per batch whose key/value cache (every beam holds prompt + target positions, per
+    layer keys and values) stays within ``budget`` bytes, counted at the parameters' dtype."""
+    config = model.encoder.config
+    weight = next(model.parameters())
+    positions = max((len(p) for p in prompts), default=1) + max_new_tokens
+    per_example = beams * positions * config.num_hidden_layers * 2 * config.hidden_size * weight.element_size()
+    return max(1, budget // per_example)
 
 
 def _beam_batch(
