@@ -61,11 +61,14 @@ class _BeamKeyValues:
         self.values[layer_idx][:, :, self.filled : end] = value
         return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
 
-    def reorder(self, rows: torch.Tensor, start: int) -> None:
-        """Each beam takes its parent's generated columns (the prompt's are the same in every beam)."""
-        if self.filled > start:
-            for store in (self.keys, self.values):
-                for layer in store:
+    def reorder(self, rows: torch.Tensor, start: int, every_column: bool = False) -> None:
+        """Row i takes row ``rows[i]``'s keys/values: its parent beam's generated columns (the
+        prompt's are the same in every beam of an example), or, when the batch shrinks, every column."""
+        for store in (self.keys, self.values):
+            for i, layer in enumerate(store):
+                if every_column:
+                    store[i] = layer[rows]
+                elif self.filled > start:
                     layer[:, :, start : self.filled] = layer[rows, :, start : self.filled]
 
 
@@ -186,12 +189,12 @@ def _beam_batch(
     last = hidden[torch.arange(n, device=device), lengths - 1]
     logprobs = torch.log_softmax(model.lm_logits(last).float(), dim=-1).repeat_interleave(beams, 0)
 
-    # 2. Beams as tensors: row b * beams + s is beam s of example b. A beam with score -inf is dead
-    # (the first step has one live beam per example, as the reference's single empty hypothesis).
-    # scores in float64: the reference sums Python floats, so ties and near-ties resolve the same way
+    # 2. Beams as tensors: row b * beams + s is beam s of the batch's b-th unfinished example. A beam
+    # with score -inf is dead (the first step has one live beam per example, as the reference's single
+    # empty hypothesis). Finished examples leave the batch, as the reference stops running their rows.
+    # Scores in float64: the reference sums Python floats, so ties and near-ties resolve the same way.
     scores = torch.full((n, beams), float("-inf"), dtype=torch.float64, device=device)
     scores[:, 0] = 0.0
-    active = torch.ones(n, dtype=torch.bool, device=device)
     tokens = torch.empty(rows, 0, dtype=torch.long, device=device)
     rule = _position_rule(embeddings)
     prompt_lengths = lengths.repeat_interleave(beams)
@@ -201,34 +204,41 @@ def _beam_batch(
     keep = (column[None, :] < prompt_lengths[:, None]) | (column[None, :] >= width)
     step_mask = _layer_mask(model, keep[:, None, None, :], hidden.dtype)
     done: list[list[tuple[list[int], float]]] = [[] for _ in range(n)]
-    example_rows = torch.arange(n, device=device)[:, None] * beams
+    example_of = list(range(n))  # batch position -> example
 
     for step in range(max_new_tokens):
-        top_lp, top_ids = logprobs.topk(beams, dim=-1)  # [rows, beams]
-        candidates = (scores[:, :, None] + top_lp.double().view(n, beams, beams)).view(n, beams * beams)
+        m = len(example_of)
+        top_lp, top_ids = logprobs.topk(beams, dim=-1)  # [m * beams, beams]
+        candidates = (scores[:, :, None] + top_lp.double().view(m, beams, beams)).view(m, beams * beams)
         # the reference sorts each example's candidates (beam-major, then top-k order) by score, stably
         order = torch.sort(candidates, dim=1, descending=True, stable=True).indices[:, :beams]
         best = candidates.gather(1, order)
-        chosen = top_ids.view(n, beams * beams).gather(1, order)
-        parents = (example_rows + order // beams).view(-1)
-        ended = (chosen == eos_id) & active[:, None]
+        chosen = top_ids.view(m, beams * beams).gather(1, order)
+        parents = torch.arange(m, device=device)[:, None] * beams + order // beams  # rows of this step
+        ended = chosen == eos_id
         if ended.any():
             for b, s in ended.nonzero().tolist():  # finished hypotheses leave the beam (few: host copies)
-                done[b].append((tokens[parents[b * beams + s]].tolist(), float(best[b, s])))
-        scores = best.masked_fill(ended | ~active[:, None], float("-inf"))
-        finished = torch.tensor([len(d) >= beams for d in done], device=device) | torch.isinf(scores).all(1)
-        active &= ~finished
-        scores[~active] = float("-inf")
-        if not bool(active.any()):
+                done[example_of[b]].append((tokens[parents[b, s]].tolist(), float(best[b, s])))
+        scores = best.masked_fill(ended, float("-inf"))
+        finished = torch.tensor([len(done[e]) >= beams for e in example_of], device=device)
+        running = (~(finished | torch.isinf(scores).all(1))).nonzero().squeeze(1)
+        if len(running) == 0:
             break
+        if len(running) < m:
+            example_of = [example_of[b] for b in running.tolist()]
+            scores, chosen, parents = scores[running], chosen[running], parents[running]
+        parents = parents.view(-1)
         tokens = torch.cat([tokens[parents], chosen.view(-1, 1)], dim=1)
         if step == max_new_tokens - 1:
             break
         # 3. One step: the chosen token of every beam through the layers, over the cached keys/values.
+        # Per-row state follows each beam's parent (prompt lengths and masks are the same in every
+        # beam of an example, so this also drops the finished examples' rows).
         new = chosen.view(-1)
-        kv.reorder(parents, width)
+        kv.reorder(parents, width, every_column=len(parents) != len(prompt_lengths))
+        prompt_lengths, step_mask = prompt_lengths[parents], step_mask[parents]
+        non_pad = non_pad[parents] + (new != pad_id)
         if rule == "count_non_pad":
-            non_pad = non_pad[parents] + (new != pad_id)
             position = torch.where(new != pad_id, non_pad + embeddings.padding_idx, embeddings.padding_idx)
         else:
             position = prompt_lengths + step
@@ -240,14 +250,17 @@ def _beam_batch(
         kv.filled += 1
         logprobs = torch.log_softmax(model.lm_logits(hidden[:, 0]).float(), dim=-1)
 
-    live_scores = scores.tolist()
+    # an example with finished hypotheses returns the best of them (the first on ties, as the
+    # reference's max); one cut at max_new_tokens with none, its best live beam
+    live = {e: b for b, e in enumerate(example_of)}
     results = []
-    for b in range(n):
-        if done[b]:
-            results.append(max(done[b], key=lambda c: c[1])[0])  # first of the best, as the reference's max
+    for e in range(n):
+        if done[e]:
+            results.append(max(done[e], key=lambda c: c[1])[0])
             continue
-        live = [(s, score) for s, score in enumerate(live_scores[b]) if score != float("-inf")]
-        s = max(live, key=lambda c: c[1])[0]
+        b = live[e]
+        beam_scores = [(s, v) for s, v in enumerate(scores[b].tolist()) if v != float("-inf")]
+        s = max(beam_scores, key=lambda c: c[1])[0]
         results.append(tokens[b * beams + s].tolist())
     return results
 
