@@ -417,6 +417,12 @@ class TaskSet(Section):
 
     sizes: SplitSizes
     source: Literal["corpus"] | RealData = "corpus"
+    codebase_size: int | None = Field(
+        default=None,
+        ge=2,
+        description="code search from the corpus: codes the test queries are ranked against (their own codes plus "
+        "distractors from the test split's other functions), written to codebase.jsonl; null = among the test codes",
+    )
 
 
 class CloneParams(Section):
@@ -451,6 +457,9 @@ TASK_SOURCES = {
 }
 
 
+TASK_SETS = tuple(TASK_SOURCES)  # the nine sets of the tasks stage
+
+
 class _TasksParams(Section):
     """The tasks stage: four probing sets and five downstream sets (docs/datasets.md)."""
 
@@ -466,7 +475,18 @@ class _TasksParams(Section):
     structural_sampling: Literal["balanced", "natural"]
     generation_max_body_lines: int = Field(ge=1)
 
-    @field_validator(*TASK_SOURCES, check_fields=False)  # the downstream fields come with TasksParams below
+    @field_validator(*TASK_SETS, check_fields=False)  # the downstream fields come with TasksParams below
+    @classmethod
+    def _codebase_only_for_corpus_search(cls, value: TaskSet, info: Any) -> TaskSet:
+        searches = info.field_name in TASKS and TASKS[info.field_name].head == "search"
+        if value.codebase_size is not None and (not searches or value.source != "corpus"):
+            raise ValueError(
+                f"tasks.{info.field_name}.codebase_size: only for code search built from the corpus "
+                "(real data brings its codebase.jsonl)"
+            )
+        return value
+
+    @field_validator(*TASK_SOURCES, check_fields=False)
     @classmethod
     def _real_data_fits_the_set(cls, v: TaskSet, info: Any) -> TaskSet:
         want = TASK_SOURCES[info.field_name]

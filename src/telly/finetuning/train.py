@@ -56,7 +56,7 @@ from telly.finetuning.data import (
     load_split,
     make_example,
 )
-from telly.finetuning.evaluate import evaluate
+from telly.finetuning.evaluate import Codebase, codebase_path, evaluate, load_codebase
 from telly.finetuning.heads import TaskModel
 from telly.jsonl import write_json
 from telly.tracking import start_run
@@ -164,6 +164,7 @@ class Run:
     valid: list[dict]
     test: list[dict]
     valid_caches: dict[str, HiddenCache]
+    codebase: Codebase | None  # code search's test: the codebase every query is ranked against
     shuffle: torch.Generator
     loaders: dict[str, Any]
     optimizer: torch.optim.Optimizer
@@ -242,8 +243,13 @@ def setup(
     tok = Tokens.of(encoder.tokenizer)
 
     splits = {}
+    codebase = None
     for split, size in (("train", cfg.train_size), ("valid", cfg.valid_size), ("test", cfg.test_size)):
         rows = load_split(settings.tasks_dir, task, split, size, settings.seed, min_rows=2)  # same rows for every seed
+        if split == "test" and spec.head == "search" and codebase_path(settings.tasks_dir).exists():
+            # the paper's protocol: test queries ranked against the codebase (valid: among its own codes)
+            path = codebase_path(settings.tasks_dir)
+            codebase = load_codebase(path, rows, encoder.tokenizer, tok, cfg.max_source_length)
         splits[split] = [
             make_example(task, r, encoder.tokenizer, tok, cfg.max_source_length, cfg.max_target_length)
             for r in tqdm(rows, desc=f"tokenize {split}", leave=False)
@@ -271,6 +277,8 @@ def setup(
         "n_valid": len(valid),
         "n_test": len(test_examples),
     }
+    if codebase is not None:
+        log_settings["n_codebase"] = len(codebase.codes)
     fingerprint = hashlib.sha256(json.dumps(log_settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # Frozen-prefix caching: hidden state K of every training (and, for the encoder tasks, eval) sequence.
@@ -332,6 +340,7 @@ def setup(
         valid=valid,
         test=test_examples,
         valid_caches=valid_caches,
+        codebase=codebase,
         shuffle=shuffle,
         loaders={"train": train_loader, "valid": valid_loader, "test": test_loader},
         optimizer=optimizer,
@@ -424,7 +433,12 @@ def test(run: Run) -> RunResult:
     """The best-on-valid encoder evaluated once on test, and the run's cost (RQ3's columns)."""
     run.accelerator.wait_for_everyone()  # the main process has written best.safetensors
     _load_weights(run.encoder.model, run.state_dir / "best.safetensors")
-    test_metrics = run.evaluate("test", threshold=run.best.get("threshold"))
+    test_metrics = run.evaluate(
+        "test",
+        threshold=run.best.get("threshold"),
+        codebase=run.codebase,
+        codebase_batch_size=run.settings.eval_batch_size,
+    )
     test_metrics.pop("score")
     history = run.history
     conv_epoch = convergence_epoch([r["valid_score"] for r in history], run.settings.convergence_tolerance)
