@@ -5,7 +5,14 @@ See docs/architecture.md ("Models API") and docs/models.md.
 """
 
 from telly.models.extraction import KINDS, Representations, extract
-from telly.models.freezing import ParamCount, count_parameters, encoder_layers, find_encoder, freeze_bottom
+from telly.models.freezing import (
+    ParamCount,
+    count_parameters,
+    encoder_layers,
+    find_encoder,
+    freeze_bottom,
+    freeze_except_biases,
+)
 from telly.models.loading import (
     DEFAULT_MODEL,
     MODE_TOKENS,
@@ -33,6 +40,7 @@ __all__ = [
     "encoder_layers",
     "find_encoder",
     "freeze_bottom",
+    "freeze_except_biases",
     "load_encoder",
     "pad",
     "tokenize",
