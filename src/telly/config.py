@@ -382,7 +382,7 @@ class ProbeParams(Section):
 
 # ---------------------------------------------------------------------------- tune
 
-TuneObjective = Literal["valid_score", "time_to_convergence", "trainable_params"]
+TuneObjective = Literal["valid_score", "time_to_convergence", "trainable_params", "epoch_seconds"]
 
 
 class TuneParams(Section):
@@ -411,6 +411,26 @@ class TuneParams(Section):
     startup_trials: int = Field(ge=0, description="random trials before TPE (and the median pruner) start")
     enqueue_default: bool = Field(description="first trial = Base at finetune's learning rate (a reference point)")
     seed: int
+    methods: list[str] = Field(
+        default_factory=list,
+        description="PEFT methods searched beside Telly-K as a categorical 'method' (lora-r8, bitfit, ...); [] = K only",
+    )
+    combine_methods: bool = Field(
+        default=False, description="with methods: also search K under each method (telly-<K>+<method>)"
+    )
+
+    @field_validator("methods")
+    @classmethod
+    def _method_parts(cls, v: list[str]) -> list[str]:
+        from telly import variants
+
+        try:
+            variants.check_names(v)
+        except TellyError as err:
+            raise ValueError(str(err)) from None
+        if bad := [m for m in v if variants.parse(m).method is None or variants.parse(m).k is not None]:
+            raise ValueError(f"{bad}: methods are method names alone (lora-r8, ia3, bitfit; K is searched)")
+        return v
 
     @field_validator("objectives")
     @classmethod

@@ -99,9 +99,12 @@ def seed_of(variant: str, default: int) -> int:
     return default if seed is None else seed
 
 
-def name(k: int | None) -> str:
-    """The inverse of :func:`k_of`: None -> ``base``, K -> ``telly-K``."""
-    return BASE if k is None else f"telly-{k}"
+def name(k: int | None, method: str | None = None) -> str:
+    """The inverse of :func:`parse`: None -> ``base``, K -> ``telly-K``; with a method part
+    (``lora-r8``): None -> ``lora-r8``, K -> ``telly-K+lora-r8``."""
+    if method is None:
+        return BASE if k is None else f"telly-{k}"
+    return method if k is None else f"telly-{k}+{method}"
 
 
 def label(variant: str) -> str:
