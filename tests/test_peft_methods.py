@@ -254,3 +254,29 @@ def test_method_run_saves_loadable_adapters_and_its_own_results(setup, tracking_
         plain = load_encoder(params.finetune_model, device="cpu").model(**ids).last_hidden_state
     assert torch.allclose(got, expected, atol=1e-5)
     assert not torch.allclose(plain, expected, atol=1e-5)  # the adapters did change the encoder
+
+
+def test_interrupted_method_run_resumes_to_the_same_result(setup, tracking_env, tmp_path):
+    """The resume state holds the adapters and their optimiser state like any weights."""
+    _, params = setup
+    params = override(params, "code_search", epochs=2, train_size=8, valid_size=4, test_size=4)
+    variant = "telly-1+lora-r4"
+    whole = train_variant(params, "code_search", variant, output_dir=tmp_path / "w", results_path=tmp_path / "w.json")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(epoch, record):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_variant(params, "code_search", variant, on_epoch=stop_after_first, output_dir=tmp_path / "r")
+    seen = []
+    resumed = train_variant(
+        params, "code_search", variant, output_dir=tmp_path / "r", results_path=tmp_path / "r.json",
+        on_epoch=lambda e, r: seen.append(e),
+    )  # fmt: skip
+    assert seen == [2]
+    assert resumed.test == whole.test
+    assert [r["train_loss"] for r in resumed.epochs] == [r["train_loss"] for r in whole.epochs]

@@ -567,7 +567,7 @@ class PaperRegimeParams(Section):
 
         try:
             variants.check_names(v)
-            bad = [name for name in v if variants.k_of(name) is None]
+            bad = [name for name in v if variants.k_of(name) is None or variants.parse(name).method is not None]
         except TellyError:
             bad = v
         if bad:
