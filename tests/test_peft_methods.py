@@ -242,6 +242,13 @@ def test_method_run_saves_loadable_adapters_and_its_own_results(setup, tracking_
     assert saved["cost"]["trainable_params"] == 2 * 2 * 4 * (32 + 32) == result.cost["trainable_params"]
     assert saved["settings"]["method"] == "lora-r4" and saved["cost"]["total_params"] > 100 * 256
     assert not (root / "results" / "code_search" / "lora-r4.json").exists()  # not in the RQ3 tables' folder
+    import mlflow
+
+    (tracked,) = mlflow.search_runs(
+        search_all_experiments=True, filter_string="tags.`telly.variant` = 'lora-r4'", output_format="list"
+    )
+    assert tracked.data.tags["telly.family"] == "lora" and tracked.data.params["method"] == "lora-r4"
+    assert tracked.data.params["trainable_params"] == str(result.cost["trainable_params"])
 
     folder = root / "finetuned" / "code_search" / "lora-r4"
     merged = load_encoder(str(folder), device="cpu")  # the folder is a plain encoder (adapters merged)
