@@ -213,7 +213,7 @@ def _no_dropout(params, root):
     )
 
 
-def test_combined_variant_cached_and_uncached_runs_agree(setup, tracking_env, tmp_path):
+def test_combined_variant_cached_and_uncached_runs_agree(setup, tmp_path):
     root, params = setup
     params = _no_dropout(params, root)
     runs = {}
@@ -234,7 +234,7 @@ def test_combined_variant_cached_and_uncached_runs_agree(setup, tracking_env, tm
     assert runs[True].cost["trainable_params"] == runs[False].cost["trainable_params"] == 2 * 4 * (32 + 32)
 
 
-def test_method_run_saves_loadable_adapters_and_its_own_results(setup, tracking_env):
+def test_method_run_saves_loadable_adapters_and_its_own_results(setup):
     root, params = setup
     params = override(params, "code_search", epochs=1, train_size=8, valid_size=4)
     result = train_variant(params, "code_search", "lora-r4")
@@ -244,8 +244,12 @@ def test_method_run_saves_loadable_adapters_and_its_own_results(setup, tracking_
     assert not (root / "results" / "code_search" / "lora-r4.json").exists()  # not in the RQ3 tables' folder
     import mlflow
 
-    (tracked,) = mlflow.search_runs(
-        search_all_experiments=True, filter_string="tags.`telly.variant` = 'lora-r4'", output_format="list"
+    (tracked,) = mlflow.search_runs(  # the session's store (conftest): the latest run of this variant
+        search_all_experiments=True,
+        filter_string="tags.`telly.variant` = 'lora-r4'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
     )
     assert tracked.data.tags["telly.family"] == "lora" and tracked.data.params["method"] == "lora-r4"
     assert tracked.data.params["trainable_params"] == str(result.cost["trainable_params"])
@@ -263,7 +267,7 @@ def test_method_run_saves_loadable_adapters_and_its_own_results(setup, tracking_
     assert not torch.allclose(plain, expected, atol=1e-5)  # the adapters did change the encoder
 
 
-def test_interrupted_method_run_resumes_to_the_same_result(setup, tracking_env, tmp_path):
+def test_interrupted_method_run_resumes_to_the_same_result(setup, tmp_path):
     """The resume state holds the adapters and their optimiser state like any weights."""
     _, params = setup
     params = override(params, "code_search", epochs=2, train_size=8, valid_size=4, test_size=4)
