@@ -101,6 +101,27 @@ def test_params_keep_methods_in_their_own_matrix(raw_params):
     assert parse_params(raw).finetune.peft.variants[1] == "telly-1+lora-r8"
 
 
+def test_dvc_matrix_of_methods_tracks_what_finetune_run_does():
+    import yaml
+
+    from conftest import REPO
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    run, peft = stages["finetune-run"], stages["finetune-peft"]
+    assert peft["cmd"] == run["cmd"] and set(run["deps"]) < set(peft["deps"])
+    assert set(peft["params"]) - set(run["params"]) == {
+        "finetune.peft.learning_rate_scale",
+        "finetune.peft.lora_alpha",
+        "finetune.peft.lora_dropout",
+    }
+    assert peft["matrix"] == {"task": "${finetune.peft.tasks}", "variant": "${finetune.peft.variants}"}
+    for profile in ("params.yaml", "tests/fixtures/params-tiny.yaml", "profiles/paper-unixcoder.yaml"):
+        raw = yaml.safe_load((REPO / profile).read_text())
+        layers = raw["pretrain"]["layers"] if profile != "profiles/paper-unixcoder.yaml" else 12
+        for name in raw["finetune"]["peft"]["variants"]:
+            variants.parse(name, layers)  # every default method fits its profile's model
+
+
 # ------------------------------------------------------------------ counts
 
 

@@ -78,6 +78,8 @@ def test_report_has_the_section_figures_and_seed_intervals(raw_params, tmp_path,
     assert "| LoRA r=8 | 0.470 (1 seed) | 50 | 9.00 |" in md
     assert "0.470 [0.445, 0.495] (3 seeds)" in md  # BitFit: t-interval over its three seeds
     assert "inconclusive (single seed" in md  # Base and Telly-K have one seed each
+    html = (tmp_path / "reports/report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 + 2  # the RQ figures and the two PEFT figures, embedded
 
 
 def test_section_says_what_to_run_without_method_runs(raw_params, tmp_path, monkeypatch):
