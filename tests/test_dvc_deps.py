@@ -27,6 +27,7 @@ ENTRY = {
     "tasks": "telly.data.datasets",
     "pretrain": "telly.models.pretrain",
     "finetune-run": "telly.finetuning.stage",
+    "finetune-peft": "telly.finetuning.stage",
     "finetune": "telly.finetuning.table",
     "similarity-represent-base": "telly.similarity.represent",
     "similarity-represent": "telly.similarity.represent",

@@ -209,11 +209,14 @@ def extract(
 @app.command()
 def finetune(
     task: Annotated[str, typer.Option(help=", ".join(TASK_NAMES))],
-    variant: Annotated[str | None, typer.Option(help="base, base-seed<S> or telly-<K>")] = None,
+    variant: Annotated[
+        str | None,
+        typer.Option(help="base, telly-<K>, lora-r<r>, lora-all-r<r>, ia3, bitfit or telly-<K>+<method>"),
+    ] = None,
     table: Annotated[bool, typer.Option("--table", help="aggregate the task's runs into its table instead")] = False,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
-    """RQ3: fine-tune one variant on one task (Base or Telly-K), or write the task's table."""
+    """RQ3: fine-tune one variant on one task (Base, Telly-K or a PEFT method), or write the task's table."""
     p = _params(params)
     if table:
         from telly.finetuning.table import run_table

@@ -243,6 +243,44 @@ FinetuneTasks = create_model(
 )
 
 
+class FinetunePeftParams(Section):
+    """Beyond the paper: parameter-efficient methods against and with Telly-K (docs/finetuning.md)."""
+
+    variants: list[str] = Field(
+        default_factory=list,
+        description="lora-r<r>, lora-all-r<r>, ia3, bitfit, telly-<K>+<method> names of the DVC matrix finetune-peft",
+    )
+    tasks: list[TaskName] = Field(default_factory=list, description="tasks of the DVC matrix finetune-peft")
+    results_dir: Path = Field(
+        default=Path("results/finetune-peft"), description="<results_dir>/<task>/<variant>.json per method run"
+    )
+    learning_rate_scale: float = Field(
+        default=1.0, gt=0, description="a method's learning rate = the task's learning_rate x this"
+    )
+    lora_alpha: float = Field(default=16.0, gt=0, description="LoRA scaling alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout on the LoRA branch's input")
+
+    @field_validator("variants")
+    @classmethod
+    def _methods_only(cls, v: list[str]) -> list[str]:
+        from telly import variants
+
+        try:
+            variants.check_names(v)
+        except TellyError as err:
+            raise ValueError(str(err)) from None
+        if bad := [name for name in v if variants.parse(name).method is None]:
+            raise ValueError(f"{bad}: Base and Telly-K runs belong in finetune.variants")
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"tasks repeat: {v}")
+        return v
+
+
 class FinetuneParams(Section):
     """RQ3: Base and Telly-K fine-tuning on the five downstream tasks (docs/finetuning.md)."""
 
@@ -275,6 +313,7 @@ class FinetuneParams(Section):
         ge=0, lt=1, description="converged = first epoch with valid score >= best - tolerance x |best|"
     )
     tasks: FinetuneTasks
+    peft: FinetunePeftParams = Field(default_factory=FinetunePeftParams)
 
     @field_validator("variants")
     @classmethod
@@ -282,9 +321,13 @@ class FinetuneParams(Section):
         from telly import variants
 
         try:
-            return variants.check_names(v)
+            variants.check_names(v)
         except TellyError as err:
             raise ValueError(str(err)) from None
+        if methods := [name for name in v if variants.parse(name).method is not None]:
+            # their results go to finetune.peft.results_dir, beside (not inside) the RQ3 tables
+            raise ValueError(f"{methods}: parameter-efficient variants belong in finetune.peft.variants")
+        return v
 
 
 # -------------------------------------------------------------------------- probe
@@ -336,7 +379,7 @@ class ProbeParams(Section):
 
 # ---------------------------------------------------------------------------- tune
 
-TuneObjective = Literal["valid_score", "time_to_convergence", "trainable_params"]
+TuneObjective = Literal["valid_score", "time_to_convergence", "trainable_params", "epoch_seconds"]
 
 
 class TuneParams(Section):
@@ -365,6 +408,26 @@ class TuneParams(Section):
     startup_trials: int = Field(ge=0, description="random trials before TPE (and the median pruner) start")
     enqueue_default: bool = Field(description="first trial = Base at finetune's learning rate (a reference point)")
     seed: int
+    methods: list[str] = Field(
+        default_factory=list,
+        description="PEFT methods searched beside Telly-K as a categorical 'method' (lora-r8, bitfit, ...); [] = K only",
+    )
+    combine_methods: bool = Field(
+        default=False, description="with methods: also search K under each method (telly-<K>+<method>)"
+    )
+
+    @field_validator("methods")
+    @classmethod
+    def _method_parts(cls, v: list[str]) -> list[str]:
+        from telly import variants
+
+        try:
+            variants.check_names(v)
+        except TellyError as err:
+            raise ValueError(str(err)) from None
+        if bad := [m for m in v if variants.parse(m).method is None or variants.parse(m).k is not None]:
+            raise ValueError(f"{bad}: methods are method names alone (lora-r8, ia3, bitfit; K is searched)")
+        return v
 
     @field_validator("objectives")
     @classmethod
@@ -521,7 +584,7 @@ class PaperRegimeParams(Section):
 
         try:
             variants.check_names(v)
-            bad = [name for name in v if variants.k_of(name) is None]
+            bad = [name for name in v if variants.k_of(name) is None or variants.parse(name).method is not None]
         except TellyError:
             bad = v
         if bad:

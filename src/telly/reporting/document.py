@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from telly.config import Params
-from telly.reporting import tables
+from telly.reporting import peft, tables
 from telly.reporting.claims import NOT_CHECKED, REPRODUCED, deepest_within
 from telly.reporting.inputs import PROPERTIES, Inputs
 from telly.reporting.verdicts import MAIN_METRIC, Claim, probe_peaks, task_metrics
@@ -260,6 +260,7 @@ def build(
         rq1_section(inputs, paper, figures),
         rq2_section(inputs, paper, figures),
         rq3_section(inputs, paper, figures),
+        peft.section(params, Path(params.report.out_dir) / "figures"),  # beyond the paper (reporting/peft.py)
         tuning_section(inputs, params),
         method_section(params),
     ]

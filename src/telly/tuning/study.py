@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from telly.config import Params
-from telly.tuning.space import SearchSpace
+from telly.tuning.space import NO_METHOD, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ def _enqueue_default(params: Params, task: str, space: SearchSpace, study: optun
     """Trial 0 of a new study: Base at finetune's learning rate, a reference the search must beat."""
     lr = getattr(params.finetune.tasks, task).learning_rate
     if params.tune.enqueue_default and not study.trials and space.lr_min <= lr <= space.lr_max:
-        study.enqueue_trial({"k": -1, "lr": lr}, user_attrs={"reference": "finetune default"})
+        reference = {"k": -1, "lr": lr} | ({"method": NO_METHOD} if space.methods else {})
+        study.enqueue_trial(reference, user_attrs={"reference": "finetune default"})
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
