@@ -10,6 +10,7 @@ import signal
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from telly.config import parse_params
 from telly.errors import TellyError
@@ -153,6 +154,27 @@ def test_mlm_only_recipe_parses_nothing_and_still_learns(params, monkeypatch):
     assert built[0].pieces and not built[0].ast_inputs and not built[0].pairs
     assert metrics["masked_token_accuracy"] > metrics["random_init_masked_token_accuracy"]
     assert metrics["valid_loss"] < metrics["random_init_valid_loss"] - 0.8
+
+
+def test_tiny_profile_runs_every_objective(tmp_path, tracking_env):
+    """The tiny profile (tests/fixtures/params-tiny.yaml) as the pipeline test runs it: every objective,
+    exactly its max_steps."""
+    from conftest import REPO
+
+    raw = yaml.safe_load((REPO / "tests/fixtures/params-tiny.yaml").read_text())
+    write_corpus(tmp_path)
+    raw["pretrain"].update(
+        train=str(tmp_path / "train.jsonl"),
+        valid=str(tmp_path / "valid.jsonl"),
+        out_dir=str(tmp_path / "pretrained"),
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        metrics=str(tmp_path / "metrics.json"),
+    )
+    p = parse_params(raw)
+    metrics = stage.run(p)
+    assert metrics["steps"] == p.pretrain.max_steps
+    assert all(metrics["objective_steps"][k] > 0 for k in ("mlm", "ulm", "denoise"))
+    assert metrics["objective_weights"] == p.pretrain.objectives.model_dump()
 
 
 def test_objective_mixture_follows_the_weights_and_the_step_only():

@@ -588,6 +588,8 @@ def run(params: Params) -> dict[str, Any]:
             **trained,
             **{f"random_init_{k}": v for k, v in untrained.items()},
             "steps": state["step"],
+            "objective_weights": cfg.objectives.model_dump(),  # the recipe, for the report
+            "ast_share": cfg.ast_share,
             "objective_steps": {k: state["objective_steps"].get(k, 0) for k in data.OBJECTIVES},
             "epochs": t.batcher.drawn.get("code", 0) / per_epoch,  # of the plain code pieces
             "train_tokens": state["tokens"],
