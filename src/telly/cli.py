@@ -149,7 +149,7 @@ def variants(params: ParamsOption = DEFAULT_PARAMS) -> None:
 
 @app.command()
 def pretrain(params: ParamsOption = DEFAULT_PARAMS) -> None:
-    """Train the embedded code model (byte-level BPE + RoBERTa masked-LM) into models/pretrained."""
+    """Pre-train the embedded code model (a small UniXcoder, or masked-LM only) into models/pretrained."""
     from telly.models.pretrain import run
 
     run(_params(params))

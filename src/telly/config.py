@@ -94,8 +94,26 @@ class ModelParams(Section):
     )
 
 
+class PretrainObjectives(Section):
+    """Share of training steps per objective (normalised; 0 leaves one out). UniXcoder's three
+    modes plus its multi-modal contrastive objective; ``mlm: 1``, the rest 0, is RoBERTa's recipe."""
+
+    mlm: float = Field(ge=0, description="masked-LM, <encoder-only>")
+    ulm: float = Field(ge=0, description="unidirectional LM, <decoder-only>, causal mask")
+    denoise: float = Field(ge=0, description="span denoising, <encoder-decoder>, prefix-LM mask")
+    contrastive: float = Field(ge=0, description="code close to its own comment and AST view, in-batch negatives")
+
+    @field_validator("contrastive")
+    @classmethod
+    def _some_objective(cls, v: float, info: Any) -> float:
+        if v + sum(info.data.get(k, 0) or 0 for k in ("mlm", "ulm", "denoise")) <= 0:
+            raise ValueError("at least one objective needs a share above 0")
+        return v
+
+
 class PretrainParams(Section):
-    """The embedded code model: byte-level BPE + RoBERTa masked-LM on the corpus train split."""
+    """The embedded code model: byte-level BPE + a RoBERTa encoder pre-trained as UniXcoder is
+    (or with masked-LM only), on the corpus train split."""
 
     train: Path
     valid: Path
@@ -123,8 +141,16 @@ class PretrainParams(Section):
         ge=0, description="position embeddings start as sinusoids of this amplitude (0: random, as RoBERTa)"
     )
     weight_decay: float = Field(ge=0)
-    max_steps: int = Field(ge=1)
-    time_budget_minutes: float = Field(gt=0, description="training stops here even before max_steps")
+    max_steps: int = Field(ge=1, description="training steps: the one thing that decides how long it trains")
+    time_budget_minutes: float = Field(
+        gt=0, description="a guard: training that takes longer fails the stage (resumable) instead of saving"
+    )
+    objectives: PretrainObjectives
+    ast_share: float = Field(
+        ge=0, le=1, description="share of the LM steps whose input is comment + flattened AST (else plain code)"
+    )
+    denoise_rate: float = Field(gt=0, lt=1, description="share of an input's tokens hidden in denoising spans")
+    denoise_span: float = Field(ge=1, description="mean length of a denoising span")
     mlm_probability: float = Field(gt=0, lt=1, description="share of tokens masked while training")
     eval_mlm_probability: float = Field(
         gt=0, lt=1, description="share masked in the held-out measurement (BERT's 15 %)"
