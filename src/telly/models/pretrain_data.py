@@ -34,6 +34,7 @@ import numpy as np
 
 from telly.errors import TellyError
 from telly.jsonl import read_jsonl
+from telly.models.inputs import Mode, wrap
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +217,10 @@ class Special:
         return cls(tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id,
                    modes, sentinels)
 
-    def frame(self, mode: str, ids: list[int]) -> list[int]:
-        return [self.bos, self.modes[mode], self.eos, *ids, self.eos]
+    def frame(self, mode: Mode, ids: list[int]) -> list[int]:
+        """The mode's head (telly.models.inputs.wrap) + ``ids`` + ``</s>``: a sequence the model learns to end."""
+        head, _ = wrap(self.bos, self.eos, self.modes, mode)
+        return [*head, *ids, self.eos]
 
 
 def pad(rows: list[list[int]], value: int) -> Any:
