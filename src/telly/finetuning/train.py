@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from telly.config import FinetuneParams, Params
 from telly.errors import TellyError
-from telly.finetuning.caching import HiddenCache
+from telly.finetuning.caching import HiddenCache, frozen_caches
 from telly.finetuning.data import (
     SEQUENCE_FIELDS,
     Tokens,
@@ -164,6 +164,10 @@ def train_variant(
             for r in tqdm(rows, desc=f"tokenize {split}", leave=False)
         ]
     train, valid, test = splits["train"], splits["valid"], splits["test"]
+    # Frozen-prefix caching (caching.py): hidden state K of every training (and, for the encoder tasks,
+    # valid) sequence, reused from finetune.cache_dir when built before; None over the budget -> uncached.
+    caches = frozen_caches(encoder.model, k, train, valid, task, tok.pad, settings) if cached else None
+    cached = caches is not None
     if task == "code_search" and len(train) < 2:
         raise TellyError(f"{task}: in-batch negatives need at least 2 training pairs")
 
@@ -189,24 +193,8 @@ def train_variant(
     }
     fingerprint = hashlib.sha256(json.dumps(run_settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    # Frozen-prefix caching: hidden state K of every training (and, for the encoder tasks, eval) sequence.
-    # Every process builds the same caches (eval mode, no dropout) in memory: nothing to share or race on.
-    t0 = time.perf_counter()
-    train_caches: dict[str, HiddenCache] = {}
-    valid_caches: dict[str, HiddenCache] = {}
-    if cached:
-        fields = SEQUENCE_FIELDS.get(task, ("seq",))
-        for f in fields:
-            train_caches[f] = HiddenCache.build(
-                encoder.model, [ex[f] for ex in train], k, tok.pad, settings.eval_batch_size, f"cache train {f}"
-            )
-            if task in SEQUENCE_FIELDS:
-                valid_caches[f] = HiddenCache.build(
-                    encoder.model, [ex[f] for ex in valid], k, tok.pad, settings.eval_batch_size, f"cache valid {f}"
-                )
-    _sync(device)
-    cache_seconds = time.perf_counter() - t0 if cached else 0.0
-    cache_bytes = sum(c.nbytes for c in (*train_caches.values(), *valid_caches.values()))
+    train_caches, valid_caches = (caches.get("train"), caches.get("valid")) if caches else ({}, {})
+    cache_seconds, cache_bytes = (caches.seconds, caches.nbytes) if caches else (0.0, 0)
 
     shuffle = torch.Generator()  # the training order, re-seeded every epoch
     train_loader = index_loader(
