@@ -103,47 +103,120 @@ def decoder_only_context(tokenizer: Any, tok: Tokens, text: str, max_length: int
     return head + (pieces[-keep:] if keep > 0 else [])  # the nearest left context matters most
 
 
+TEXT_FIELDS = {
+    "code_search": ("query", "code"),
+    "clone_detection": ("code1", "code2"),
+    "code_summarization": ("source", "target"),
+    "code_generation": ("source", "target"),
+    "line_completion": ("source", "target"),
+}
+
+
 def make_example(task: str, row: dict, tokenizer: Any, tok: Tokens, max_source: int, max_target: int) -> dict:
     """One task row as the sequences (and labels, references) its head needs."""
+    pieces = {f: _pieces(tokenizer, row[f]) for f in TEXT_FIELDS[task]}
+    return example_from_pieces(task, pieces, row, tok, max_source, max_target)
+
+
+def example_from_pieces(
+    task: str, pieces: dict[str, list[int]], row: dict, tok: Tokens, max_source: int, max_target: int
+) -> dict:
+    """``make_example`` from the texts' token ids (untruncated, no special tokens); ``row`` gives
+    the label (clone detection) or the target text (the reference of the generation tasks)."""
+
+    def encoder_only_seq(ids: list[int], max_length: int) -> Seq:
+        head = tok.head("encoder-only")
+        out = head + ids[: max_length - len(head) - 1] + [tok.eos]
+        return Seq(tuple(out), len(out))
+
     if task == "code_search":
         return {
-            "query": encoder_only(tokenizer, tok, row["query"], max_target),
-            "code": encoder_only(tokenizer, tok, row["code"], max_source),
+            "query": encoder_only_seq(pieces["query"], max_target),
+            "code": encoder_only_seq(pieces["code"], max_source),
         }
     if task == "clone_detection":
         return {
-            "code1": encoder_only(tokenizer, tok, row["code1"], max_source),
-            "code2": encoder_only(tokenizer, tok, row["code2"], max_source),
+            "code1": encoder_only_seq(pieces["code1"], max_source),
+            "code2": encoder_only_seq(pieces["code2"], max_source),
             "label": int(row["label"]),
         }
-    target = _pieces(tokenizer, row["target"])[: max_target - 2] + [tok.eos]
+    target = pieces["target"][: max_target - 2] + [tok.eos]
     if task == "line_completion":
-        prompt = decoder_only_context(tokenizer, tok, row["source"], max_source)
+        head = tok.head("decoder-only")
+        keep = max_source - len(head)
+        prompt = head + (pieces["source"][-keep:] if keep > 0 else [])  # the nearest left context matters most
         return {"seq": Seq(tuple(prompt + target), 0), "prompt": prompt, "loss_from": 0, "reference": row["target"]}
-    source = encoder_decoder_source(tokenizer, tok, row["source"], max_source)
+    head = tok.head("encoder-decoder") + ([tok.modes["mask0"]] if "mask0" in tok.modes else [])
+    source = head + pieces["source"][: max_source - len(head) - 1] + [tok.eos]
     prompt = source + [tok.target_start]
     ids = prompt + target
     return {"seq": Seq(tuple(ids), len(source)), "prompt": prompt, "loss_from": len(source), "reference": row["target"]}
+
+
+def _split_path(tasks_dir: Path, task: str, split: str) -> Path:
+    if task not in TASKS:
+        raise DatasetError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    path = Path(tasks_dir) / task / f"{split}.jsonl"
+    if not path.exists():
+        raise DatasetError(f"{path}: not found (run `dvc repro tasks` first)")
+    return path
+
+
+def sample_rows(n: int, limit: int, seed: int) -> list[int]:
+    """At most ``limit`` of ``n`` row numbers: a seeded sample, in file order (all when ``limit`` is 0)."""
+    if limit and n > limit:
+        return sorted(random.Random(seed).sample(range(n), limit))
+    return list(range(n))
+
+
+def _check_rows(path: Path, task: str, split: str, n: int, labels: list[int] | None, min_rows: int) -> None:
+    if n < min_rows:
+        raise DatasetError(f"{path}: {n} row(s); {task} needs at least {min_rows} in {split}")
+    if task == "clone_detection" and split == "valid" and len(set(labels or ())) < 2:
+        raise DatasetError(f"{path}: needs both clone (1) and non-clone (0) pairs to choose the threshold")
 
 
 def load_split(
     tasks_dir: Path, task: str, split: str, limit: int, seed: int, *, min_rows: int = MIN_ROWS
 ) -> list[dict]:
     """Rows of one split; at most ``limit`` (a seeded sample, in file order), never fewer than ``min_rows``."""
-    if task not in TASKS:
-        raise DatasetError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    path = Path(tasks_dir) / task / f"{split}.jsonl"
-    if not path.exists():
-        raise DatasetError(f"{path}: not found (run `dvc repro tasks` first)")
+    path = _split_path(tasks_dir, task, split)
     rows = read_jsonl(path, required=FIELDS[task])
-    if limit and len(rows) > limit:
-        keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
-        rows = [rows[i] for i in keep]
-    if len(rows) < min_rows:
-        raise DatasetError(f"{path}: {len(rows)} row(s); {task} needs at least {min_rows} in {split}")
-    if task == "clone_detection" and split == "valid" and len({int(r["label"]) for r in rows}) < 2:
-        raise DatasetError(f"{path}: needs both clone (1) and non-clone (0) pairs to choose the threshold")
+    rows = [rows[i] for i in sample_rows(len(rows), limit, seed)]
+    _check_rows(
+        path, task, split, len(rows), [int(r["label"]) for r in rows] if "label" in FIELDS[task] else None, min_rows
+    )
     return rows
+
+
+def load_examples(
+    tasks_dir: Path,
+    task: str,
+    split: str,
+    limit: int,
+    seed: int,
+    tokenizer: Any,
+    tok: Tokens,
+    max_source: int,
+    max_target: int,
+    *,
+    cache_dir: Path | None = None,
+    min_rows: int = MIN_ROWS,
+) -> list[dict]:
+    """``make_example`` of the rows ``load_split`` picks (the same rows, the same examples). With a
+    ``cache_dir`` the split is tokenized once into ``cache_dir/tokens/`` (tokens.py) and later runs
+    read only the sampled rows' token ids from it."""
+    if cache_dir is None:
+        rows = load_split(tasks_dir, task, split, limit, seed, min_rows=min_rows)
+        return [make_example(task, r, tokenizer, tok, max_source, max_target) for r in rows]
+    from telly.finetuning.tokens import tokenized_split
+
+    path = _split_path(tasks_dir, task, split)
+    store = tokenized_split(path, task, tokenizer, Path(cache_dir) / "tokens")
+    keep = sample_rows(len(store), limit, seed)
+    labels = [int(store.labels[i]) for i in keep] if store.labels is not None else None
+    _check_rows(path, task, split, len(keep), labels, min_rows)
+    return [example_from_pieces(task, store.pieces(i), store.row(i), tok, max_source, max_target) for i in keep]
 
 
 # --------------------------------------------------------------------- batches

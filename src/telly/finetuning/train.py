@@ -53,8 +53,7 @@ from telly.finetuning.data import (
     collate,
     index_loader,
     lm_labels,
-    load_split,
-    make_example,
+    load_examples,
 )
 from telly.finetuning.evaluate import evaluate
 from telly.finetuning.heads import TaskModel
@@ -158,11 +157,19 @@ def train_variant(
 
     splits = {}
     for split, size in (("train", cfg.train_size), ("valid", cfg.valid_size), ("test", cfg.test_size)):
-        rows = load_split(settings.tasks_dir, task, split, size, settings.seed, min_rows=2)  # same rows for every seed
-        splits[split] = [
-            make_example(task, r, encoder.tokenizer, tok, cfg.max_source_length, cfg.max_target_length)
-            for r in tqdm(rows, desc=f"tokenize {split}", leave=False)
-        ]
+        splits[split] = load_examples(  # same rows for every seed; tokenized once under cache_dir/tokens
+            settings.tasks_dir,
+            task,
+            split,
+            size,
+            settings.seed,
+            encoder.tokenizer,
+            tok,
+            cfg.max_source_length,
+            cfg.max_target_length,
+            cache_dir=settings.cache_dir,
+            min_rows=2,
+        )
     train, valid, test = splits["train"], splits["valid"], splits["test"]
     # Frozen-prefix caching (caching.py): hidden state K of every training (and, for the encoder tasks,
     # valid) sequence, reused from finetune.cache_dir when built before; None over the budget -> uncached.
