@@ -85,7 +85,7 @@ def frozen_fingerprint(model: torch.nn.Module, k: int) -> str:
         for name, tensor in itertools.chain(module.named_parameters(), module.named_buffers()):
             digest.update(name.encode())
             digest.update(str(tensor.dtype).encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -268,4 +268,11 @@ def index_loader(
     from the global RNG, which drives dropout: batching leaves the training numbers unchanged.
     """
     sampler = RandomSampler(range(n), generator=shuffle) if shuffle is not None else None
-    return DataLoader(range(n), batch_size, sampler=sampler, collate_fn=collate_fn, generator=torch.Generator())
+    return DataLoader(
+        range(n),
+        batch_size,
+        sampler=sampler,
+        collate_fn=collate_fn,
+        generator=torch.Generator(),
+        pin_memory=torch.cuda.is_available(),  # batches (and cached states) copy to the GPU asynchronously
+    )
