@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--work", required=True)
     parser.add_argument("--data", default=str(REPO / "data"))
     parser.add_argument("--variant", default="telly-9")
+    parser.add_argument("--steps", default="finetune,zeroshot,probe,rsa", help="comma-separated subset, in this order")
     args = parser.parse_args()
     import yaml
 
@@ -62,12 +63,40 @@ def main() -> None:
     params = parse_params(raw)
     out = {"model": model, "load": os.getloadavg()}
 
+    steps = args.steps.split(",")
+    if "finetune" in steps:
+        finetune(params, args.variant, out)
+    if "zeroshot" in steps:  # the same test rows, the pre-trained encoder without fine-tuning
+        out["zeroshot"] = zeroshot(params)
+        print(json.dumps(out["zeroshot"]), flush=True)
+    if "probe" in steps:
+        from telly.probing.stage import run_one
+
+        t0 = time.perf_counter()
+        probe = run_one(params, "structural", "pretrained")
+        out["probe"] = {"seconds": time.perf_counter() - t0, "summary": _short(probe)}
+        print(json.dumps(out["probe"])[:2000], flush=True)
+    if "rsa" in steps:
+        from telly.similarity.represent import REPRESENTATIONS, finetuned_tag, represent
+        from telly.similarity.stage import run as similarity
+
+        t0 = time.perf_counter()
+        for tag in ("pretrained", "random", finetuned_tag("code_search", args.variant)):
+            if not (REPRESENTATIONS / tag / "rsa" / "meta.json").exists():
+                represent(params, tag)
+        out["rsa"] = {"seconds": time.perf_counter() - t0, "summary": similarity(params)}
+    out["load_end"] = os.getloadavg()
+    Path(f"mpnet-results-{'-'.join(steps)}.json").write_text(json.dumps(out, indent=1, default=str))
+    print(json.dumps(out, default=str)[:4000])
+
+
+def finetune(params, variant: str, out: dict) -> None:
     from telly.finetuning.train import train_variant
 
     t0 = time.perf_counter()
-    result = train_variant(params, "code_search", args.variant)
+    result = train_variant(params, "code_search", variant)
     out["finetune"] = {
-        "variant": args.variant,
+        "variant": variant,
         "seconds": time.perf_counter() - t0,
         "test": result.test,
         "valid": result.epochs[-1]["valid_score"],
@@ -77,24 +106,31 @@ def main() -> None:
     }
     print(json.dumps(out["finetune"]), flush=True)
 
-    from telly.probing.stage import run_one
 
-    t0 = time.perf_counter()
-    probe = run_one(params, "structural", "pretrained")
-    out["probe"] = {"seconds": time.perf_counter() - t0, "summary": _short(probe)}
-    print(json.dumps(out["probe"])[:2000], flush=True)
+def zeroshot(params) -> dict:
+    from telly.finetuning.data import Tokens, index_loader, load_examples
+    from telly.finetuning.evaluate import evaluate
+    from telly.finetuning.heads import TaskModel
+    from telly.models import load_encoder
 
-    from telly.similarity.represent import finetuned_tag, represent
-    from telly.similarity.stage import run as similarity
-
-    t0 = time.perf_counter()
-    represent(params, "pretrained")
-    represent(params, finetuned_tag("code_search", args.variant))
-    summary = similarity(params)
-    out["rsa"] = {"seconds": time.perf_counter() - t0, "summary": summary}
-    out["load_end"] = os.getloadavg()
-    Path("mpnet-results.json").write_text(json.dumps(out, indent=1, default=str))
-    print(json.dumps(out, default=str)[:4000])
+    settings, cfg = params.finetune, params.finetune.tasks.code_search
+    encoder = load_encoder(settings.model, device="cpu")
+    tok = Tokens.of(encoder.tokenizer)
+    test = load_examples(
+        settings.tasks_dir,
+        "code_search",
+        "test",
+        cfg.test_size,
+        settings.seed,
+        encoder.tokenizer,
+        tok,
+        cfg.max_source_length,
+        cfg.max_target_length,
+        cache_dir=settings.cache_dir,
+    )
+    model = TaskModel(encoder.model, "code_search")
+    batches = index_loader(len(test), settings.eval_batch_size)
+    return evaluate(model, test, tok, encoder.tokenizer, batches=batches, beam_size=1, max_new_tokens=1)
 
 
 def _short(result: dict) -> dict:
