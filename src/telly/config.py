@@ -328,6 +328,18 @@ class FinetuneParams(Section):
         lt=1,
         description="dropout on the cached hidden state K while training: noise in place of the frozen layers' own dropout",
     )
+    cache_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        default="float32", description="storage type of the cached hidden state K (fp16/bf16 halve its size)"
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="where caches persist and are shared between runs (hidden/: frozen-prefix caches, "
+        "tokens/: tokenized task files); null = in memory, rebuilt by every run",
+    )
+    cache_budget_gb: float = Field(
+        default=1e9, gt=0, description="a frozen-prefix cache larger than this runs uncached instead (one warning)"
+    )
+    cache_on_device: bool = Field(default=False, description="copy the frozen-prefix cache to the GPU (when on CUDA)")
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     bf16: bool = Field(description="bf16 autocast on CUDA (ignored on CPU)")

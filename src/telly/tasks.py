@@ -46,6 +46,11 @@ class DownstreamTask:
         return self.metrics[0]
 
     @property
+    def text_fields(self) -> tuple[str, ...]:
+        """The row fields that are text to tokenize (all but the label)."""
+        return tuple(f for f in self.fields if f != "label")
+
+    @property
     def generates(self) -> bool:
         """Evaluated by decoding text (beam search), not by embeddings."""
         return self.head == "lm"

@@ -67,67 +67,120 @@ class Tokens:
         return self.modes.get("mask0", self.bos)
 
 
-def _pieces(tokenizer: Any, text: str) -> list[int]:
+def token_ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def encoder_only(tokenizer: Any, tok: Tokens, text: str, max_length: int) -> Seq:
+def encoder_only(tok: Tokens, pieces: list[int], max_length: int) -> Seq:
     head, tail = tok.wrap("encoder-only")
-    ids = head + _pieces(tokenizer, text)[: max_length - len(head) - len(tail)] + tail
+    ids = head + pieces[: max_length - len(head) - len(tail)] + tail
     return Seq(tuple(ids), len(ids))
 
 
-def encoder_decoder_source(tokenizer: Any, tok: Tokens, text: str, max_length: int) -> list[int]:
+def encoder_decoder_source(tok: Tokens, pieces: list[int], max_length: int) -> list[int]:
     head, tail = tok.wrap("encoder-decoder")
-    return head + _pieces(tokenizer, text)[: max_length - len(head) - len(tail)] + tail
+    return head + pieces[: max_length - len(head) - len(tail)] + tail
 
 
-def decoder_only_context(tokenizer: Any, tok: Tokens, text: str, max_length: int) -> list[int]:
+def decoder_only_context(tok: Tokens, pieces: list[int], max_length: int) -> list[int]:
     head, _ = tok.wrap("decoder-only")
     keep = max_length - len(head)
-    pieces = _pieces(tokenizer, text)
     return head + (pieces[-keep:] if keep > 0 else [])  # the nearest left context matters most
 
 
 def make_example(task: str, row: dict, tokenizer: Any, tok: Tokens, max_source: int, max_target: int) -> dict:
     """One task row as the sequences (and labels, references) its head needs, in the task's layout."""
+    pieces = {f: token_ids(tokenizer, row[f]) for f in tasks.get(task).text_fields}
+    return example_from_pieces(task, pieces, row, tok, max_source, max_target)
+
+
+def example_from_pieces(
+    task: str, pieces: dict[str, list[int]], row: dict, tok: Tokens, max_source: int, max_target: int
+) -> dict:
+    """``make_example`` from the texts' token ids (untruncated, no special tokens); ``row`` gives
+    the label (clone detection) or the target text (the reference of the generation tasks)."""
     spec = tasks.get(task)
     if spec.layout == "encoder-only":
         lengths = {"source": max_source, "target": max_target}
         example: dict[str, Any] = {
-            name: encoder_only(tokenizer, tok, row[name], lengths[which]) for name, which in spec.sequences.items()
+            name: encoder_only(tok, pieces[name], lengths[which]) for name, which in spec.sequences.items()
         }
         if "label" in spec.fields:
             example["label"] = int(row["label"])
         return example
-    target = _pieces(tokenizer, row["target"])[: max_target - 2] + [tok.eos]
+    target = pieces["target"][: max_target - 2] + [tok.eos]
     if spec.layout == "decoder-only":
-        prompt = decoder_only_context(tokenizer, tok, row["source"], max_source)
+        prompt = decoder_only_context(tok, pieces["source"], max_source)
         return {"seq": Seq(tuple(prompt + target), 0), "prompt": prompt, "loss_from": 0, "reference": row["target"]}
-    source = encoder_decoder_source(tokenizer, tok, row["source"], max_source)
+    source = encoder_decoder_source(tok, pieces["source"], max_source)
     prompt = source + [tok.target_start]
     ids = prompt + target
     return {"seq": Seq(tuple(ids), len(source)), "prompt": prompt, "loss_from": len(source), "reference": row["target"]}
+
+
+def _split_path(tasks_dir: Path, task: str, split: str) -> Path:
+    if task not in tasks.TASKS:
+        raise DatasetError(f"unknown task {task!r}; expected one of {', '.join(tasks.TASK_NAMES)}")
+    path = Path(tasks_dir) / task / f"{split}.jsonl"
+    if not path.exists():
+        raise DatasetError(f"{path}: not found (run `dvc repro tasks` first)")
+    return path
+
+
+def sample_rows(n: int, limit: int, seed: int) -> list[int]:
+    """At most ``limit`` of ``n`` row numbers: a seeded sample, in file order (all when ``limit`` is 0)."""
+    if limit and n > limit:
+        return sorted(random.Random(seed).sample(range(n), limit))
+    return list(range(n))
+
+
+def _check_rows(path: Path, task: str, split: str, n: int, labels: list[int] | None, min_rows: int) -> None:
+    if n < min_rows:
+        raise DatasetError(f"{path}: {n} row(s); {task} needs at least {min_rows} in {split}")
+    if tasks.get(task).head == "clone" and split == "valid" and len(set(labels or ())) < 2:
+        raise DatasetError(f"{path}: needs both clone (1) and non-clone (0) pairs to choose the threshold")
 
 
 def load_split(
     tasks_dir: Path, task: str, split: str, limit: int, seed: int, *, min_rows: int = MIN_ROWS
 ) -> list[dict]:
     """Rows of one split; at most ``limit`` (a seeded sample, in file order), never fewer than ``min_rows``."""
-    if task not in tasks.TASKS:
-        raise DatasetError(f"unknown task {task!r}; expected one of {', '.join(tasks.TASK_NAMES)}")
-    path = Path(tasks_dir) / task / f"{split}.jsonl"
-    if not path.exists():
-        raise DatasetError(f"{path}: not found (run `dvc repro tasks` first)")
-    rows = read_jsonl(path, required=tasks.get(task).fields)
-    if limit and len(rows) > limit:
-        keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
-        rows = [rows[i] for i in keep]
-    if len(rows) < min_rows:
-        raise DatasetError(f"{path}: {len(rows)} row(s); {task} needs at least {min_rows} in {split}")
-    if tasks.get(task).head == "clone" and split == "valid" and len({int(r["label"]) for r in rows}) < 2:
-        raise DatasetError(f"{path}: needs both clone (1) and non-clone (0) pairs to choose the threshold")
+    path = _split_path(tasks_dir, task, split)
+    fields = tasks.get(task).fields
+    rows = read_jsonl(path, required=fields)
+    rows = [rows[i] for i in sample_rows(len(rows), limit, seed)]
+    _check_rows(path, task, split, len(rows), [int(r["label"]) for r in rows] if "label" in fields else None, min_rows)
     return rows
+
+
+def load_examples(
+    tasks_dir: Path,
+    task: str,
+    split: str,
+    limit: int,
+    seed: int,
+    tokenizer: Any,
+    tok: Tokens,
+    max_source: int,
+    max_target: int,
+    *,
+    cache_dir: Path | None = None,
+    min_rows: int = MIN_ROWS,
+) -> list[dict]:
+    """``make_example`` of the rows ``load_split`` picks (the same rows, the same examples). With a
+    ``cache_dir`` the split is tokenized once into ``cache_dir/tokens/`` (tokens.py) and later runs
+    read only the sampled rows' token ids from it."""
+    if cache_dir is None:
+        rows = load_split(tasks_dir, task, split, limit, seed, min_rows=min_rows)
+        return [make_example(task, r, tokenizer, tok, max_source, max_target) for r in rows]
+    from telly.finetuning.tokens import tokenized_split
+
+    path = _split_path(tasks_dir, task, split)
+    store = tokenized_split(path, task, tokenizer, Path(cache_dir) / "tokens")
+    keep = sample_rows(len(store), limit, seed)
+    labels = [int(store.labels[i]) for i in keep] if store.labels is not None else None
+    _check_rows(path, task, split, len(keep), labels, min_rows)
+    return [example_from_pieces(task, store.pieces(i), store.row(i), tok, max_source, max_target) for i in keep]
 
 
 # --------------------------------------------------------------------- batches
@@ -153,4 +206,11 @@ def index_loader(
     from the global RNG, which drives dropout: batching leaves the training numbers unchanged.
     """
     sampler = RandomSampler(range(n), generator=shuffle) if shuffle is not None else None
-    return DataLoader(range(n), batch_size, sampler=sampler, collate_fn=collate_fn, generator=torch.Generator())
+    return DataLoader(
+        range(n),
+        batch_size,
+        sampler=sampler,
+        collate_fn=collate_fn,
+        generator=torch.Generator(),
+        pin_memory=torch.cuda.is_available(),  # batches (and cached states) copy to the GPU asynchronously
+    )

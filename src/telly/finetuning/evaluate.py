@@ -23,7 +23,7 @@ import torch
 from telly import tasks
 from telly.finetuning import metrics as M
 from telly.finetuning.caching import HiddenCache
-from telly.finetuning.data import DatasetError, Seq, Tokens, collate, encoder_only
+from telly.finetuning.data import DatasetError, Seq, Tokens, collate, encoder_only, token_ids
 from telly.finetuning.generation import beam_search
 from telly.finetuning.heads import TaskModel
 from telly.jsonl import read_jsonl
@@ -47,8 +47,9 @@ class Codebase:
     gold: list[int]  # per query, in the order of the evaluated examples
 
 
-def codebase_path(tasks_dir: str | Path) -> Path:
-    return Path(tasks_dir) / "code_search" / "codebase.jsonl"
+def codebase_path(tasks_dir: str | Path, task: str = "code_search") -> Path:
+    """Where a search task's codebase lies: ``<tasks_dir>/<task>/codebase.jsonl``."""
+    return Path(tasks_dir) / task / "codebase.jsonl"
 
 
 def load_codebase(path: str | Path, queries: list[dict], tokenizer: Any, tok: Tokens, max_length: int) -> Codebase:
@@ -69,7 +70,7 @@ def load_codebase(path: str | Path, queries: list[dict], tokenizer: Any, tok: To
         if query.get("id") not in row_of:
             raise DatasetError(f"{path}: has no code with the test query's id {query.get('id')!r}")
         gold.append(row_of[query["id"]])
-    codes = [encoder_only(tokenizer, tok, row["code"], max_length) for row in rows]
+    codes = [encoder_only(tok, token_ids(tokenizer, row["code"]), max_length) for row in rows]
     log.info("code search: %d test queries ranked against the %d codes of %s", len(queries), len(codes), path)
     return Codebase(path, codes, gold)
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from telly import tasks
 from telly.finetuning.caching import top
+from telly.models.architectures import adapter_for, check_prefix_mask
 
 SEARCH_SCALE = 20.0  # UniXcoder's temperature for in-batch InfoNCE
 
@@ -67,6 +68,8 @@ class TaskModel(nn.Module):
         super().__init__()
         self.encoder, self.task, self.k, self.head = encoder, task, k, tasks.get(task).head
         self.cache_dropout = cache_dropout
+        self.adapter = adapter_for(encoder)  # refuses an unsupported family by name
+        check_prefix_mask(encoder, self.adapter)  # and one whose attention leaks future tokens
 
     def last_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if "hidden" in batch:
@@ -76,13 +79,13 @@ class TaskModel(nn.Module):
             if self.cache_dropout and self.training:
                 hidden = nn.functional.dropout(hidden, self.cache_dropout)
             return top(self.encoder, hidden, batch["mask"], self.k or 0)
-        return self.encoder(input_ids=batch["ids"], attention_mask=batch["mask"]).last_hidden_state
+        return self.adapter.forward(self.encoder, batch["ids"], batch["mask"])
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return mean_pool(self.last_hidden(batch), batch["lengths"])
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self.encoder.embeddings.word_embeddings.weight.T
+        return hidden @ self.adapter.word_embeddings(self.encoder).weight.T
 
     def forward(self, inputs: dict) -> torch.Tensor:
         """The training loss of one batch."""

@@ -47,14 +47,14 @@ from telly import tasks, variants
 from telly.config import FinetuneParams, FinetuneTaskParams, Params
 from telly.errors import TellyError
 from telly.files import atomic_dir, atomic_path
-from telly.finetuning.caching import HiddenCache
+from telly.finetuning.caching import HiddenCache, frozen_caches
 from telly.finetuning.data import (
     Tokens,
     collate,
     index_loader,
     lm_labels,
+    load_examples,
     load_split,
-    make_example,
 )
 from telly.finetuning.evaluate import Codebase, codebase_path, evaluate, load_codebase
 from telly.finetuning.heads import TaskModel
@@ -254,18 +254,31 @@ def setup(
     tok = Tokens.of(encoder.tokenizer)
 
     splits = {}
-    codebase = None
+    codebase: Codebase | None = None
     for split, size in (("train", cfg.train_size), ("valid", cfg.valid_size), ("test", cfg.test_size)):
-        rows = load_split(settings.tasks_dir, task, split, size, settings.seed, min_rows=2)  # same rows for every seed
-        if split == "test" and spec.head == "search" and codebase_path(settings.tasks_dir).exists():
-            # the paper's protocol: test queries ranked against the codebase (valid: among its own codes)
-            path = codebase_path(settings.tasks_dir)
-            codebase = load_codebase(path, rows, encoder.tokenizer, tok, cfg.max_source_length)
-        splits[split] = [
-            make_example(task, r, encoder.tokenizer, tok, cfg.max_source_length, cfg.max_target_length)
-            for r in tqdm(rows, desc=f"tokenize {split}", leave=False)
-        ]
+        splits[split] = load_examples(  # same rows for every seed; tokenized once under cache_dir/tokens
+            settings.tasks_dir,
+            task,
+            split,
+            size,
+            settings.seed,
+            encoder.tokenizer,
+            tok,
+            cfg.max_source_length,
+            cfg.max_target_length,
+            cache_dir=settings.cache_dir,
+            min_rows=2,
+        )
     train, valid, test_examples = splits["train"], splits["valid"], splits["test"]
+    if spec.head == "search" and codebase_path(settings.tasks_dir, task).exists():
+        # the paper's protocol: test queries ranked against the codebase (valid: among its own codes)
+        rows = load_split(settings.tasks_dir, task, "test", cfg.test_size, settings.seed, min_rows=2)
+        path = codebase_path(settings.tasks_dir, task)
+        codebase = load_codebase(path, rows, encoder.tokenizer, tok, cfg.max_source_length)
+    # Frozen-prefix caching (caching.py): hidden state K of every training (and, for the encoder tasks,
+    # valid) sequence, reused from finetune.cache_dir when built before; None over the budget -> uncached.
+    caches = frozen_caches(encoder.model, k, train, valid, task, tok.pad, settings) if cached else None
+    cached = caches is not None
 
     cache_dropout = settings.cache_dropout if cached else 0.0
     task_model = TaskModel(encoder.model, task, k, cache_dropout).to(device)
@@ -293,23 +306,8 @@ def setup(
         log_settings["n_codebase"] = len(codebase.codes)
     fingerprint = hashlib.sha256(json.dumps(log_settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    # Frozen-prefix caching: hidden state K of every training (and, for the encoder tasks, eval) sequence.
-    # Every process builds the same caches (eval mode, no dropout) in memory: nothing to share or race on.
-    t0 = time.perf_counter()
-    train_caches: dict[str, HiddenCache] = {}
-    valid_caches: dict[str, HiddenCache] = {}
-    if cached:
-        for f in spec.sequence_fields:
-            train_caches[f] = HiddenCache.build(
-                encoder.model, [ex[f] for ex in train], k, tok.pad, settings.eval_batch_size, f"cache train {f}"
-            )
-            if not spec.generates:
-                valid_caches[f] = HiddenCache.build(
-                    encoder.model, [ex[f] for ex in valid], k, tok.pad, settings.eval_batch_size, f"cache valid {f}"
-                )
-    _sync(device)
-    cache_seconds = time.perf_counter() - t0 if cached else 0.0
-    cache_bytes = sum(c.nbytes for c in (*train_caches.values(), *valid_caches.values()))
+    train_caches, valid_caches = (caches.get("train"), caches.get("valid")) if caches else ({}, {})
+    cache_seconds, cache_bytes = (caches.seconds, caches.nbytes) if caches else (0.0, 0)
 
     shuffle = torch.Generator()  # the training order, re-seeded every epoch
     train_loader = index_loader(

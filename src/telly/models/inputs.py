@@ -63,7 +63,8 @@ def collate(seqs: list[Seq], pad_id: int, hidden: list[torch.Tensor] | None = No
     prefixes = torch.tensor([s.prefix for s in seqs])
     batch = {"ids": ids, "lengths": lengths, "mask": attention_mask(lengths, prefixes, width)}
     if hidden is not None:
-        states = torch.zeros(len(seqs), width, hidden[0].shape[-1], dtype=hidden[0].dtype)
+        # the cache's dtype (bf16/fp16 halve the copy) and device (a cache on the GPU stays there)
+        states = torch.zeros(len(seqs), width, hidden[0].shape[-1], dtype=hidden[0].dtype, device=hidden[0].device)
         for row, h in enumerate(hidden):
             states[row, : h.shape[0]] = h
         batch["hidden"] = states
