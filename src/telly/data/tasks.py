@@ -466,8 +466,8 @@ def build(params: Params) -> dict:
             if real is None:
                 corpus = corpus or _corpus(params)
                 functions = corpus
-                folder = Path(params.data.corpus_dir) / params.prepare.language
-                files = {split: folder / f"{split}.jsonl" for split in SPLITS}
+                corpus_dir = Path(params.data.corpus_dir) / params.prepare.language
+                files = {split: corpus_dir / f"{split}.jsonl" for split in SPLITS}
             else:
                 functions = _functions_from_real(real, params.prepare.language)
                 files = {split: getattr(real, split) for split in SPLITS}
