@@ -127,7 +127,7 @@ def train_variant(
     from telly.models import freeze_bottom, load_encoder
     from telly.runtime import device as pick_device
     from telly.runtime import set_seed
-    from telly.tracking import start_run
+    from telly.tracking import resume_tags, start_run
 
     settings = _settings(params)
     cfg = getattr(settings.tasks, task, None) if task in type(settings.tasks).model_fields else None
@@ -249,6 +249,7 @@ def train_variant(
     }
     system = _system_tags(device, accelerator.num_processes)
     tags = {"telly.task": task, "telly.variant": variant, "telly.cache_frozen": str(cached), **system}
+    tags.update(resume_tags(f"{state_dir}:{fingerprint}", resumed=resumed is not None))  # killed predecessor: KILLED
     tracking = (
         start_run(params, "finetune", f"{task}/{variant}", nested=_mlflow_active(), tags=tags, log_params=run_settings)
         if main
