@@ -100,3 +100,22 @@ def test_an_interrupted_trial_is_queued_again_and_resumes_from_its_state(tmp_pat
     assert summary["trials"]["interrupted"] == 1 and summary["trials"]["fail"] == 0
     assert summary["trials"]["complete"] == 2
     assert not seen[0].exists()
+
+
+def test_a_worker_killed_mid_trial_has_its_trial_failed_by_heartbeat_and_resumed_by_another(
+    tmp_path, raw_params, tracking_env
+):
+    from mlflow import MlflowClient
+
+    from telly.tuning.study import counts
+    from worker_faults import check_study, run_workers_and_kill_one
+
+    study, ran, killed, _ = run_workers_and_kill_one(tmp_path, raw_params, tracking_env, n_trials=8)
+    check_study(study, ran, killed, n_trials=8)
+    summary = json.loads((tmp_path / "tune" / f"{TASK}.json").read_text())
+    assert summary["trials"]["running"] == 0 and summary["trials"]["interrupted"] == 1
+    assert counts(study)["fail"] == 0
+    # the killed trial's MLflow run is not left RUNNING: its retry marked it KILLED
+    client = MlflowClient(tracking_env)
+    (dead,) = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert client.get_run(dead.user_attrs["mlflow_run_id"]).info.status == "KILLED"

@@ -28,12 +28,14 @@ def quality(variant: str, lr: float) -> float:
 
 def fake_train(params, task, variant, *, lr, epochs, on_epoch=None, output_dir=None, results_path=None, **_):
     state = Path(params.finetune.checkpoint_dir)
+    resumed = (state / "last.pt").exists()  # a retried trial finds the state its dead worker saved
     state.mkdir(parents=True, exist_ok=True)
     (state / "last.pt").write_text("saved state")  # the trial's folder must be cleaned up afterwards
     log = os.environ.get("TELLY_FAKE_LOG")
-    if log:  # which worker ran what: the two-worker test checks no trial is lost
+    if log:  # which worker ran what: the worker tests check no trial is lost or run twice
         with open(log, "a") as fh:
-            fh.write(json.dumps({"pid": os.getpid(), "variant": variant, "lr": lr}) + "\n")
+            record = {"pid": os.getpid(), "variant": variant, "lr": lr, "state": str(state), "resumed": resumed}
+            fh.write(json.dumps(record) + "\n")
     delay = float(os.environ.get("TELLY_FAKE_DELAY", "0"))
     q = quality(variant, lr)
     records = []
@@ -77,6 +79,9 @@ def tune_section(root: Path, **overrides) -> dict:
         "storage": None,
         "results_dir": str(root / "tune"),
         "work_dir": str(root / "work"),
+        "heartbeat_seconds": 1,
+        "grace_seconds": 4,
+        "max_retries": 3,
         "n_trials": 6,
         "timeout_minutes": None,
         "max_failed_trials": 4,
