@@ -110,8 +110,8 @@ def test_a_worker_killed_mid_trial_has_its_trial_failed_by_heartbeat_and_resumed
     from telly.tuning.study import counts
     from worker_faults import check_study, run_workers_and_kill_one
 
-    study, ran, killed, _ = run_workers_and_kill_one(tmp_path, raw_params, tracking_env, n_trials=8)
-    check_study(study, ran, killed, n_trials=8)
+    study, ran, killed, _ = run_workers_and_kill_one(tmp_path, raw_params, tracking_env, n_trials=6)
+    check_study(study, ran, killed, n_trials=6)
     summary = json.loads((tmp_path / "tune" / f"{TASK}.json").read_text())
     assert summary["trials"]["running"] == 0 and summary["trials"]["interrupted"] == 1
     assert counts(study)["fail"] == 0

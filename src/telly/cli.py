@@ -236,6 +236,54 @@ def tune(
     run(_params(params), task, storage=storage, n_trials=n_trials, timeout_minutes=timeout_minutes)
 
 
+services_app = typer.Typer(
+    no_args_is_help=True, help="Services for a team: PostgreSQL and an MLflow tracking server on 127.0.0.1."
+)
+app.add_typer(services_app, name="services")
+ServicesDir = Annotated[Path, typer.Option("--dir", help="folder of the services' data, logs and addresses")]
+
+
+@services_app.command("up")
+def services_up(
+    folder: ServicesDir = Path(".services"),
+    pg_port: Annotated[
+        int | None, typer.Option(help="PostgreSQL port (default: the last one, else a free one)")
+    ] = None,
+    mlflow_port: Annotated[
+        int | None, typer.Option(help="MLflow port (default: the last one, else a free one)")
+    ] = None,
+) -> None:
+    """Start PostgreSQL and the MLflow server; print MLFLOW_TRACKING_URI and the tune.storage URL."""
+    from telly.services import Services, describe
+
+    services = Services(folder)
+    print(describe(services, services.up(pg_port, mlflow_port)))
+
+
+@services_app.command("down")
+def services_down(folder: ServicesDir = Path(".services")) -> None:
+    """Stop the MLflow server and PostgreSQL (their data stays)."""
+    from telly.services import Services
+
+    stopped = Services(folder).down()
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@services_app.command("status")
+def services_status(folder: ServicesDir = Path(".services")) -> None:
+    """Which services run, and their addresses; exit 1 when one is down."""
+    from telly.services import Services, describe
+
+    services = Services(folder)
+    running = services.status()
+    print(", ".join(f"{name}: {'up' if up else 'down'}" for name, up in running.items()))
+    state = services.state()
+    if state is not None and all(running.values()):
+        print(describe(services, state))
+    else:
+        raise typer.Exit(1)
+
+
 report_app = typer.Typer(help="The study report: the paper's tables, figures and claims, regenerated from results/.")
 app.add_typer(report_app, name="report")
 
