@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -126,18 +127,29 @@ def main() -> None:
             problems.append(f"{c['running']} running, {c['waiting']} waiting")
         if c["fail"]:
             problems.append(f"{c['fail']} failed and not retried")
-        if [t.number for t in trials] != list(range(len(trials))) or len(trials) != 1 + len(ran):
-            problems.append(f"{len(trials)} trials for {len(ran)} logged runs + 1")
-        if sorted((r["variant"], r["lr"]) for r in ran) != sorted(
-            (t.user_attrs.get("variant"), t.params.get("lr")) for t in trials[1:]
-        ):
-            problems.append("the logged runs and the trials differ")
+        if [t.number for t in trials] != list(range(len(trials))):
+            problems.append("trial numbers are not 0..n-1")
+        # A worker may be killed anywhere, also before its trial reached the trainer: then the trial has no
+        # run in the log. No run without its own trial (nothing run twice), no finished trial without a run.
+        runs = Counter((r["variant"], r["lr"]) for r in ran)
+        started = Counter((t.user_attrs.get("variant"), t.params.get("lr")) for t in trials[1:])
+        finished = Counter(
+            (t.user_attrs.get("variant"), t.params.get("lr"))
+            for t in trials[1:]
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        )
+        if runs - started:
+            problems.append(f"runs without a trial of their own: {dict(runs - started)}")
+        if finished - runs:
+            problems.append(f"finished trials the trainer never ran: {dict(finished - runs)}")
+        before_training = sum(t.user_attrs.get("variant") is None for t in trials)
         load = os.getloadavg()[0]
         print(
             f"| {args.workers} workers, {args.trials} trials, 3 fake epochs x {args.delay} s, SIGKILL every "
             f"{args.kill_every:g} s | {kills} kills | {len(trials)} trials: {c['complete']} complete, "
             f"{c['pruned']} pruned, {c['interrupted']} failed-then-retried ({len(retried)} retries, {resumed} "
-            f"resumed from saved state), {c['fail']} failed, {c['running']} running, {c['waiting']} waiting | "
+            f"resumed from saved state, {before_training} killed before training), {c['fail']} failed, "
+            f"{c['running']} running, {c['waiting']} waiting | "
             f"{wall:.0f} s, load {load:.1f} | {'OK' if not problems else '; '.join(problems)} |"
         )
         if failed_exits:

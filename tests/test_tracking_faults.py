@@ -99,3 +99,28 @@ def test_a_run_resuming_a_killed_runs_state_marks_it_killed(tmp_path, raw_params
     assert client.get_run(successor.info.run_id).info.status == "FINISHED"
     assert client.get_run(other.info.run_id).info.status == "FINISHED"
     assert set(mlflow.get_run(successor.info.run_id).data.tags["telly.resumes"].split(",")) == set(runs)
+
+
+def test_experiments_are_model_training_and_ui_prints_a_runs_link_per_experiment(tmp_path, raw_params, tracking_env):
+    params = parse_params(raw_params)
+    with start_run(params, "finetune", "t/v"):
+        pass
+    client = MlflowClient(tracking_env)
+    client.create_experiment("telly-older")  # made before experiments were tagged: tagged when listed
+    finetune = client.get_experiment_by_name("telly-finetune")
+    assert finetune.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw_params))
+    cli = subprocess.run(
+        [sys.executable, "-m", "telly", "ui", "--links-only", "--port", "5123", "--params", str(params_file)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_env},
+    )
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    lines = dict(line.split() for line in cli.stdout.splitlines())
+    assert lines["telly-finetune"] == f"http://127.0.0.1:5123/#/experiments/{finetune.experiment_id}/runs"
+    older = client.get_experiment_by_name("telly-older")
+    assert lines["telly-older"].endswith(f"/#/experiments/{older.experiment_id}/runs")
+    assert older.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -62,16 +62,23 @@ def tasks(params: ParamsOption = DEFAULT_PARAMS) -> None:
 def ui(
     params: ParamsOption = DEFAULT_PARAMS,
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+    links_only: Annotated[bool, typer.Option("--links-only", help="print the links, start nothing")] = False,
 ) -> None:
-    """Start the MLflow UI on 127.0.0.1 for the project's tracking store."""
+    """Start the MLflow UI on 127.0.0.1 for the project's tracking store; print a link per experiment."""
     import os
     import subprocess
 
-    from telly.tracking import tracking_uri
+    from telly.tracking import experiment_links, tracking_uri
 
     p = _params(params)
     uri = tracking_uri(p)
-    console.print(f"MLflow UI for {uri} at [bold]http://127.0.0.1:{port}[/bold] (Ctrl-C stops it)")
+    server = uri.startswith(("http://", "https://"))  # a tracking server is its own UI
+    ui_url = uri if server else f"http://127.0.0.1:{port}"
+    for name, link in experiment_links(p, ui_url):
+        print(f"{name:<28} {link}")
+    if links_only or server:
+        raise typer.Exit(0)
+    console.print(f"MLflow UI for {uri} at [bold]{ui_url}[/bold] (Ctrl-C stops it)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     if "MLFLOW_TRACKING_URI" not in os.environ:
         cmd += ["--default-artifact-root", Path(p.tracking.artifacts_dir).resolve().as_uri()]

@@ -67,11 +67,42 @@ def ensure_store(uri: str) -> None:
     _READY_STORES.add(uri)
 
 
+# MLflow 3's UI opens an experiment on its GenAI traces overview unless the experiment says it
+# is model training: this tag (the value the UI's "experiment type" selector writes) opens it on its runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
+
+def mark_model_training(client: Any, experiment: Any) -> None:
+    """Tag an experiment as model training (once), so the UI lands on its runs table."""
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) is None:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+
+
+def experiment_links(params: Params, ui_url: str) -> list[tuple[str, str]]:
+    """``(name, link to its runs table)`` for each of the project's experiments; older ones are tagged on the way."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(params)
+    ensure_store(uri)
+    client = MlflowClient(uri)
+    prefix = params.tracking.experiment_prefix
+    found = client.search_experiments(filter_string=f"name LIKE '{prefix}-%'", order_by=["name ASC"])
+    links = []
+    for experiment in found:
+        mark_model_training(client, experiment)
+        links.append((experiment.name, f"{ui_url.rstrip('/')}/#/experiments/{experiment.experiment_id}/runs"))
+    return links
+
+
 def _experiment(mlflow: Any, params: Params, stage: str) -> str:
     from mlflow.exceptions import MlflowException
 
     name = f"{params.tracking.experiment_prefix}-{stage}"
-    if mlflow.get_experiment_by_name(name) is None:
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        mark_model_training(mlflow.MlflowClient(), existing)
+    else:
         artifacts = None
         # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so compare URIs rather than test the variable
         if tracking_uri(params) == _project_uri(params):
@@ -79,7 +110,7 @@ def _experiment(mlflow: Any, params: Params, stage: str) -> str:
             folder.mkdir(parents=True, exist_ok=True)
             artifacts = folder.as_uri()
         try:
-            mlflow.create_experiment(name, artifact_location=artifacts)
+            mlflow.create_experiment(name, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
         except MlflowException:
             if mlflow.get_experiment_by_name(name) is None:
                 raise
