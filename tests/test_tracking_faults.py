@@ -120,7 +120,9 @@ def test_experiments_are_model_training_and_ui_prints_a_runs_link_per_experiment
     )
     assert cli.returncode == 0, cli.stderr[-2000:]
     lines = dict(line.split() for line in cli.stdout.splitlines())
-    assert lines["telly-finetune"] == f"http://127.0.0.1:5123/#/experiments/{finetune.experiment_id}/runs"
+    assert lines["telly-finetune"] == (
+        f"http://127.0.0.1:5123/#/experiments/{finetune.experiment_id}/runs?workflowType=machine_learning"
+    )
     older = client.get_experiment_by_name("telly-older")
-    assert lines["telly-older"].endswith(f"/#/experiments/{older.experiment_id}/runs")
+    assert lines["telly-older"].endswith(f"/#/experiments/{older.experiment_id}/runs?workflowType=machine_learning")
     assert older.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -67,10 +67,14 @@ def ensure_store(uri: str) -> None:
     _READY_STORES.add(uri)
 
 
-# MLflow 3's UI opens an experiment on its GenAI traces overview unless the experiment says it
-# is model training: this tag (the value the UI's "experiment type" selector writes) opens it on its runs.
+# MLflow 3's UI opens an experiment on its GenAI traces overview ("No data available"). The
+# experiment's kind tag (what the UI's experiment-type selector writes) marks ours as model
+# training; the UI's sidebar mode is a separate, per-browser setting that a link can set
+# (?workflowType=machine_learning), so the links `telly ui` prints open the runs table in it
+# (checked in headless Chromium with MLflow 3.17.2: docs/img/mlflow-runs-link.png).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
+RUNS_VIEW = "runs?workflowType=machine_learning"
 
 
 def mark_model_training(client: Any, experiment: Any) -> None:
@@ -91,7 +95,7 @@ def experiment_links(params: Params, ui_url: str) -> list[tuple[str, str]]:
     links = []
     for experiment in found:
         mark_model_training(client, experiment)
-        links.append((experiment.name, f"{ui_url.rstrip('/')}/#/experiments/{experiment.experiment_id}/runs"))
+        links.append((experiment.name, f"{ui_url.rstrip('/')}/#/experiments/{experiment.experiment_id}/{RUNS_VIEW}"))
     return links
 
 
