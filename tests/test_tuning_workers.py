@@ -119,3 +119,45 @@ def test_a_worker_killed_mid_trial_has_its_trial_failed_by_heartbeat_and_resumed
     client = MlflowClient(tracking_env)
     (dead,) = [t for t in study.trials if t.state == TrialState.FAIL]
     assert client.get_run(dead.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+
+
+def test_a_later_session_retries_a_dead_workers_trial_even_when_the_budget_is_reached(tmp_path, raw_params):
+    """The issue's case: n_trials finished, one trial left RUNNING by a killed worker; `telly tune` again."""
+    import time
+
+    from telly.tuning.study import open_storage
+
+    params, _ = make_params(raw_params, tmp_path, n_trials=2, pruner="none")
+    tune(params, TASK, train_fn=fake_train, layers=LAYERS)
+    url = f"sqlite:///{params.tune.results_dir / TASK}.db"
+    study = optuna.load_study(study_name=TASK, storage=open_storage(url, params))
+    dead = study.ask({"k": optuna.distributions.IntDistribution(-1, LAYERS - 1)})
+    dead_lr = dead.suggest_float("lr", 1e-6, 1e-2, log=True)
+    study._storage.record_heartbeat(dead._trial_id)  # its last heartbeat, then SIGKILL
+    time.sleep(params.tune.grace_seconds + 1)
+
+    ran = []
+
+    def recording(p, *args, **kwargs):
+        ran.append((Path(p.finetune.checkpoint_dir), kwargs["lr"]))
+        return fake_train(p, *args, **kwargs)
+
+    summary = tune(params, TASK, train_fn=recording, layers=LAYERS)
+    study = optuna.load_study(study_name=TASK, storage=url)
+    states = {t.number: t.state for t in study.trials}
+    assert states[dead.number] == TrialState.FAIL
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert retry.state == TrialState.COMPLETE and retry.params["lr"] == dead_lr
+    assert ran == [(tmp_path / "work" / TASK / f"trial-{dead.number}" / "state", dead_lr)]
+    assert summary["trials"]["running"] == 0 and summary["trials"]["interrupted"] == 1
+
+
+def test_settle_stops_when_the_session_may_not_run_the_queued_trial(tmp_path, raw_params):
+    from telly.tuning.study import settle
+
+    params, _ = make_params(raw_params, tmp_path)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    study.enqueue_trial({"x": 1.0})
+    calls = []
+    settle(study, params, lambda: calls.append(1) or False)
+    assert calls == [1]

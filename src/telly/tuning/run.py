@@ -106,19 +106,20 @@ def tune(
         objective = Objective(params, task, space, train_fn, name)
         started = time.monotonic()
 
-        def run_trials() -> None:
+        def run_trials() -> bool:
             left = None if timeout is None else timeout * 60 - (time.monotonic() - started)
             if left is not None and left <= 0:
-                return
+                return False
             reason = budget.exhausted(study)
             if reason:
                 log.info("%s: nothing to run, %s", name, reason)
-                return
+                return False
             with tqdm(total=budget.n_trials, initial=budget.finished(study), desc=f"tune {task}", unit="trial") as bar:
                 budget.progress = bar
                 study.optimize(
                     objective, timeout=left, catch=trial_failures(), callbacks=[budget], gc_after_trial=_on_gpu()
                 )
+            return True
 
         run_trials()
         settle(study, params, run_trials)  # another worker died mid-trial: its trial is retried, none left RUNNING

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,11 +115,11 @@ def fail_stale(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def settle(study: optuna.Study, params: Params, run_more: Any) -> None:
+def settle(study: optuna.Study, params: Params, run_more: Callable[[], bool]) -> None:
     """At the end of a session: wait (at most a grace period) for other workers' running trials to end or go stale.
 
     A trial left RUNNING by a dead worker is failed once its heartbeat is stale and retried here
-    (``run_more``), so a study ends with no trial RUNNING even when the last worker standing would
+    (``run_more``, which says whether it could run trials), so a study ends with no trial RUNNING even when the last worker standing would
     otherwise stop first. A live worker's trial keeps its heartbeat fresh: it is not waited for longer.
     """
     tune = params.tune
@@ -127,7 +128,8 @@ def settle(study: optuna.Study, params: Params, run_more: Any) -> None:
         fail_stale(study)
         states = [t.state for t in study.get_trials(deepcopy=False)]
         if TrialState.WAITING in states:
-            run_more()
+            if not run_more():
+                return  # the session may not run more (its timeout is spent): a later session will
             deadline = time.monotonic() + tune.grace_seconds + tune.heartbeat_seconds
             continue
         if TrialState.RUNNING not in states or time.monotonic() > deadline:
