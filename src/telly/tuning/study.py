@@ -119,8 +119,9 @@ def settle(study: optuna.Study, params: Params, run_more: Callable[[], bool]) ->
     """At the end of a session: wait (at most a grace period) for other workers' running trials to end or go stale.
 
     A trial left RUNNING by a dead worker is failed once its heartbeat is stale and retried here
-    (``run_more``, which says whether it could run trials), so a study ends with no trial RUNNING even when the last worker standing would
-    otherwise stop first. A live worker's trial keeps its heartbeat fresh: it is not waited for longer.
+    (``run_more``, which says whether it could run trials), so a study ends with no trial RUNNING
+    even when the last worker standing would otherwise stop first. A live worker's trial keeps its
+    heartbeat fresh: it is not waited for longer than the grace period.
     """
     tune = params.tune
     deadline = time.monotonic() + tune.grace_seconds + tune.heartbeat_seconds
