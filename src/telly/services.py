@@ -328,7 +328,7 @@ class Services:
         """Stop the MLflow server and PostgreSQL; the data stays for the next ``up``."""
         stopped = []
         state = self.state()
-        if state and state.mlflow_pid and _stop_group(state.mlflow_pid):
+        if state and state.mlflow_pid and _is_mlflow_server(state.mlflow_pid) and _stop_group(state.mlflow_pid):
             stopped.append("mlflow")
         if self.postgres_running():
             self._pg_ctl("stop", "-m", "fast", "-w", user=_system_user())
@@ -363,6 +363,15 @@ def _stop_group(pid: int, seconds: float = 20.0) -> bool:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
     return True
+
+
+def _is_mlflow_server(pid: int) -> bool:
+    """The recorded pid is still our MLflow server (not a process that reused the pid after a reboot)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(a.endswith(b"mlflow") for a in argv) and b"server" in argv
 
 
 def _group_alive(pgid: int) -> bool:
