@@ -105,5 +105,7 @@ def check_study(study: optuna.Study, ran: list[dict], killed_pid: int, n_trials:
         (t.user_attrs["variant"], t.params["lr"]) for t in trials[1:]
     )
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    assert n_trials <= finished <= n_trials + 2  # two survivors may each finish a trial they had started
+    # past the budget: the trial a survivor had started when another reached it, the retry (queued trials
+    # run past n_trials), and a trial a survivor starts when the other took the retry first (at most 3)
+    assert n_trials <= finished <= n_trials + 3, finished
     assert len({t.user_attrs["mlflow_run_id"] for t in trials}) == len(trials)
