@@ -98,6 +98,7 @@ def check_study(study: optuna.Study, ran: list[dict], killed_pid: int, n_trials:
     # the retry ran in another worker and resumed from the state the killed one saved in the shared folder
     (resumed,) = [r for r in ran if r["resumed"]]
     assert resumed["pid"] != killed_pid and resumed["state"] == killed_runs[0]["state"]
+    assert len({r["pid"] for r in ran} - {killed_pid}) == 2, "both survivors ran trials"
     # nothing lost, nothing run twice: every trial a worker started is one trial of the study
     assert [t.number for t in trials] == list(range(len(trials)))
     assert len(trials) == 1 + len(ran)  # trial 0 ran in the test process, before the workers (no log)

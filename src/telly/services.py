@@ -348,7 +348,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop_group(pid: int, seconds: float = 20.0) -> bool:
+def _stop_group(pid: int, seconds: float = 10.0) -> bool:
     """SIGTERM the process group ``pid`` leads (the server and its workers), SIGKILL what is left."""
     try:
         os.killpg(pid, signal.SIGTERM)
