@@ -43,3 +43,27 @@ def tracking_env(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def team_services():
+    """PostgreSQL and an MLflow tracking server (`telly services up`), once for all the tests that need them.
+
+    Skipped only where Debian's postgresql binaries are absent; .ci/run installs them, so CI runs these tests.
+    """
+    import shutil
+    import tempfile
+
+    from telly.services import Services, postgres_bin
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
+    folder = Path(tempfile.mkdtemp(prefix="telly-services-"))  # not under pytest's 0700 tmp: postgres must enter
+    folder.chmod(0o755)
+    services = Services(folder / "services")
+    try:
+        state = services.up()
+        yield services, state
+    finally:
+        services.down()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,7 +1,11 @@
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 from corpus_fixture import make_corpus, make_wheel, write_lock
 from telly.config import parse_params
@@ -124,16 +128,35 @@ def test_bad_inputs_are_skipped_and_counted(tmp_path, raw_params, tracking_env):
     )
     wheels.append(make_wheel(raw, "emptykit", {"emptykit/__init__.py": b"x = 1\n"}))
     write_lock(tmp_path / "corpus.lock", wheels)
-    # a wheel whose bytes no longer match the lock
-    tampered = wheels[0]
-    tampered.write_bytes(tampered.read_bytes() + b"\0")
     metrics = prepare(_params(tmp_path, raw_params, valid_fraction=0.15, test_fraction=0.15))
     counts = metrics["counts"]
-    assert counts["wheels_bad_hash"] == 1
     assert counts["files_not_utf8"] == 1
     assert counts["files_syntax_error"] == 1
     assert counts["projects_empty"] >= 1
-    assert tampered.name.split("-")[0] not in metrics["per_project"]
+
+
+def test_a_wheel_that_no_longer_matches_its_hash_stops_prepare_with_exit_2(tmp_path, raw_params, tracking_env):
+    wheels = make_corpus(tmp_path / "raw")
+    write_lock(tmp_path / "corpus.lock", wheels)
+    tampered = wheels[0]
+    tampered.write_bytes(tampered.read_bytes() + b"\0")
+    params = _params(tmp_path, raw_params, valid_fraction=0.15, test_fraction=0.15)
+    with pytest.raises(TellyError, match=rf"{tampered.name}: sha256 .* does not match") as err:
+        prepare(params)
+    assert "dvc checkout data.dvc" in str(err.value) and "telly data fetch" in str(err.value)
+    assert not (tmp_path / "corpus" / "python" / "train.jsonl").exists(), "no smaller corpus is written"
+
+    raw_params_file = tmp_path / "params.yaml"
+    raw_params_file.write_text(yaml.safe_dump(raw_params))
+    cli = subprocess.run(
+        [sys.executable, "-m", "telly", "prepare", "--params", str(raw_params_file)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "500"},  # rich wraps long paths at 80 columns otherwise
+    )
+    assert cli.returncode == 2, cli.stderr[-2000:]
+    assert tampered.name in cli.stderr and "dvc checkout data.dvc" in cli.stderr
 
 
 def test_no_wheels_is_a_clear_error(tmp_path, raw_params):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from finetune_fixture import make_setup
 from telly import variants
@@ -189,11 +190,19 @@ def test_interrupted_run_resumes_to_the_same_result(setup, tracking_env, tmp_pat
 
     with pytest.raises(Stop):
         train_variant(params, "code_summarization", variant, on_epoch=stop_after_first, output_dir=tmp_path / "r")
+    # a process killed mid-run never ends its MLflow run: it stays RUNNING in the store
+    client = MlflowClient(tracking_env)
+    (interrupted,) = client.search_runs(
+        [client.get_experiment_by_name("telly-finetune").experiment_id],
+        filter_string=f"attributes.run_name = 'code_summarization/{variant}' and attributes.status = 'FAILED'",
+    )
+    client.update_run(interrupted.info.run_id, status="RUNNING")
     seen = []
     resumed = train_variant(
         params, "code_summarization", variant, output_dir=tmp_path / "r", on_epoch=lambda e, r: seen.append(e)
     )
     assert seen == [2, 3]  # epoch 1 was not trained again
+    assert client.get_run(interrupted.info.run_id).info.status == "KILLED", "the resumed run closes the killed one"
     assert resumed.test == whole.test
     assert [r["train_loss"] for r in resumed.epochs] == [r["train_loss"] for r in whole.epochs]
 

@@ -127,3 +127,30 @@ def test_tokenizer_larger_than_the_embeddings_is_refused(tiny_model, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="embeddings have 8"):
         load_encoder(f"random:{folder}", device="cpu")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_corrupt_weights_file_is_refused_naming_the_file_and_the_setting(tiny_model, tmp_path, damage):
+    import shutil
+
+    folder = tmp_path / "corrupt"
+    shutil.copytree(tiny_model, folder)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x00" * 64)
+    with pytest.raises(ModelLoadError) as info:
+        load_encoder(str(folder), device="cpu")
+    msg = str(info.value)
+    assert str(weights) in msg and "model.name_or_path" in msg and repr(str(folder)) in msg
+    assert "hub" not in msg, "a local file is not a hub problem"
+
+
+def test_a_missing_relative_folder_is_a_missing_folder_not_a_hub_failure(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as info:
+        load_encoder("models/does-not-exist", device="cpu")
+    msg = str(info.value)
+    assert "no such folder" in msg and str(tmp_path / "models" / "does-not-exist") in msg
+    assert "hub" not in msg.split(";")[0]

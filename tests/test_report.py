@@ -52,6 +52,9 @@ def test_full_report_where_every_claim_holds(params, tmp_path):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and 'src="figures/' not in html
     assert "<table>" in html
+    # verdict marks need no emoji font: text symbols in the Markdown, CSS badges in the HTML
+    assert not any(emoji in md + html for emoji in "✅❌⏳")
+    assert "✓ reproduced" in md and '<span class="verdict yes">reproduced</span>' in html and "✓" not in html
     plots = (out / "plots" / "rq3-code_search.csv").read_text().splitlines()
     assert plots[0].split(",")[:2] == ["k", "params_reduction_pct"]
     assert {"metric_vs_base_pct_cached", "epoch_reduction_pct_uncached"} <= set(plots[0].split(","))

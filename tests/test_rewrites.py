@@ -2,24 +2,19 @@
 
 import ast
 import random
-import subprocess
-import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from sandbox import passes
 from telly.data import rewrites as R
 
 VARIANTS_PER_PROBLEM = 3
 
 
 def _passes(program: str, timeout: float = 15.0) -> bool:
-    try:
-        done = subprocess.run([sys.executable, "-I", "-c", program], capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return False
-    return done.returncode == 0
+    return passes(program, timeout)  # in its own process group, with CPU and memory limits
 
 
 def _program(solution: str, problem: dict, renamed: dict[str, str] | None = None) -> str:

@@ -8,6 +8,7 @@ from python_functions import corpus_rows
 from telly.config import ConfigError, parse_params
 from telly.data import analysis, baselines, clones
 from telly.data import datasets as tasks
+from telly.errors import TellyError
 from telly.jsonl import read_jsonl, write_jsonl
 
 SPLIT_MODULES = {
@@ -272,3 +273,15 @@ def test_real_data_format_must_fit_the_set(raw_params, corpus, tmp_path):
     del raw["tasks"]["code_search"]["codebase_size"]  # real data brings its own codebase
     with pytest.raises(ConfigError, match=r"tasks\.code_search.*'poj104' cannot feed this set"):
         parse_params(raw)
+
+
+@pytest.mark.parametrize("kept", [0, 3])
+def test_an_empty_or_tiny_split_stops_tasks_naming_the_split(raw_params, tmp_path, kept):
+    folder = tmp_path / "corpus"
+    for split, modules in SPLIT_MODULES.items():
+        rows = corpus_rows(modules)
+        write_jsonl(folder / "python" / f"{split}.jsonl", rows[:kept] if split == "train" else rows)
+    raw = _params(raw_params, folder, tmp_path)
+    with pytest.raises(TellyError, match=rf"train\.jsonl: the train split has {kept} function\(s\)"):
+        tasks.build(parse_params(raw))
+    assert not (tmp_path / "tasks").exists() and not (tmp_path / "probing").exists(), "no set is written"

@@ -31,12 +31,14 @@ def fake_train(params, task, variant, *, on_epoch=None, output_dir=None, results
     task_cfg = getattr(params.finetune.tasks, task)
     lr, epochs = task_cfg.learning_rate, task_cfg.epochs
     state = Path(params.finetune.checkpoint_dir)
+    resumed = (state / "last.pt").exists()  # a retried trial finds the state its dead worker saved
     state.mkdir(parents=True, exist_ok=True)
     (state / "last.pt").write_text("saved state")  # the trial's folder must be cleaned up afterwards
     log = os.environ.get("TELLY_FAKE_LOG")
-    if log:  # which worker ran what: the two-worker test checks no trial is lost
+    if log:  # which worker ran what: the worker tests check no trial is lost or run twice
         with open(log, "a") as fh:
-            fh.write(json.dumps({"pid": os.getpid(), "variant": variant, "lr": lr}) + "\n")
+            record = {"pid": os.getpid(), "variant": variant, "lr": lr, "state": str(state), "resumed": resumed}
+            fh.write(json.dumps(record) + "\n")
     delay = float(os.environ.get("TELLY_FAKE_DELAY", "0"))
     q = quality(variant, lr)
     records = []
@@ -80,6 +82,9 @@ def tune_section(root: Path, **overrides) -> dict:
         "storage": None,
         "results_dir": str(root / "tune"),
         "work_dir": str(root / "work"),
+        "heartbeat_seconds": 1,
+        "grace_seconds": 4,
+        "max_retries": 3,
         "n_trials": 6,
         "timeout_minutes": None,
         "max_failed_trials": 4,

@@ -63,16 +63,23 @@ def tasks(params: ParamsOption = DEFAULT_PARAMS) -> None:
 def ui(
     params: ParamsOption = DEFAULT_PARAMS,
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+    links_only: Annotated[bool, typer.Option("--links-only", help="print the links, start nothing")] = False,
 ) -> None:
-    """Start the MLflow UI on 127.0.0.1 for the project's tracking store."""
+    """Start the MLflow UI on 127.0.0.1 for the project's tracking store; print a link per experiment."""
     import os
     import subprocess
 
-    from telly.tracking import tracking_uri
+    from telly.tracking import experiment_links, tracking_uri
 
     p = _params(params)
     uri = tracking_uri(p)
-    console.print(f"MLflow UI for {uri} at [bold]http://127.0.0.1:{port}[/bold] (Ctrl-C stops it)")
+    server = uri.startswith(("http://", "https://"))  # a tracking server is its own UI
+    ui_url = uri if server else f"http://127.0.0.1:{port}"
+    for name, link in experiment_links(p, ui_url):
+        print(f"{name:<28} {link}")
+    if links_only or server:
+        raise typer.Exit(0)
+    console.print(f"MLflow UI for {uri} at [bold]{ui_url}[/bold] (Ctrl-C stops it)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     if "MLFLOW_TRACKING_URI" not in os.environ:
         cmd += ["--default-artifact-root", Path(p.tracking.artifacts_dir).resolve().as_uri()]
@@ -248,6 +255,54 @@ def tune(
     from telly.tuning import tune as run
 
     run(_params(params), task, storage=storage, n_trials=n_trials, timeout_minutes=timeout_minutes)
+
+
+services_app = typer.Typer(
+    no_args_is_help=True, help="Services for a team: PostgreSQL and an MLflow tracking server on 127.0.0.1."
+)
+app.add_typer(services_app, name="services")
+ServicesDir = Annotated[Path, typer.Option("--dir", help="folder of the services' data, logs and addresses")]
+
+
+@services_app.command("up")
+def services_up(
+    folder: ServicesDir = Path(".services"),
+    pg_port: Annotated[
+        int | None, typer.Option(help="PostgreSQL port (default: the last one, else a free one)")
+    ] = None,
+    mlflow_port: Annotated[
+        int | None, typer.Option(help="MLflow port (default: the last one, else a free one)")
+    ] = None,
+) -> None:
+    """Start PostgreSQL and the MLflow server; print MLFLOW_TRACKING_URI and the tune.storage URL."""
+    from telly.services import Services, describe
+
+    services = Services(folder)
+    print(describe(services, services.up(pg_port, mlflow_port)))
+
+
+@services_app.command("down")
+def services_down(folder: ServicesDir = Path(".services")) -> None:
+    """Stop the MLflow server and PostgreSQL (their data stays)."""
+    from telly.services import Services
+
+    stopped = Services(folder).down()
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@services_app.command("status")
+def services_status(folder: ServicesDir = Path(".services")) -> None:
+    """Which services run, and their addresses; exit 1 when one is down."""
+    from telly.services import Services, describe
+
+    services = Services(folder)
+    running = services.status()
+    print(", ".join(f"{name}: {'up' if up else 'down'}" for name, up in running.items()))
+    state = services.state()
+    if state is not None and all(running.values()):
+        print(describe(services, state))
+    else:
+        raise typer.Exit(1)
 
 
 report_app = typer.Typer(help="The study report: the paper's tables, figures and claims, regenerated from results/.")

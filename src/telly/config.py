@@ -427,7 +427,15 @@ class TuneParams(Section):
     study_name: str = Field(pattern=r"\{task\}", description="study name template; {task} is replaced")
     storage: str | None = Field(description="database URL of the studies; null = sqlite file <results_dir>/<task>.db")
     results_dir: Path = Field(description="<task>.json (best parameters), <task>/ (plots, trials.csv)")
-    work_dir: Path = Field(description="per-trial training state, removed when a trial ends (not a DVC output)")
+    work_dir: Path = Field(
+        description="per-trial training state, removed when a trial ends (not a DVC output); "
+        "a folder every worker can read (shared) so a retried trial resumes where a dead worker stopped"
+    )
+    heartbeat_seconds: int = Field(default=30, ge=1, description="a running trial writes a heartbeat this often")
+    grace_seconds: int = Field(
+        default=120, ge=2, description="a running trial without a heartbeat for this long is dead: failed and retried"
+    )
+    max_retries: int = Field(default=3, ge=0, description="times one trial is retried after its worker died")
     n_trials: int = Field(ge=1, description="finished (complete or pruned) trials a study should reach")
     timeout_minutes: float | None = Field(gt=0, description="wall-clock budget of one `telly tune` session")
     max_failed_trials: int = Field(ge=1, description="a session stops after this many failed trials of the study")
@@ -473,6 +481,15 @@ class TuneParams(Section):
         if v[0] != "valid_score" or len(set(v)) != len(v):
             raise ValueError(
                 f"must start with valid_score and not repeat (e.g. [valid_score, time_to_convergence]), got {v}"
+            )
+        return v
+
+    @field_validator("grace_seconds")
+    @classmethod
+    def _grace(cls, v: int, info: Any) -> int:
+        if v <= info.data.get("heartbeat_seconds", 0):
+            raise ValueError(
+                f"grace_seconds = {v} must be above heartbeat_seconds = {info.data.get('heartbeat_seconds')}"
             )
         return v
 

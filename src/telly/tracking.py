@@ -5,11 +5,18 @@ The default store is local and embedded: a SQLite database plus artifacts under
 team server instead. Runs are tagged with the git commit and the stage, and each
 stage logs to its own experiment (``<prefix>-<stage>``) so the UI compares like
 with like.
+
+Several stages may start at once on a fresh store: an embedded SQLite store's schema is
+created once, under a file lock, before any of them uses it. A run that resumes the
+saved state of a run whose process was killed (left RUNNING in the store) marks that
+run KILLED.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -35,17 +42,117 @@ def _project_uri(params: Params) -> str:
     return uri
 
 
+_READY_STORES: set[str] = set()
+
+
+def ensure_store(uri: str) -> None:
+    """Create an embedded SQLite store's schema once, under a file lock, before this process uses it.
+
+    MLflow migrates a fresh database when a process first opens it; two processes doing so at
+    once crash in the migration (alembic). With the lock the first creates it, the others wait
+    and find it made. A server (``http://...``) creates its own store.
+    """
+    if uri in _READY_STORES or not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            from mlflow import MlflowClient
+
+            MlflowClient(uri).search_experiments(max_results=1)  # opens the store: creates or migrates it
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY_STORES.add(uri)
+
+
+# MLflow 3's UI opens an experiment on its GenAI traces overview ("No data available"). The
+# experiment's kind tag (what the UI's experiment-type selector writes) marks ours as model
+# training; the UI's sidebar mode is a separate, per-browser setting that a link can set
+# (?workflowType=machine_learning), so the links `telly ui` prints open the runs table in it
+# (checked in headless Chromium with MLflow 3.17.2: docs/img/mlflow-runs-link.png).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+RUNS_VIEW = "runs?workflowType=machine_learning"
+
+
+def mark_model_training(client: Any, experiment: Any) -> None:
+    """Tag an experiment as model training (once), so the UI lands on its runs table."""
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) is None:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+
+
+def experiment_links(params: Params, ui_url: str) -> list[tuple[str, str]]:
+    """``(name, link to its runs table)`` for each of the project's experiments; older ones are tagged on the way."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(params)
+    ensure_store(uri)
+    client = MlflowClient(uri)
+    prefix = params.tracking.experiment_prefix
+    found = client.search_experiments(filter_string=f"name LIKE '{prefix}-%'", order_by=["name ASC"])
+    links = []
+    for experiment in found:
+        mark_model_training(client, experiment)
+        links.append((experiment.name, f"{ui_url.rstrip('/')}/#/experiments/{experiment.experiment_id}/{RUNS_VIEW}"))
+    return links
+
+
 def _experiment(mlflow: Any, params: Params, stage: str) -> str:
+    from mlflow.exceptions import MlflowException
+
     name = f"{params.tracking.experiment_prefix}-{stage}"
-    if mlflow.get_experiment_by_name(name) is None:
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        mark_model_training(mlflow.MlflowClient(), existing)
+    else:
         artifacts = None
         # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so compare URIs rather than test the variable
         if tracking_uri(params) == _project_uri(params):
             folder = Path(params.tracking.artifacts_dir).resolve()
             folder.mkdir(parents=True, exist_ok=True)
             artifacts = folder.as_uri()
-        mlflow.create_experiment(name, artifact_location=artifacts)
+        try:
+            mlflow.create_experiment(name, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        except MlflowException:
+            if mlflow.get_experiment_by_name(name) is None:
+                raise
+            # another process (a worker started at the same time) created it first
     return name
+
+
+RESUME_TAG = "telly.resume_key"
+RESUMED_TAG = "telly.resumed"
+
+
+def resume_tags(state: str, *, resumed: bool) -> dict[str, str]:
+    """Tags of a run that saves resumable ``state`` (e.g. its checkpoint folder and settings fingerprint).
+
+    A ``resumed`` run marks KILLED the runs of the same state that a killed process left RUNNING.
+    """
+    return {RESUME_TAG: hashlib.sha256(state.encode()).hexdigest()[:16], RESUMED_TAG: str(resumed).lower()}
+
+
+def close_killed_predecessors(run: Any, key: str) -> list[str]:
+    """Mark KILLED the runs of this experiment with ``key`` still RUNNING: their process died, this run resumes them."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    found = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.`{RESUME_TAG}` = '{key}' and attributes.status = 'RUNNING'",
+    )
+    killed = [r.info.run_id for r in found if r.info.run_id != run.info.run_id]
+    for run_id in killed:
+        client.set_tag(run_id, "telly.resumed_by", run.info.run_id)
+        client.set_terminated(run_id, status="KILLED")
+        log.info(
+            "MLflow run %s was left RUNNING by a killed process: marked KILLED, resumed by %s", run_id, run.info.run_id
+        )
+    if killed:
+        client.set_tag(run.info.run_id, "telly.resumes", ",".join(killed))
+    return killed
 
 
 @contextlib.contextmanager
@@ -62,16 +169,22 @@ def start_run(
     """Open an MLflow run for ``stage``; nested runs join the active parent run.
 
     ``run_id`` reopens an existing run (an Optuna study's run, shared by its sessions and workers).
+    A run tagged by :func:`resume_tags` as resumed marks KILLED the runs of the same saved state
+    that a killed process left RUNNING.
     """
     import mlflow
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(tracking_uri(params))
+    uri = tracking_uri(params)
+    ensure_store(uri)
+    mlflow.set_tracking_uri(uri)
     if not nested:
         mlflow.set_experiment(_experiment(mlflow, params, stage))
     all_tags = {"telly.stage": stage, "mlflow.source.git.commit": git_commit(), **(tags or {})}
     name = None if run_id else run_name or stage
     with mlflow.start_run(run_id=run_id, run_name=name, nested=nested, tags=all_tags) as run:
+        if all_tags.get(RESUMED_TAG) == "true":
+            close_killed_predecessors(run, all_tags[RESUME_TAG])
         if log_params:
             mlflow.log_params(flatten(log_params))
         yield run

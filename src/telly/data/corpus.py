@@ -47,7 +47,6 @@ class Counts:
     """Why rows were dropped, for the metrics file: nothing is skipped silently."""
 
     wheels: int = 0
-    wheels_bad_hash: int = 0
     wheels_unlisted: int = 0
     wheels_bad_zip: int = 0
     files: int = 0
@@ -272,8 +271,12 @@ def prepare(params: Params) -> dict[str, Any]:
         if digest not in pinned:
             name = wheel.name.split("-")[0].lower()
             if any(p.name == name for p in pinned.values()):
-                counts.wheels_bad_hash += 1
-                log.warning("%s: sha256 %s does not match %s; skipped", wheel, digest[:12], params.data.lockfile)
+                # A changed wheel changes the corpus and its splits: stop rather than go on with less.
+                raise TellyError(
+                    f"{wheel}: sha256 {digest[:12]}... does not match the hash pinned in {params.data.lockfile}; "
+                    "restore the pinned wheels with `dvc checkout data.dvc` (or re-download them with "
+                    "`telly data fetch`), or update the lock file if the change is intended"
+                )
             else:
                 counts.wheels_unlisted += 1
                 log.warning("%s: not listed in %s; skipped", wheel, params.data.lockfile)

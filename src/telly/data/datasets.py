@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from telly.config import ConfigError, Params, RealData, TaskSet, TasksParams
+from telly.errors import TellyError
 from telly.data import analysis, baselines, clones, loaders, mutants, rewrites
 from telly.jsonl import iter_jsonl, write_json, write_jsonl
 from telly.tasks import TASK_NAMES
@@ -452,6 +453,22 @@ def _functions_from_real(real: RealData, language: str) -> dict[str, Functions]:
     return {s: Functions(list(loaders.codesearchnet_functions(getattr(real, s))), language) for s in SPLITS}
 
 
+# Fewer functions than this in a split cannot fill a set's split (pairs, classes, a validation score):
+# stop here rather than write empty or near-empty sets that fail stages later.
+MIN_SPLIT_FUNCTIONS = 10
+
+
+def check_splits(functions: dict[str, Functions], files: dict[str, Path | str]) -> None:
+    """An empty or tiny split of the source is an error naming the split and its file."""
+    for split, fns in functions.items():
+        if len(fns.rows) < MIN_SPLIT_FUNCTIONS:
+            raise TellyError(
+                f"{files[split]}: the {split} split has {len(fns.rows)} function(s), fewer than "
+                f"{MIN_SPLIT_FUNCTIONS}; rerun `telly prepare` with more wheels or other "
+                "prepare.valid_fraction / test_fraction, or point the set at other data"
+            )
+
+
 def build(params: Params) -> dict:
     """Write every set; return the metrics."""
     p = params.tasks
@@ -469,8 +486,12 @@ def build(params: Params) -> dict:
             if real is None:
                 corpus = corpus or _corpus(params)
                 functions = corpus
+                corpus_dir = Path(params.data.corpus_dir) / params.prepare.language
+                files = {split: corpus_dir / f"{split}.jsonl" for split in SPLITS}
             else:
                 functions = _functions_from_real(real, params.prepare.language)
+                files = {split: getattr(real, split) for split in SPLITS}
+            check_splits(functions, files)
         label_offset = 0
         for split in SPLITS:
             size = getattr(task_set.sizes, split)

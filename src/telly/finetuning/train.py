@@ -59,7 +59,7 @@ from telly.finetuning.data import (
 from telly.finetuning.evaluate import Codebase, codebase_path, evaluate, load_codebase
 from telly.finetuning.heads import TaskModel
 from telly.jsonl import write_json
-from telly.tracking import start_run
+from telly.tracking import resume_tags, start_run
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +369,8 @@ def setup(
             "telly.family": variants.family(variant),
             "telly.cache_frozen": str(cached),
             **system,
+            # a killed predecessor of this run (same state folder and settings) is marked KILLED
+            **resume_tags(f"{state_dir}:{fingerprint}", resumed=resumed is not None),
         },
         system=system,
         adapted=adapted,

@@ -71,11 +71,18 @@ def _resolve(name_or_path: str) -> str:
                 f"a save_pretrained model folder; {OFFLINE_HINT}"
             )
         return str(path.resolve())
-    # hub ids are "name" or "org/name"; anything else can only be a local path
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    # hub ids are "name" or "org/name"; anything else can only be a local path, and so is
+    # "org/name" when "org" is a local folder (models/does-not-exist is a typo, not a hub id)
+    looks_local = (
+        name_or_path.startswith((".", "/", "~"))
+        or name_or_path.count("/") > 1
+        or (name_or_path.count("/") == 1 and path.parent.is_dir())
+    )
     if looks_local or name_or_path == DEFAULT_MODEL:
         hint = " (run `dvc repro pretrain` to build it)" if Path(name_or_path) == Path(DEFAULT_MODEL) else ""
-        raise ModelLoadError(f"model.name_or_path = {name_or_path!r}: no such folder{hint}; {OFFLINE_HINT}")
+        raise ModelLoadError(
+            f"model.name_or_path = {name_or_path!r}: no such folder {path.absolute()}{hint}; {OFFLINE_HINT}"
+        )
     return name_or_path  # a hub id such as microsoft/unixcoder-base
 
 
@@ -103,9 +110,30 @@ def _from_pretrained(loader: Any, source: str, name_or_path: str, what: str, **k
         ) from None
 
 
+def _check_weight_files(source: str, name_or_path: str) -> None:
+    """A local safetensors file that is truncated or not safetensors at all is named, with the setting."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(source)
+    if not folder.is_dir():
+        return  # a hub id: transformers downloads and checks it
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass  # reading the header checks it and that the file is as long as it says
+        except (SafetensorError, OSError) as err:
+            raise ModelLoadError(
+                f"model.name_or_path = {name_or_path!r}: weights file {weights} is corrupt or truncated "
+                f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); copy or rebuild the model "
+                f"folder, or point model.name_or_path at another one"
+            ) from None
+
+
 def _load_weights(loader: Any, source: str, name_or_path: str, config: Any, seed: int) -> Any:
     """Weights of the base encoder; a one-line summary replaces transformers' key table."""
     import transformers
+
+    _check_weight_files(source, name_or_path)
 
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()

@@ -9,12 +9,14 @@ from typing import Any
 
 from telly.config import Params
 from telly.reporting import peft, tables
-from telly.reporting.claims import NOT_CHECKED, REPRODUCED, deepest_within
+from telly.reporting.claims import NOT_CHECKED, NOT_REPRODUCED, REPRODUCED, deepest_within
 from telly.reporting.inputs import PROPERTIES, Inputs
 from telly.reporting.verdicts import MAIN_METRIC, Claim, probe_peaks, task_metrics
 from telly.runtime import git_commit
 
-MARK = {REPRODUCED: "✅ reproduced", "not reproduced": "❌ not reproduced", NOT_CHECKED: "⏳ not checked"}
+# Verdict marks: text symbols every common font has (emoji such as ✅/❌ show as empty boxes on a
+# machine without an emoji font); report.html draws them as coloured badges (html.VERDICT_CLASS).
+MARK = {REPRODUCED: "✓ reproduced", NOT_REPRODUCED: "✗ not reproduced", NOT_CHECKED: "– not checked"}
 STAGE_OF = {
     "rq1": "RQ1 probing",
     "rq2": "RQ2 similarity",

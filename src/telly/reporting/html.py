@@ -17,7 +17,24 @@ td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; }
 blockquote { background: #fff6db; border-left: 4px solid #e0b000; margin: 0.5em 0; padding: 0.3em 1em; }
 code { background: #f3f3f3; padding: 0 0.2em; }
+.verdict { display: inline-block; padding: 0 0.45em; border-radius: 0.3em; color: #fff; font-weight: 600;
+           white-space: nowrap; }
+.verdict.yes { background: #1a7f37; }
+.verdict.no { background: #cf222e; }
+.verdict.unchecked { background: #6e7781; }
 """
+
+# registry: verdict -> badge class (the verdicts are telly.reporting.claims's)
+VERDICT_CLASS = {"reproduced": "yes", "not reproduced": "no", "not checked": "unchecked"}
+
+
+def _badges(body: str) -> str:
+    """The Markdown's verdict marks (document.MARK) as CSS badges: no glyph, so no font is needed."""
+    from telly.reporting.document import MARK
+
+    for verdict, mark in sorted(MARK.items(), key=lambda kv: -len(kv[1])):
+        body = body.replace(mark, f'<span class="verdict {VERDICT_CLASS[verdict]}">{verdict}</span>')
+    return body
 
 
 def to_html(markdown: str, base_dir: Path, title: str = "Telly study report") -> str:
@@ -31,7 +48,7 @@ def to_html(markdown: str, base_dir: Path, title: str = "Telly study report") ->
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         return f'src="data:image/png;base64,{data}"'
 
-    body = re.sub(r'src="([^":]+\.png)"', inline, body)
+    body = _badges(re.sub(r'src="([^":]+\.png)"', inline, body))
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
         f"<style>{STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"

@@ -28,7 +28,7 @@ import optuna
 from telly.config import Params
 from telly.errors import TellyError
 from telly.tuning.space import Choice, SearchSpace
-from telly.tuning.study import queue_again
+from telly.tuning.study import origin, queue_again
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,10 @@ class Objective:
 
     def work_dir(self, trial: optuna.Trial) -> Path:
         """A resumed trial reuses the folder of the trial it resumes."""
-        origin = trial.user_attrs.get("resumes", trial.number)
-        return Path(self.params.tune.work_dir) / self.study_name / f"trial-{origin}"
+        return Path(self.params.tune.work_dir) / self.study_name / f"trial-{origin(trial)}"
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        from telly.tracking import start_run
+        from telly.tracking import resume_tags, start_run
 
         choice = self.space.suggest(trial)
         work = self.work_dir(trial)
@@ -114,6 +113,8 @@ class Objective:
             "optuna.trial": str(trial.number),
             "telly.task": self.task,
             "telly.variant": choice.variant,
+            # a retry marks KILLED the MLflow run a dead worker left RUNNING for the same trial folder
+            **resume_tags(str(work.resolve()), resumed=origin(trial) != trial.number),
         }
         logged = {
             "k": choice.k,

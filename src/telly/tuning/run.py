@@ -11,6 +11,7 @@ run.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -20,7 +21,7 @@ from telly.errors import TellyError
 from telly.tuning.objective import Objective, TrainFn, trial_failures
 from telly.tuning.report import write_outputs
 from telly.tuning.space import SearchSpace
-from telly.tuning.study import Budget, open_study, printable, storage_url, study_name
+from telly.tuning.study import Budget, fail_stale, open_study, printable, settle, storage_url, study_name
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +102,27 @@ def tune(
     with start_run(params, "tune", name, run_id=parent_id, tags=tags, log_params=first) as run:
         if parent_id is None:
             study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
-        reason = budget.exhausted(study)
-        if reason:
-            log.info("%s: nothing to run, %s", name, reason)
-        else:
+        fail_stale(study)  # trials of workers that died since the last session: failed and queued again
+        objective = Objective(params, task, space, train_fn, name)
+        started = time.monotonic()
+
+        def run_trials() -> bool:
+            left = None if timeout is None else timeout * 60 - (time.monotonic() - started)
+            if left is not None and left <= 0:
+                return False
+            reason = budget.exhausted(study)
+            if reason:
+                log.info("%s: nothing to run, %s", name, reason)
+                return False
             with tqdm(total=budget.n_trials, initial=budget.finished(study), desc=f"tune {task}", unit="trial") as bar:
                 budget.progress = bar
                 study.optimize(
-                    Objective(params, task, space, train_fn, name),
-                    timeout=None if timeout is None else timeout * 60,
-                    catch=trial_failures(),
-                    callbacks=[budget],
-                    gc_after_trial=_on_gpu(),
+                    objective, timeout=left, catch=trial_failures(), callbacks=[budget], gc_after_trial=_on_gpu()
                 )
+            return True
+
+        run_trials()
+        settle(study, params, run_trials)  # another worker died mid-trial: its trial is retried, none left RUNNING
         summary = write_outputs(study, space, task, printable(url), cfg.results_dir, cfg.seed)
         mlflow.log_metrics({f"trials_{state}": n for state, n in summary["trials"].items()})
         if summary["best"] is not None:

@@ -5,15 +5,21 @@ rerun loads the same study (``load_if_exists``) and tops it up. Any SQLAlchemy U
 (PostgreSQL, MySQL) lets several workers on several machines fill one study --
 Optuna's own distributed mode: each worker asks the database for its next trial.
 
-Trials send a heartbeat; a trial whose worker died without a word (killed, machine
-lost) is marked failed once its heartbeat is stale and queued again with the same
-settings, and it resumes from its last saved epoch.
+Trials send a heartbeat (``tune.heartbeat_seconds``); a trial whose worker died without
+a word (SIGKILL, machine lost) is marked failed once its heartbeat is older than
+``tune.grace_seconds`` and queued again with the same settings by Optuna's
+``RetryHeartbeatStaleTrialCallback`` (at most ``tune.max_retries`` times). Any worker
+that asks for a trial, or starts or ends a session, fails stale trials first; the copy
+resumes from the dead trial's saved state in ``tune.work_dir`` (a folder all workers
+share).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +32,6 @@ from telly.tuning.space import NO_METHOD, SearchSpace
 log = logging.getLogger(__name__)
 
 SPACE_ATTR = "telly.search_space"
-HEARTBEAT_SECONDS = 30
-GRACE_SECONDS = 120  # a RUNNING trial without a heartbeat for this long is dead
 SQLITE_LOCK_SECONDS = 60  # several processes on one SQLite file wait this long for its lock
 
 
@@ -59,29 +63,79 @@ def printable(url: str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+def _system_attrs(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+    if isinstance(trial, optuna.trial.FrozenTrial):
+        return trial.system_attrs
+    return trial.storage.get_trial_system_attrs(trial._trial_id)  # a live Trial does not expose them
+
+
+def origin(trial: optuna.trial.BaseTrial) -> int:
+    """The trial whose saved state this one resumes: itself, or the first of its line of retries."""
+    if "resumes" in trial.user_attrs:  # queued again after an interrupt (kept by heartbeat retries too)
+        return trial.user_attrs["resumes"]
+    retried = _system_attrs(trial).get("failed_trial")  # RetryHeartbeatStaleTrialCallback's mark
+    return trial.number if retried is None else retried
+
+
+def predecessor(trial: optuna.trial.BaseTrial) -> int | None:
+    """The failed trial this one retries, if any."""
+    history = _system_attrs(trial).get("retry_history")
+    return history[-1] if history else trial.user_attrs.get("follows")
+
+
 def queue_again(study: optuna.Study, trial: optuna.trial.BaseTrial) -> None:
     """Queue a trial's settings again: the copy ``follows`` it and ``resumes`` the first one's saved state."""
-    origin = trial.user_attrs.get("resumes", trial.number)
-    study.enqueue_trial(trial.params, user_attrs={"resumes": origin, "follows": trial.number}, skip_if_exists=False)
+    study.enqueue_trial(
+        trial.params, user_attrs={"resumes": origin(trial), "follows": trial.number}, skip_if_exists=False
+    )
     log.info("trial %d of %s is queued again and will resume from its saved state", trial.number, study.study_name)
 
 
-def resume_later(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Heartbeat callback: a trial whose worker died is queued again."""
-    queue_again(study, trial)
-
-
-def open_storage(url: str) -> optuna.storages.RDBStorage:
+def open_storage(url: str, params: Params) -> optuna.storages.RDBStorage:
+    """The study database, with heartbeats: a dead worker's trial is failed and retried (up to ``max_retries``)."""
     engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_SECONDS}} if url.startswith("sqlite") else {}
+    tune = params.tune
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
         return optuna.storages.RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=resume_later,
+            heartbeat_interval=tune.heartbeat_seconds,
+            grace_period=tune.grace_seconds,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=tune.max_retries, inherit_intermediate_values=True
+            ),
         )
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail the trials of dead workers now (Optuna does it only before it starts a trial); they are retried."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def settle(study: optuna.Study, params: Params, run_more: Callable[[], bool]) -> None:
+    """At the end of a session: wait (at most a grace period) for other workers' running trials to end or go stale.
+
+    A trial left RUNNING by a dead worker is failed once its heartbeat is stale and retried here
+    (``run_more``, which says whether it could run trials), so a study ends with no trial RUNNING
+    even when the last worker standing would otherwise stop first. A live worker's trial keeps its
+    heartbeat fresh: it is not waited for longer than the grace period.
+    """
+    tune = params.tune
+    deadline = time.monotonic() + tune.grace_seconds + tune.heartbeat_seconds
+    while True:
+        fail_stale(study)
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        if TrialState.WAITING in states:
+            if not run_more():
+                return  # the session may not run more (its timeout is spent): a later session will
+            deadline = time.monotonic() + tune.grace_seconds + tune.heartbeat_seconds
+            continue
+        if TrialState.RUNNING not in states or time.monotonic() > deadline:
+            return
+        time.sleep(tune.heartbeat_seconds)
 
 
 def make_sampler(params: Params, space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -102,7 +156,7 @@ def open_study(params: Params, task: str, space: SearchSpace, url: str) -> optun
     """Load the study or create it; a stored search space that differs is an error."""
     name = study_name(params, task)
     study = optuna.create_study(
-        storage=open_storage(url),
+        storage=open_storage(url, params),
         study_name=name,
         directions=space.directions,
         load_if_exists=True,
@@ -130,7 +184,7 @@ def _enqueue_default(params: Params, task: str, space: SearchSpace, study: optun
 def counts(study: optuna.Study) -> dict[str, int]:
     """Trials by state; ``interrupted`` trials (failed, then queued again to resume) are not failures."""
     trials = study.get_trials(deepcopy=False)
-    followed = {t.user_attrs["follows"] for t in trials if "follows" in t.user_attrs}
+    followed = {predecessor(t) for t in trials} - {None}
     out = {s.name.lower(): 0 for s in TrialState}
     out["interrupted"] = 0
     for t in trials:
@@ -157,6 +211,8 @@ class Budget:
 
     def exhausted(self, study: optuna.Study) -> str | None:
         c = counts(study)
+        if c["waiting"]:
+            return None  # queued trials (retries of interrupted or dead workers' trials) run even past n_trials
         if c["complete"] + c["pruned"] >= self.n_trials:
             return f"the study has {c['complete'] + c['pruned']} finished trials (n_trials = {self.n_trials})"
         if c["fail"] >= self.max_failed:
