@@ -9,9 +9,9 @@ from typing import Any
 
 from telly.config import Params
 from telly.reporting import tables
-from telly.reporting.claims import NOT_CHECKED, REPRODUCED, deepest_within
+from telly.reporting.claims import MAIN_METRIC, Claim, probe_peaks, task_metrics
 from telly.reporting.inputs import PROPERTIES, Inputs
-from telly.reporting.verdicts import MAIN_METRIC, Claim, probe_peaks, task_metrics
+from telly.reporting.verdicts import NOT_CHECKED, REPRODUCED, deepest_within
 from telly.runtime import git_commit
 
 MARK = {REPRODUCED: "✅ reproduced", "not reproduced": "❌ not reproduced", NOT_CHECKED: "⏳ not checked"}

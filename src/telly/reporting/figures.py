@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from telly.reporting.claims import MAIN_METRIC, variant_k
 from telly.reporting.inputs import PROPERTIES, STATES, Inputs
-from telly.reporting.verdicts import MAIN_METRIC, variant_k
 
 STATE_COLORS = {"random": "tab:gray", "pretrained": "tab:blue", "finetuned": "tab:orange"}
 

@@ -12,10 +12,10 @@ from telly.config import Params
 from telly.errors import TellyError
 from telly.jsonl import write_json
 from telly.reporting import document, figures
+from telly.reporting.claims import MAIN_METRIC, Claim, check_claims
 from telly.reporting.html import to_html
 from telly.reporting.inputs import Inputs, read_inputs
 from telly.reporting.paper import load_paper
-from telly.reporting.verdicts import MAIN_METRIC, Claim, check_claims
 
 log = logging.getLogger(__name__)
 

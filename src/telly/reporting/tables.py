@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from telly.finetuning.table import METRICS, clock, task_table
+from telly.reporting.claims import MAIN_METRIC
 from telly.reporting.inputs import PROPERTIES, STATES, Probing, Similarity
-from telly.reporting.verdicts import MAIN_METRIC
 
 STATE_LABEL = {"random": "random", "pretrained": "pre-trained", "finetuned": "fine-tuned"}
 
