@@ -74,7 +74,7 @@ def test_each_claim_fails_where_the_results_contradict_it(params, tmp_path):
     }
     evidence = json.loads((tmp_path / "reports/claims.json").read_text())
     assert "lexical peaks at h3, syntactic at h2" in evidence["lexical_below_syntactic"]["evidence"]
-    assert "outside: 0" in evidence["telly_within_base"]["evidence"]
+    assert "code_search: K=0: -5.0% [-5.0, -5.0] not reproduced" in evidence["telly_within_base"]["evidence"]
 
 
 def test_missing_inputs_are_named_with_the_stage_to_run(params, tmp_path):

@@ -531,11 +531,17 @@ class ReportParams(Section):
         gt=0, le=1, description="a lower hidden state is preserved at this similarity or above"
     )
     within_base_tolerance: float = Field(
-        ge=0, lt=1, description="Telly-K keeps Base quality: main metric >= (1 - this) x Base"
+        ge=0,
+        lt=1,
+        description="non-inferiority margin: Telly-K keeps Base quality when the interval of "
+        "(K / Base - 1) stays above -this",
     )
     within_base_min_depth: float = Field(
         gt=0, le=1, description="claim holds when the first K = ceil(depth x L) - 1 layers can be frozen"
     )
+    ci_level: float = Field(gt=0.5, lt=1.0, description="paired bootstrap intervals of the RQ3 claims (0.95)")
+    bootstrap_resamples: int = Field(ge=100, description="resamples per interval (scipy.stats.bootstrap, BCa)")
+    bootstrap_seed: int
     paper_regime: PaperRegimeParams
     track: bool = Field(description="log the report and the claim verdicts to MLflow (experiment <prefix>-report)")
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from telly.finetuning import examples as E
 from telly.finetuning import metrics as M
 from telly.finetuning.caching import HiddenCache
 from telly.finetuning.data import SEQUENCE_FIELDS, Tokens, collate
@@ -26,6 +27,15 @@ Gather = Callable[..., Any]  # every process's outputs of one batch, in example 
 
 def _same(outputs: Any, **_: Any) -> Any:
     return outputs
+
+
+class Evaluation(dict):
+    """The aggregate metrics (a plain ``{name: value}`` dict, ``score`` included) with ``.examples``: one row of
+    per-example scores per evaluated example, in order (:mod:`telly.finetuning.examples`)."""
+
+    def __init__(self, metrics: dict[str, float], examples: list[dict]):
+        super().__init__(metrics)
+        self.examples = examples
 
 
 @torch.no_grad()
@@ -62,13 +72,14 @@ def evaluate(
     threshold: float | None = None,
     caches: dict[str, HiddenCache] | None = None,
     gather: Gather = _same,
-) -> dict[str, float]:
+) -> Evaluation:
     """Metrics of ``model`` on ``examples``, read in ``batches`` of example indices. Clone
     detection picks its threshold on these examples unless ``threshold`` (chosen on valid) is given.
 
     Data-parallel, ``batches`` is this process's share (a loader prepared by accelerate) and
     ``gather`` is ``accelerator.gather_for_metrics``: every process's outputs come back in example
-    order, once each, so every process computes the metrics of the whole split."""
+    order, once each, so every process computes the metrics of the whole split. The per-example scores come
+    back beside them (``.examples``)."""
     caches = caches or {}
     task = model.task
     if task in SEQUENCE_FIELDS:
@@ -76,13 +87,14 @@ def evaluate(
         va = embed_all(model, examples, a, tok.pad, batches, caches.get(a), gather)
         vb = embed_all(model, examples, b, tok.pad, batches, caches.get(b), gather)
         if task == "code_search":
-            out = M.retrieval_metrics((va @ vb.T).numpy())
-            return {**out, "score": out["mrr"]}
+            scores = (va @ vb.T).numpy()
+            out = M.retrieval_metrics(scores)
+            return Evaluation({**out, "score": out["mrr"]}, E.search_rows(scores))
         cos = (va * vb).sum(-1).numpy()
         labels = np.array([ex["label"] for ex in examples])
         chosen = M.best_threshold(cos, labels) if threshold is None else threshold
         out = M.classification_metrics(cos, labels, chosen)
-        return {**out, "score": out["f1"]}
+        return Evaluation({**out, "score": out["f1"]}, E.clone_rows(cos >= chosen, labels))
 
     hyps: list[str] = []
     for idx in batches:
@@ -99,6 +111,7 @@ def evaluate(
         texts = [" ".join(tokenizer.decode(g, skip_special_tokens=True).split()) for g in generated]
         hyps += gather(texts, use_gather_object=True)  # python objects, not tensors
     refs = [" ".join(ex["reference"].split()) for ex in examples]
+    rows = E.generation_rows(task, refs, hyps)
     if task == "code_summarization":
         out = {
             "bleu": M.smoothed_bleu4(refs, hyps),
@@ -106,9 +119,9 @@ def evaluate(
             "rouge_l": M.rouge_l(refs, hyps),
             "cider": M.cider(refs, hyps),
         }
-        return {**out, "score": out["bleu"]}
+        return Evaluation({**out, "score": out["bleu"]}, rows)
     if task == "code_generation":
         out = {"bleu": M.corpus_bleu_codexglue(refs, hyps), "em": M.exact_match(refs, hyps)}
-        return {**out, "score": out["bleu"] + out["em"]}
+        return Evaluation({**out, "score": out["bleu"] + out["em"]}, rows)
     out = {"em": M.exact_match(refs, hyps), "edit_sim": M.edit_similarity(refs, hyps)}
-    return {**out, "score": out["em"] + out["edit_sim"]}
+    return Evaluation({**out, "score": out["em"] + out["edit_sim"]}, rows)

@@ -39,14 +39,22 @@ def clock(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-def load_runs(folder: Path) -> list[dict]:
+def load_runs(folder: Path, *, examples: bool = False) -> list[dict]:
+    """Every run json of one task: ``<variant>/seed<S>.json`` (one per seed), or an older ``<variant>.json``;
+    sorted by variant, then seed. ``examples=True`` adds each run's per-example rows (None when absent)."""
+    from telly.finetuning.examples import read_examples
+
     runs = []
-    for path in sorted(Path(folder).glob("*.json")):
+    folder = Path(folder)
+    for path in sorted([*folder.glob("*.json"), *folder.glob("*/seed*.json")]):
         try:
-            runs.append(json.loads(path.read_text(encoding="utf-8")))
+            run = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise TellyError(f"{path}: not valid JSON ({err.msg})") from None
-    return sorted(runs, key=lambda r: _variant_order(r["variant"]))
+        if examples:
+            run["examples"] = read_examples(path)
+        runs.append(run)
+    return sorted(runs, key=lambda r: (_variant_order(r["variant"]), r.get("settings", {}).get("seed", 0)))
 
 
 def task_table(task: str, runs: list[dict]) -> pd.DataFrame:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from telly.config import ReportParams
+from telly.errors import TellyError
+from telly.finetuning import examples as E
 from telly.finetuning.table import METRICS
+from telly.reporting import evidence as ev
 from telly.reporting import verdicts as vd
 from telly.reporting.inputs import Inputs, Regime
 from telly.reporting.paper import paper_variant_metrics
@@ -69,9 +75,125 @@ def num_layers(runs: list[dict[str, Any]]) -> int | None:
 
 
 def task_metrics(regime: Regime | None, task: str) -> dict[int | None, float]:
+    """Main test metric per K (None = Base), the mean over the variant's seeds."""
     if regime is None:
         return {}
-    return {variant_k(r["variant"]): r["test"][MAIN_METRIC[task]] for r in regime.runs.get(task, [])}
+    values: dict[int | None, list[float]] = {}
+    for r in regime.runs.get(task, []):
+        values.setdefault(variant_k(r["variant"]), []).append(r["test"][MAIN_METRIC[task]])
+    return {k: float(np.mean(v)) for k, v in values.items()}
+
+
+# ------------------------------------------------------------------ RQ3 evidence
+
+
+@dataclass
+class TaskEvidence:
+    """One task's RQ3 evidence: does Base learn (vs its baseline), and is each Telly-K non-inferior to Base."""
+
+    task: str
+    verdict: vd.Verdict  # the task's verdict on the claim
+    learns: vd.Verdict | None = None  # Base vs the no-training baseline (None: no baseline result)
+    per_k: dict[int, vd.Verdict] = field(default_factory=dict)  # K -> non-inferiority verdict
+    deepest_k: int | None = None  # deepest K with every K' <= K non-inferior (reproduced)
+    needed_k: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict.verdict,
+            "evidence": self.verdict.evidence,
+            "learns": None if self.learns is None else {"verdict": self.learns.verdict, **self.learns.details},
+            "per_k": {str(k): {"verdict": v.verdict, **v.details} for k, v in self.per_k.items()},
+            "deepest_k": self.deepest_k,
+            "needed_k": self.needed_k,
+        }
+
+
+def per_seed_statistics(task: str, runs: list[dict[str, Any]], baseline: dict[str, Any] | None) -> tuple:
+    """``({K: [stats per seed]}, baseline stats or None)`` on the same test rows; runs without per-example rows
+    are left out."""
+    named = {f"{r['variant']}/seed{r.get('settings', {}).get('seed', i)}": r for i, r in enumerate(runs)}
+    rows = {n: r["examples"] for n, r in named.items() if r.get("examples")}
+    if baseline is not None and baseline.get("examples"):
+        rows["baseline"] = baseline["examples"]
+    if not rows:
+        return {}, None
+    stats = E.aligned(task, rows)
+    by_k: dict[int | None, list[np.ndarray]] = {}
+    for name, r in named.items():
+        if name in stats:
+            by_k.setdefault(variant_k(r["variant"]), []).append(stats[name])
+    return by_k, stats.get("baseline")
+
+
+def task_evidence(
+    task: str,
+    runs: list[dict[str, Any]],
+    baseline: dict[str, Any] | None,
+    num_layers: int | None,
+    settings: ReportParams,
+) -> TaskEvidence:
+    """The non-inferiority of every Telly-K up to ceil(min_depth x L) - 1 against Base, on a task that learns."""
+    conf = {"level": settings.ci_level, "resamples": settings.bootstrap_resamples, "seed": settings.bootstrap_seed}
+    try:
+        by_k, base_line = per_seed_statistics(task, runs, baseline)
+    except TellyError as err:
+        return TaskEvidence(task, vd.not_checked(str(err)))
+    if None not in by_k or num_layers is None:
+        return TaskEvidence(task, vd.not_checked("needs Base runs with per-example test scores (rerun finetune)"))
+    need = max(math.ceil(settings.within_base_min_depth * num_layers) - 1, 0)
+    out = TaskEvidence(task, vd.not_checked(""), needed_k=need)
+    if base_line is None:
+        out.verdict = vd.not_checked("no no-training baseline with per-example scores: run `dvc repro baseline`")
+        return out
+    out.learns = ev.check_learns(task, by_k[None], base_line, **conf)
+    if out.learns.verdict != vd.REPRODUCED:
+        out.verdict = vd.not_checked(f"the task does not learn here: {out.learns.evidence}")
+        return out
+    ks = sorted(k for k in by_k if k is not None and k <= need)
+    if need not in by_k:
+        out.verdict = vd.not_checked(
+            f"needs Telly-K runs for K = 0..{need}; have K = {sorted(k for k in by_k if k is not None)}"
+        )
+        return out
+    why = ev.degenerate(task, by_k[None], [by_k[k] for k in ks])
+    if why:
+        out.verdict = vd.not_checked(why)
+        return out
+    for k in sorted(k for k in by_k if k is not None):
+        interval = ev.relative_difference(task, by_k[None], by_k[k], **conf)
+        out.per_k[k] = ev.non_inferiority(interval, settings.within_base_tolerance, f"Telly-{k} vs Base")
+    for k in sorted(out.per_k):
+        if out.per_k[k].verdict != vd.REPRODUCED:
+            break
+        out.deepest_k = k
+    needed = {k: out.per_k[k] for k in ks}
+    text = "; ".join(
+        f"K={k}: {v.details['interval']['estimate']:+.1f}% [{v.details['interval']['low']:+.1f}, "
+        f"{v.details['interval']['high']:+.1f}] {v.verdict}"
+        for k, v in needed.items()
+    )
+    text += f" (needs K = 0..{need} within {settings.within_base_tolerance:.0%})"
+    if any(v.verdict == vd.NOT_REPRODUCED for v in needed.values()):
+        out.verdict = vd.Verdict(vd.NOT_REPRODUCED, text)
+    elif all(v.verdict == vd.REPRODUCED for v in needed.values()):
+        out.verdict = vd.Verdict(vd.REPRODUCED, text)
+    else:
+        widest = max(v.details["interval"]["half_width"] for v in needed.values())
+        out.verdict = vd.Verdict(vd.INCONCLUSIVE, text + f"; smallest detectable difference up to ±{widest:.1f}%")
+    return out
+
+
+def rq3_evidence(inputs: Inputs, settings: ReportParams) -> dict[str, TaskEvidence]:
+    main = inputs.regimes[0] if inputs.regimes else None
+    if main is None:
+        return {}
+    layers = num_layers([r for runs in main.runs.values() for r in runs])
+    return {
+        task: task_evidence(task, runs, inputs.baselines.get(task), layers, settings)
+        for task, runs in main.runs.items()
+        if task in MAIN_METRIC
+    }
 
 
 # ------------------------------------------------------------------ the claims
@@ -84,10 +206,9 @@ def check_claims(inputs: Inputs, settings: ReportParams, paper: dict[str, Any]) 
     peaks, how = probe_peaks(inputs)
     paper_curves = paper["rq2"]["similarity"]
     curves = similarity_curves(inputs)
-    main = inputs.regimes[0] if inputs.regimes else None
     layers_paper = paper["model"]["layers"]
 
-    def within(metrics_of, layers):
+    def within(metrics_of, layers):  # the paper's numbers: a point rule (no per-example scores published)
         verdicts = {}
         for task in MAIN_METRIC:
             metrics = metrics_of(task)
@@ -98,7 +219,9 @@ def check_claims(inputs: Inputs, settings: ReportParams, paper: dict[str, Any]) 
             )
         return vd.all_tasks(verdicts)
 
-    run_layers = num_layers([r for runs in main.runs.values() for r in runs]) if main else None
+    evidence = rq3_evidence(inputs, settings)
+    run_within = vd.all_tasks({t: e.verdict for t, e in evidence.items()})
+    run_within.details["tasks"] = {t: e.to_json() for t, e in evidence.items()}
     sim_why = "; ".join(filter(None, [inputs.missing.get("rq2")]))
     return [
         Claim(
@@ -143,7 +266,7 @@ def check_claims(inputs: Inputs, settings: ReportParams, paper: dict[str, Any]) 
             f"Telly-K stays within {settings.within_base_tolerance:.0%} of Base while freezing "
             f"the bottom {settings.within_base_min_depth:.0%} of the layers",
             "RQ3",
-            within(lambda t: task_metrics(main, t), run_layers),
+            run_within if evidence else vd.not_checked(inputs.missing.get("rq3", "no runs")),
             within(lambda t: paper_variant_metrics(paper, t, MAIN_METRIC[t]), layers_paper),
         ),
     ]

@@ -2,8 +2,9 @@
 
 Each rule is a pure function of plain numbers (curves, peaks, metrics per K), so the same
 rule says whether the paper's own numbers support the claim and whether this run does.
-A verdict is ``reproduced``, ``not reproduced`` or ``not checked`` (inputs missing), always
-with the numbers that decided it.
+A verdict is ``reproduced``, ``not reproduced``, ``inconclusive`` (an interval that spans the
+margin: :mod:`telly.reporting.evidence`) or ``not checked`` (inputs missing, or a degenerate
+metric), always with the numbers that decided it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 REPRODUCED, NOT_REPRODUCED, NOT_CHECKED = "reproduced", "not reproduced", "not checked"
+INCONCLUSIVE = "inconclusive"
 
 
 @dataclass
@@ -147,9 +149,15 @@ def _ks(ks: Sequence[int]) -> str:
 
 
 def all_tasks(verdicts: Mapping[str, Verdict]) -> Verdict:
-    """One verdict from per-task verdicts: reproduced when every checked task is."""
+    """One verdict from per-task verdicts, over the checked tasks: not reproduced when one is not,
+    reproduced when every one is, else inconclusive."""
     checked = {t: v for t, v in verdicts.items() if v.verdict != NOT_CHECKED}
     text = "; ".join(f"{t}: {v.evidence} ({v.verdict})" for t, v in verdicts.items())
+    details = {"per_task": {t: v.verdict for t, v in verdicts.items()}}
     if not checked:
-        return Verdict(NOT_CHECKED, text or "no task results")
-    return _decide(all(v.holds for v in checked.values()), text, per_task={t: v.verdict for t, v in verdicts.items()})
+        return Verdict(NOT_CHECKED, text or "no task results", details)
+    if any(v.verdict == NOT_REPRODUCED for v in checked.values()):
+        return Verdict(NOT_REPRODUCED, text, details)
+    if all(v.verdict == REPRODUCED for v in checked.values()):
+        return Verdict(REPRODUCED, text, details)
+    return Verdict(INCONCLUSIVE, text, details)
