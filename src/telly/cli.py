@@ -215,6 +215,19 @@ def finetune(
 
 
 @app.command()
+def baseline(
+    task: Annotated[
+        str, typer.Argument(help="code_search, clone_detection, code_summarization, code_generation, line_completion")
+    ],
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """RQ3: the task's no-training baseline on the fine-tuning test rows (results/baselines/<task>.json)."""
+    from telly.finetuning.baselines import run
+
+    print(run(_params(params), task))
+
+
+@app.command()
 def tune(
     task: Annotated[
         str, typer.Argument(help="code_search, clone_detection, code_summarization, code_generation, line_completion")
