@@ -28,6 +28,70 @@ class Claim:
     rq: str
     run: vd.Verdict
     paper: vd.Verdict
+    firm: bool = False  # this run's verdict survives the noise it can measure (seeds, intervals)
+    firmness: str = ""  # why (not) firm, for the report
+
+
+def seed_peaks(inputs: Inputs, state: str = "pretrained") -> dict[str, list[int]]:
+    """Peak hidden state of each probe seed's layer-wise curve, per property (empty without per-seed curves)."""
+    if inputs.probing is None:
+        return {}
+    out = {}
+    for prop, d in inputs.probing.details.get(state, {}).items():
+        curves = (d.get("layer-wise") or {}).get(f"per_seed_{d.get('metric')}")
+        if curves:
+            out[prop] = [max(range(len(c)), key=c.__getitem__) for c in curves]
+    return out
+
+
+def firm_peaks(claim: Claim, per_seed: dict[str, list[int]], lower: str, higher: str) -> Claim:
+    """A peak order is firm when every probe seed's own peaks give the same verdict."""
+    if claim.run.verdict == vd.NOT_CHECKED:
+        return claim
+    if lower not in per_seed or higher not in per_seed:
+        claim.firmness = "no per-seed probe curves: stability across seeds unknown"
+        return claim
+    seeds = [
+        vd.peaks_lower({lower: a, higher: b}, lower, higher, how="").verdict
+        for a, b in zip(per_seed[lower], per_seed[higher])
+    ]
+    claim.firm = all(v == claim.run.verdict for v in seeds)
+    claim.firmness = f"per probe seed: {lower} h{per_seed[lower]}, {higher} h{per_seed[higher]}: " + (
+        "same verdict for every seed" if claim.firm else "the seeds disagree"
+    )
+    return claim
+
+
+def firm_similarity(claim: Claim, inputs: Inputs, rule) -> Claim:
+    """A similarity verdict is firm when the rule gives the same verdict on the intervals' low and high curves."""
+    sim = inputs.similarity
+    if claim.run.verdict == vd.NOT_CHECKED or sim is None:
+        return claim
+    ends = {}
+    for end, curves in (("low", sim.low), ("high", sim.high)):
+        usable = {t: c for t, c in curves.items() if c and all(x is not None for x in c)}
+        if len(usable) != len(sim.curves):
+            claim.firmness = "no similarity intervals: firmness unknown"
+            return claim
+        ends[end] = rule(usable).verdict
+    claim.firm = all(v == claim.run.verdict for v in ends.values())
+    claim.firmness = (
+        "same verdict at both ends of the similarity intervals"
+        if claim.firm
+        else (f"the intervals' ends disagree (low: {ends['low']}, high: {ends['high']})")
+    )
+    return claim
+
+
+def firm_rq3(claim: Claim) -> Claim:
+    """RQ3 rests on paired intervals: firm when reproduced or not reproduced (not inconclusive, not checked)."""
+    claim.firm = claim.run.verdict in (vd.REPRODUCED, vd.NOT_REPRODUCED)
+    claim.firmness = (
+        "decided by paired bootstrap intervals"
+        if claim.firm
+        else "inconclusive or not checked: see the per-task evidence"
+    )
+    return claim
 
 
 # ------------------------------------------------------------------ this run's numbers
@@ -223,7 +287,9 @@ def check_claims(inputs: Inputs, settings: ReportParams, paper: dict[str, Any]) 
     run_within = vd.all_tasks({t: e.verdict for t, e in evidence.items()})
     run_within.details["tasks"] = {t: e.to_json() for t, e in evidence.items()}
     sim_why = "; ".join(filter(None, [inputs.missing.get("rq2")]))
-    return [
+    per_seed = seed_peaks(inputs)
+    preserved = lambda cs: vd.lower_layers_preserved(cs, settings.lower_layers_fraction, settings.preserve_threshold)  # noqa: E731
+    claims = [
         Claim(
             "lexical_below_syntactic",
             "Lexical properties peak in lower layers than syntactic ones",
@@ -270,3 +336,11 @@ def check_claims(inputs: Inputs, settings: ReportParams, paper: dict[str, Any]) 
             within(lambda t: paper_variant_metrics(paper, t, MAIN_METRIC[t]), layers_paper),
         ),
     ]
+    by_id = {c.id: c for c in claims}
+    firm_peaks(by_id["lexical_below_syntactic"], per_seed, "lexical", "syntactic")
+    firm_peaks(by_id["syntactic_below_structural"], per_seed, "syntactic", "structural")
+    by_id["semantic_spread"].firmness = "layer weights: mean over probe seeds (no per-seed rule applied)"
+    firm_similarity(by_id["lower_layers_preserved"], inputs, preserved)
+    firm_similarity(by_id["top_two_change_most"], inputs, vd.top_two_change_most)
+    firm_rq3(by_id["telly_within_base"])
+    return claims

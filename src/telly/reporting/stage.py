@@ -74,11 +74,12 @@ def plots_data(inputs: Inputs, folder: Path) -> list[Path]:
     return written
 
 
-def dvc_metrics(claims: list[Claim], inputs: Inputs, tolerance: float) -> dict[str, Any]:
-    """Numbers only, for ``dvc metrics diff``: 1 = reproduced, 0 = not, null = not checked; deepest K per task."""
+def dvc_metrics(claims: list[Claim]) -> dict[str, Any]:
+    """Numbers only, for ``dvc metrics diff``: 1 = reproduced, 0 = not, null = inconclusive or not checked;
+    deepest non-inferior K per task."""
     return {
         "claims": {c.id: None if c.run.holds is None else int(c.run.holds) for c in claims},
-        "deepest_k_within_base": document.deepest_per_task(inputs, tolerance),
+        "deepest_k_within_base": document.deepest_per_task(claims),
     }
 
 
@@ -88,7 +89,10 @@ def claims_json(claims: list[Claim]) -> dict[str, Any]:
             "claim": c.text,
             "rq": c.rq,
             "this_run": c.run.verdict,
+            "firm": c.firm,
+            "firmness": c.firmness,
             "evidence": c.run.evidence,
+            **({"per_task": c.run.details["tasks"]} if "tasks" in c.run.details else {}),
             "paper": c.paper.verdict,
             "paper_evidence": c.paper.evidence,
         }
@@ -111,7 +115,7 @@ def run(params: Params) -> Path:
     _write_text(out / "report.md", markdown)
     _write_text(out / "report.html", to_html(markdown, out))
     write_json(out / "claims.json", claims_json(claims))
-    write_json(out / "metrics.json", dvc_metrics(claims, inputs, settings.within_base_tolerance))
+    write_json(out / "metrics.json", dvc_metrics(claims))
     for c in claims:
         print(f"{c.run.verdict:>15}  {c.text}  (paper's numbers: {c.paper.verdict})")
     if inputs.missing:

@@ -235,7 +235,7 @@ def tuning_table(
             "valid score",
             "trials",
             "suggested by similarity (RQ2)",
-            f"deepest within {tolerance:.0%} of Base (RQ3)",
+            f"deepest non-inferior K, margin {tolerance:.0%} (RQ3)",
             "finetune lr",
         ],
         rows,
