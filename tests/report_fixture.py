@@ -248,6 +248,17 @@ def write_tuning(root: Path) -> None:
                     "batch_size": 4,
                     "valid_score": 0.61,
                 },
+                "repeats": {
+                    "variant": "base",
+                    "lr": 3e-4,
+                    "seeds": [123456, 1, 2],
+                    "valid_scores": [0.5, 0.52, 0.54],
+                    "n": 3,
+                    "mean": 0.52,
+                    "std": 0.02,
+                    "range": 0.04,
+                    "best_above_mean_in_std": 4.5,
+                },
             },
         )
 

@@ -284,6 +284,7 @@ def tuning_section(inputs: Inputs, params: Params, claims: list[Claim]) -> str:
                 "## Tuning: the freeze depth and learning rate Optuna chose, beside the similarity's suggestion\n",
                 _missing(inputs, "tuning"),
                 tables.tuning_table(inputs.tuning, suggested, deepest, base_lr, params.report.within_base_tolerance),
+                tables.tuning_agreement(inputs.tuning, suggested, deepest),
             ],
         )
     )

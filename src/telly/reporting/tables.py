@@ -202,6 +202,46 @@ def paper_telly_table(task: str, paper: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ tuning
 
 
+def _spread(rep: dict[str, Any] | None) -> str:
+    if not rep:
+        return "–"
+    std = f" ± {rep['std']:.4f}" if rep.get("std") is not None else ""
+    return f"{rep['mean']:.4f}{std} (n = {rep['n']}, range {rep['range']:.4f})"
+
+
+def tuning_agreement(
+    tuning: dict[str, dict[str, Any]], suggested: dict[str, dict[str, Any]], deepest: dict[str, int | None]
+) -> str:
+    """One line: does Optuna's K agree with the similarity's suggested K and with RQ3's deepest non-inferior K?"""
+    parts, same_sim, same_rq3, n_sim, n_rq3 = [], 0, 0, 0, 0
+    for task in MAIN_METRIC:
+        best = (tuning.get(task) or {}).get("best")
+        if not best:
+            continue
+        tuned = None if best["k"] == -1 else best["k"]
+        bits = [f"tuned {'Base' if tuned is None else f'K = {tuned}'}"]
+        if task in suggested:
+            n_sim += 1
+            sk = suggested[task].get("suggested_k")
+            same_sim += sk == tuned
+            bits.append(f"similarity {'Base' if sk is None else f'K = {sk}'}")
+        if task in deepest:
+            n_rq3 += 1
+            same_rq3 += deepest[task] == tuned
+            bits.append(f"RQ3 {'none' if deepest[task] is None else f'K = {deepest[task]}'}")
+        rep = (tuning.get(task) or {}).get("repeats") or {}
+        if rep.get("std"):
+            bits.append(f"best {rep['best_above_mean_in_std']:+.1f} repeat std above the default")
+        parts.append(f"{task}: " + ", ".join(bits))
+    if not parts:
+        return ""
+    return (
+        f"**Agreement.** Optuna's K equals the similarity's suggestion on {same_sim} of {n_sim} tasks and RQ3's "
+        f"deepest non-inferior K on {same_rq3} of {n_rq3} ({'; '.join(parts)}). A best trial less than about two "
+        "repeat standard deviations above the default setting is within the objective's own noise.\n"
+    )
+
+
 def tuning_table(
     tuning: dict[str, dict[str, Any]],
     suggested: dict[str, dict[str, Any]],
@@ -221,6 +261,7 @@ def tuning_table(
                 best.get("variant", "–"),
                 f"{best['lr']:.2e}" if "lr" in best else "–",
                 num(best.get("valid_score"), 4),
+                _spread((study or {}).get("repeats")),
                 ", ".join(f"{k} {v}" for k, v in trials.items() if v) or "–",
                 ("Base" if sk.get("suggested_k") is None else f"Telly-{sk['suggested_k']}") if sk else "–",
                 "–" if task not in deepest else ("none" if deepest[task] is None else f"Telly-{deepest[task]}"),
@@ -233,6 +274,7 @@ def tuning_table(
             "tuned variant (Optuna)",
             "tuned lr",
             "valid score",
+            "same setting repeated (default, other seeds)",
             "trials",
             "suggested by similarity (RQ2)",
             f"deepest non-inferior K, margin {tolerance:.0%} (RQ3)",
