@@ -121,7 +121,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{OUT / 'mlflow.db'}"  # keep the project's store clean
     from telly.config import load_params
-    from telly.finetuning.train import train_variant
+    from telly.finetuning.train import override, train_variant
 
     params = load_params()
     ft = params.finetune
@@ -158,8 +158,8 @@ def main() -> None:
         base = train_variant(params, task, "base")
         rows.append(_row(task, "base", None, None, base, base))
         for k in range(n_layers):
-            cached = train_variant(params, task, f"telly-{k}", cache_frozen=True)
-            paper = train_variant(params, task, f"telly-{k}", cache_frozen=False)
+            cached = train_variant(override(params, cache_frozen=True), task, f"telly-{k}")
+            paper = train_variant(override(params, cache_frozen=False), task, f"telly-{k}")
             rows.append(_row(task, f"telly-{k}", k, n_layers, cached, base, paper))
             print(json.dumps(rows[-1]), flush=True)
     meta = {

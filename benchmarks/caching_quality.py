@@ -71,19 +71,17 @@ def no_dropout_model(model: str, folder: Path) -> str:
 
 def run(params, work: Path, task: str, k: int, regime: str, seed: int, tag: str = "") -> dict:
     """One ``train_variant`` run, or its json from an earlier run of this benchmark."""
-    from telly.finetuning.train import train_variant
+    from telly.finetuning.train import override, train_variant
 
     name = f"telly-{k}-{regime}-seed{seed}{tag}"
     path = work / "results" / task / f"{name}.json"
     if path.exists():
         return json.loads(path.read_text())
-    ft = params.finetune.model_copy(update={"seed": seed})
     t0 = time.perf_counter()
     result = train_variant(
-        params.model_copy(update={"finetune": ft}),
+        override(params, seed=seed, cache_frozen=REGIMES[regime]),
         task,
         f"telly-{k}",
-        cache_frozen=REGIMES[regime],
         output_dir=work / "finetuned" / task / name,
         results_path=path,
     )

@@ -8,12 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from telly.finetuning.examples import write_examples
-from telly.finetuning.table import METRICS
 from telly.jsonl import write_json
+from telly.tasks import TASK_NAMES, TASKS
 
 L = 4  # layers of the synthetic model: hidden states 0..4
 PROPS = ("lexical", "syntactic", "structural", "semantic")
-TASKS = tuple(METRICS)
+METRICS = {name: task.metrics for name, task in TASKS.items()}
+TASKS = TASK_NAMES
 
 
 def _bump(peak: int, height: float = 0.3) -> list[float]:

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from finetune_fixture import make_setup
+from telly import variants
 from telly.config import parse_params
 from telly.errors import TellyError
 from telly.finetuning.caching import HiddenCache, bottom, top
 from telly.finetuning.data import Seq, Tokens, attention_mask, collate, make_example
 from telly.finetuning.generation import beam_search
 from telly.finetuning.heads import SEARCH_SCALE, TaskModel
-from telly.finetuning.train import convergence_epoch, parse_variant, train_variant, variant_seed
+from telly.finetuning.train import convergence_epoch, override, train_variant
 from telly.models import load_encoder
 
 TASKS = ["code_search", "clone_detection", "code_summarization", "code_generation", "line_completion"]
@@ -33,7 +34,7 @@ def setup(tmp_path_factory):
 
 @pytest.fixture
 def encoder(setup):
-    return load_encoder(setup[1].finetune.model, device="cpu")
+    return load_encoder(setup[1].finetune_model, device="cpu")
 
 
 def test_unilm_mask_prefix_and_causal():
@@ -158,7 +159,7 @@ def test_train_variant_writes_checkpoint_metrics_and_keeps_frozen_layers(setup, 
         assert cost[key] >= 0
     assert cost["trainable_params"] < cost["total_params"] and cost["cache_seconds"] > 0
     tuned = load_encoder(root / "finetuned" / task / "telly-1", device="cpu")
-    pre = load_encoder(params.finetune.model, device="cpu")
+    pre = load_encoder(params.finetune_model, device="cpu")
     sd_t, sd_p = tuned.model.state_dict(), pre.model.state_dict()
     frozen = [k for k in sd_p if k.startswith(("embeddings.", "encoder.layer.0."))]
     assert frozen and all(torch.equal(sd_t[k], sd_p[k]) for k in frozen)
@@ -176,8 +177,8 @@ def test_same_config_same_metrics(setup, tracking_env, tmp_path):
 @pytest.mark.parametrize("variant", ["base", "telly-0"])
 def test_interrupted_run_resumes_to_the_same_result(setup, tracking_env, tmp_path, variant):
     _, params, _ = setup
-    kw = {"epochs": 3}
-    whole = train_variant(params, "code_summarization", variant, output_dir=tmp_path / "w", **kw)
+    params = override(params, "code_summarization", epochs=3)
+    whole = train_variant(params, "code_summarization", variant, output_dir=tmp_path / "w")
 
     class Stop(Exception):
         pass
@@ -187,10 +188,10 @@ def test_interrupted_run_resumes_to_the_same_result(setup, tracking_env, tmp_pat
             raise Stop
 
     with pytest.raises(Stop):
-        train_variant(params, "code_summarization", variant, on_epoch=stop_after_first, output_dir=tmp_path / "r", **kw)
+        train_variant(params, "code_summarization", variant, on_epoch=stop_after_first, output_dir=tmp_path / "r")
     seen = []
     resumed = train_variant(
-        params, "code_summarization", variant, output_dir=tmp_path / "r", on_epoch=lambda e, r: seen.append(e), **kw
+        params, "code_summarization", variant, output_dir=tmp_path / "r", on_epoch=lambda e, r: seen.append(e)
     )
     assert seen == [2, 3]  # epoch 1 was not trained again
     assert resumed.test == whole.test
@@ -203,10 +204,9 @@ def test_cached_and_uncached_runs_both_train(setup, tracking_env, tmp_path):
         params, "clone_detection", "telly-1", results_path=tmp_path / "c.json", output_dir=tmp_path / "c"
     )
     paper = train_variant(
-        params,
+        override(params, cache_frozen=False),
         "clone_detection",
         "telly-1",
-        cache_frozen=False,
         results_path=tmp_path / "p.json",
         output_dir=tmp_path / "p",
     )
@@ -215,16 +215,19 @@ def test_cached_and_uncached_runs_both_train(setup, tracking_env, tmp_path):
 
 
 def test_variants_and_convergence_rule():
-    assert parse_variant("base", 6) is None and parse_variant("telly-5", 6) == 5
-    assert (
-        parse_variant("base-seed2", 6) is None
-        and variant_seed("base-seed2", 42) == 2
-        and variant_seed("base", 42) == 42
-    )
+    assert variants.k_of("base", 6) is None and variants.k_of("telly-5", 6) == 5
+    assert variants.k_of("base-seed2", 6) is None
+    assert variants.seed_of("base-seed2", 42) == 2 and variants.seed_of("base", 42) == 42
     with pytest.raises(TellyError, match="0 <= K <= 5"):
-        parse_variant("telly-6", 6)
+        variants.k_of("telly-6", 6)
     with pytest.raises(TellyError, match="expected 'base'"):
-        parse_variant("lora", 6)
+        variants.k_of("lora", 6)
+    assert variants.all_for_depth(3) == ["base", "telly-0", "telly-1", "telly-2"]
+    names = ["telly-2", "base-seed2", "telly-10", "base"]
+    assert sorted(names, key=variants.sort_key) == ["base", "base-seed2", "telly-2", "telly-10"]
+    assert [variants.label(v) for v in ("base", "telly-3", "base-seed2")] == ["Base", "Telly-3", "Base (seed 2)"]
+    with pytest.raises(TellyError, match="repeat"):
+        variants.check_names(["base", "base"])
     assert convergence_epoch([0.5, 0.699, 0.7, 0.65], 0.01) == 2  # 0.699 >= 0.7 - 0.007
     assert convergence_epoch([0.5, 0.6, 0.7], 0.0) == 3
 

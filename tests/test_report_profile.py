@@ -10,7 +10,7 @@ PROFILE = REPO / "profiles" / "paper-unixcoder.yaml"
 
 def test_paper_profile_is_valid_and_targets_unixcoder_on_real_data():
     p = load_params(PROFILE)
-    assert p.model.name_or_path == p.finetune.model == "microsoft/unixcoder-base"
+    assert p.finetune_model == "microsoft/unixcoder-base"
     assert p.model.device == p.finetune.device == "cuda"
     # Base and every Telly-K of the 12-layer model, with and without caching
     assert p.finetune.variants == ["base"] + [f"telly-{k}" for k in range(12)]

@@ -9,8 +9,8 @@ import pytest
 from finetune_fixture import make_setup
 from telly.config import parse_params
 from telly.errors import TellyError
+from telly.finetuning.regime import run_paper_regime
 from telly.reporting.inputs import read_regimes
-from telly.reporting.regime import run_paper_regime
 
 
 @pytest.fixture

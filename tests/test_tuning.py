@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from telly.config import ConfigError, parse_params
 from telly.errors import TellyError
+from telly.finetuning.train import override
 from telly.tuning import tune
 from telly.tuning.space import SearchSpaceMismatch
 from tuning_fixture import LAYERS, TASK, fake_train, make_params, quality
@@ -133,8 +134,8 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path, raw_params,
 def test_too_many_failures_end_the_session_with_a_clear_error(tmp_path, raw_params, tracking):
     params, _ = make_params(raw_params, tmp_path, n_trials=5, max_failed_trials=2)
 
-    def diverges(*args, **kwargs):
-        return fake_train(*args, **{**kwargs, "lr": float("nan")})  # every score is NaN
+    def diverges(params, task, variant, **kwargs):  # every score is NaN
+        return fake_train(override(params, task, learning_rate=float("nan")), task, variant, **kwargs)
 
     with pytest.raises(TellyError, match="no trial completed"):
         tune(params, TASK, train_fn=diverges, layers=LAYERS)

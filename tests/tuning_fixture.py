@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from telly import variants
 from telly.config import Params, parse_params
 
 LAYERS = 4
@@ -22,11 +23,13 @@ TASK = "code_search"
 
 
 def quality(variant: str, lr: float) -> float:
-    k = -1 if variant == "base" else int(variant.split("-")[1])
+    k = -1 if variants.k_of(variant) is None else variants.k_of(variant)
     return 1.0 - (math.log10(lr) + 4.0) ** 2 / 4.0 - 0.05 * abs(k - 1)
 
 
-def fake_train(params, task, variant, *, lr, epochs, on_epoch=None, output_dir=None, results_path=None, **_):
+def fake_train(params, task, variant, *, on_epoch=None, output_dir=None, results_path=None, **_):
+    task_cfg = getattr(params.finetune.tasks, task)
+    lr, epochs = task_cfg.learning_rate, task_cfg.epochs
     state = Path(params.finetune.checkpoint_dir)
     state.mkdir(parents=True, exist_ok=True)
     (state / "last.pt").write_text("saved state")  # the trial's folder must be cleaned up afterwards
@@ -43,7 +46,7 @@ def fake_train(params, task, variant, *, lr, epochs, on_epoch=None, output_dir=N
         records.append(record)
         if on_epoch is not None:
             on_epoch(epoch, record)
-    k = -1 if variant == "base" else int(variant.split("-")[1])
+    k = -1 if variants.k_of(variant) is None else variants.k_of(variant)
     frozen = k + 1  # embeddings count as one block here
     return SimpleNamespace(
         epochs=records,

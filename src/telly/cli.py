@@ -269,7 +269,7 @@ def report_paper_regime(
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """Fine-tune Telly-K without frozen-prefix caching (the paper's regime), for the report's second table."""
-    from telly.reporting.regime import run_paper_regime
+    from telly.finetuning.regime import run_paper_regime
 
     run_paper_regime(_params(params), task, variant)
 

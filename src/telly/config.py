@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from telly.errors import TellyError
+from telly.tasks import TASK_NAMES, TASKS
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -185,7 +186,7 @@ class ExtractParams(Section):
 
 # --------------------------------------------------------------------- similarity
 
-TaskName = Literal["code_search", "clone_detection", "code_summarization", "code_generation", "line_completion"]
+TaskName = Literal[TASK_NAMES]  # the downstream tasks of the registry (telly.tasks)
 
 
 class SimilarityParams(Section):
@@ -239,18 +240,18 @@ class FinetuneTaskParams(Section):
     beam_size: int = Field(ge=1)
 
 
-class FinetuneTasks(Section):
-    code_search: FinetuneTaskParams
-    clone_detection: FinetuneTaskParams
-    code_summarization: FinetuneTaskParams
-    code_generation: FinetuneTaskParams
-    line_completion: FinetuneTaskParams
+# one required section per downstream task of the registry
+FinetuneTasks = create_model(
+    "FinetuneTasks", __base__=Section, **{name: (FinetuneTaskParams, ...) for name in TASK_NAMES}
+)
 
 
 class FinetuneParams(Section):
     """RQ3: Base and Telly-K fine-tuning on the five downstream tasks (docs/finetuning.md)."""
 
-    model: str = Field(min_length=1, description="encoder to fine-tune: a save_pretrained folder (models/pretrained)")
+    model: str | None = Field(
+        default=None, min_length=1, description="encoder to fine-tune; null = model.name_or_path (the usual case)"
+    )
     tasks_dir: Path
     output_dir: Path = Field(description="best-on-valid encoders: <output_dir>/<task>/<variant>/")
     results_dir: Path = Field(description="metrics json per run and the per-task tables")
@@ -281,14 +282,12 @@ class FinetuneParams(Section):
     @field_validator("variants")
     @classmethod
     def _variant_names(cls, v: list[str]) -> list[str]:
-        import re
+        from telly import variants
 
-        bad = [name for name in v if not re.fullmatch(r"base(-seed[0-9]+)?|telly-(0|[1-9][0-9]*)", name)]
-        if bad:
-            raise ValueError(f"variant names must be 'base', 'base-seed<S>' or 'telly-<K>' (K = 0, 1, ...), got {bad}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"variants repeat: {v}")
-        return v
+        try:
+            return variants.check_names(v)
+        except TellyError as err:
+            raise ValueError(str(err)) from None
 
 
 # -------------------------------------------------------------------------- probe
@@ -451,15 +450,11 @@ TASK_SOURCES = {
     "syntactic": "codesearchnet",
     "structural": "codesearchnet",
     "semantic": "poj104",
-    "code_search": "codesearchnet",
-    "clone_detection": "bigclonebench",
-    "code_summarization": "codesearchnet",
-    "code_generation": "concode",
-    "line_completion": "codexglue_line",
+    **{name: task.source_format for name, task in TASKS.items()},
 }
 
 
-class TasksParams(Section):
+class _TasksParams(Section):
     """The tasks stage: four probing sets and five downstream sets (docs/datasets.md)."""
 
     seed: int
@@ -469,17 +464,12 @@ class TasksParams(Section):
     syntactic: TaskSet
     structural: TaskSet
     semantic: TaskSet
-    code_search: TaskSet
-    clone_detection: TaskSet
-    code_summarization: TaskSet
-    code_generation: TaskSet
-    line_completion: TaskSet
     clones: CloneParams
     syntactic_negatives: Literal["similar_length", "random"]
     structural_sampling: Literal["balanced", "natural"]
     generation_max_body_lines: int = Field(ge=1)
 
-    @field_validator(*TASK_SOURCES)
+    @field_validator(*TASK_SOURCES, check_fields=False)  # the downstream fields come with TasksParams below
     @classmethod
     def _real_data_fits_the_set(cls, v: TaskSet, info: Any) -> TaskSet:
         want = TASK_SOURCES[info.field_name]
@@ -489,6 +479,10 @@ class TasksParams(Section):
             if want == "bigclonebench" and v.source.data is None:
                 raise ValueError("BigCloneBench needs source.data (data.jsonl)")
         return v
+
+
+# the downstream sets: one required field per task of the registry
+TasksParams = create_model("TasksParams", __base__=_TasksParams, **{name: (TaskSet, ...) for name in TASK_NAMES})
 
 
 # ------------------------------------------------------------------------- report
@@ -506,10 +500,14 @@ class PaperRegimeParams(Section):
     @field_validator("variants")
     @classmethod
     def _telly_only(cls, v: list[str]) -> list[str]:
-        import re
+        from telly import variants
 
-        bad = [name for name in v if not re.fullmatch(r"telly-(0|[1-9][0-9]*)", name)]
-        if bad or len(set(v)) != len(v):
+        try:
+            variants.check_names(v)
+            bad = [name for name in v if variants.k_of(name) is None]
+        except TellyError:
+            bad = v
+        if bad:
             raise ValueError(
                 f"must be distinct telly-<K> names (Base is the same run with or without caching), got {v}"
             )
@@ -562,6 +560,15 @@ class Params(Section):
     similarity: SimilarityParams | None = None
     tune: TuneParams | None = None
     report: ReportParams | None = None
+
+    @property
+    def finetune_model(self) -> str:
+        """The encoder fine-tuning starts from: ``finetune.model`` when set, else ``model.name_or_path``."""
+        if self.finetune is not None and self.finetune.model:
+            return self.finetune.model
+        if self.model is None:
+            raise ConfigError("params: fine-tuning needs model.name_or_path (or finetune.model)")
+        return self.model.name_or_path
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

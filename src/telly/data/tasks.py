@@ -32,12 +32,13 @@ from rich.table import Table
 from telly.config import ConfigError, Params, RealData, TaskSet, TasksParams
 from telly.data import analysis, baselines, clones, loaders, mutants, rewrites
 from telly.jsonl import iter_jsonl, write_json, write_jsonl
+from telly.tasks import TASK_NAMES
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 PROBING = ("lexical", "syntactic", "structural", "semantic")
-DOWNSTREAM = ("code_search", "clone_detection", "code_summarization", "code_generation", "line_completion")
+DOWNSTREAM = TASK_NAMES  # the registry's (telly.tasks); each needs a builder in BUILDERS
 CORPUS_FIELDS = ("id", "repo", "code", "docstring_tokens", "func_name", "signature", "class_name", "class_members")
 
 

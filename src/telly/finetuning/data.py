@@ -24,18 +24,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from telly import tasks
 from telly.errors import TellyError
 from telly.jsonl import read_jsonl
 
-TASKS = ("code_search", "clone_detection", "code_summarization", "code_generation", "line_completion")
-FIELDS = {
-    "code_search": ("query", "code"),
-    "clone_detection": ("code1", "code2", "label"),
-    "code_summarization": ("source", "target"),
-    "code_generation": ("source", "target"),
-    "line_completion": ("source", "target"),
-}
-SEQUENCE_FIELDS = {"code_search": ("query", "code"), "clone_detection": ("code1", "code2")}
 MIN_ROWS = 2  # in-batch negatives, a threshold, a ranking: nothing works on fewer
 
 
@@ -104,20 +96,18 @@ def decoder_only_context(tokenizer: Any, tok: Tokens, text: str, max_length: int
 
 
 def make_example(task: str, row: dict, tokenizer: Any, tok: Tokens, max_source: int, max_target: int) -> dict:
-    """One task row as the sequences (and labels, references) its head needs."""
-    if task == "code_search":
-        return {
-            "query": encoder_only(tokenizer, tok, row["query"], max_target),
-            "code": encoder_only(tokenizer, tok, row["code"], max_source),
+    """One task row as the sequences (and labels, references) its head needs, in the task's layout."""
+    spec = tasks.get(task)
+    if spec.layout == "encoder-only":
+        lengths = {"source": max_source, "target": max_target}
+        example: dict[str, Any] = {
+            name: encoder_only(tokenizer, tok, row[name], lengths[which]) for name, which in spec.sequences.items()
         }
-    if task == "clone_detection":
-        return {
-            "code1": encoder_only(tokenizer, tok, row["code1"], max_source),
-            "code2": encoder_only(tokenizer, tok, row["code2"], max_source),
-            "label": int(row["label"]),
-        }
+        if "label" in spec.fields:
+            example["label"] = int(row["label"])
+        return example
     target = _pieces(tokenizer, row["target"])[: max_target - 2] + [tok.eos]
-    if task == "line_completion":
+    if spec.layout == "decoder-only":
         prompt = decoder_only_context(tokenizer, tok, row["source"], max_source)
         return {"seq": Seq(tuple(prompt + target), 0), "prompt": prompt, "loss_from": 0, "reference": row["target"]}
     source = encoder_decoder_source(tokenizer, tok, row["source"], max_source)
@@ -130,18 +120,18 @@ def load_split(
     tasks_dir: Path, task: str, split: str, limit: int, seed: int, *, min_rows: int = MIN_ROWS
 ) -> list[dict]:
     """Rows of one split; at most ``limit`` (a seeded sample, in file order), never fewer than ``min_rows``."""
-    if task not in TASKS:
-        raise DatasetError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if task not in tasks.TASKS:
+        raise DatasetError(f"unknown task {task!r}; expected one of {', '.join(tasks.TASK_NAMES)}")
     path = Path(tasks_dir) / task / f"{split}.jsonl"
     if not path.exists():
         raise DatasetError(f"{path}: not found (run `dvc repro tasks` first)")
-    rows = read_jsonl(path, required=FIELDS[task])
+    rows = read_jsonl(path, required=tasks.get(task).fields)
     if limit and len(rows) > limit:
         keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
         rows = [rows[i] for i in keep]
     if len(rows) < min_rows:
         raise DatasetError(f"{path}: {len(rows)} row(s); {task} needs at least {min_rows} in {split}")
-    if task == "clone_detection" and split == "valid" and len({int(r["label"]) for r in rows}) < 2:
+    if tasks.get(task).head == "clone" and split == "valid" and len({int(r["label"]) for r in rows}) < 2:
         raise DatasetError(f"{path}: needs both clone (1) and non-clone (0) pairs to choose the threshold")
     return rows
 

@@ -1,9 +1,8 @@
 """Evaluate a task model on a split: the paper's metrics plus one ``score`` that selects checkpoints.
 
-Selection scores (higher is better): code search MRR, clone F1, summarization
-BLEU, generation BLEU + EM (UniXcoder's ``best-score``), completion EM + edit
-similarity (EM alone is flat at zero for a small model, so ties would always
-pick the first epoch).
+What each task reports and how it selects (higher is better) is its registry entry
+(``telly.tasks``): code search MRR, clone F1, summarization BLEU, generation BLEU + EM
+(UniXcoder's ``best-score``), completion EM + edit similarity.
 """
 
 from __future__ import annotations
@@ -14,10 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from telly import tasks
 from telly.finetuning import examples as E
 from telly.finetuning import metrics as M
 from telly.finetuning.caching import HiddenCache
-from telly.finetuning.data import SEQUENCE_FIELDS, Tokens, collate
+from telly.finetuning.data import Tokens, collate
 from telly.finetuning.generation import beam_search
 from telly.finetuning.heads import TaskModel
 
@@ -33,9 +33,9 @@ class Evaluation(dict):
     """The aggregate metrics (a plain ``{name: value}`` dict, ``score`` included) with ``.examples``: one row of
     per-example scores per evaluated example, in order (:mod:`telly.finetuning.examples`)."""
 
-    def __init__(self, metrics: dict[str, float], examples: list[dict]):
-        super().__init__(metrics)
-        self.examples = examples
+    def __init__(self, metrics: Any = (), examples: list[dict] | None = None):
+        super().__init__(metrics)  # copies (dataclasses.asdict, copy) keep the metrics only
+        self.examples = examples or []
 
 
 @torch.no_grad()
@@ -81,20 +81,38 @@ def evaluate(
     order, once each, so every process computes the metrics of the whole split. The per-example scores come
     back beside them (``.examples``)."""
     caches = caches or {}
-    task = model.task
-    if task in SEQUENCE_FIELDS:
-        a, b = SEQUENCE_FIELDS[task]
+    spec = tasks.get(model.task)
+    if spec.head == "lm":
+        out, rows = generation_metrics(
+            spec, model, examples, tok, tokenizer, batches, beam_size, max_new_tokens, gather
+        )
+    else:
+        a, b = spec.sequence_fields
         va = embed_all(model, examples, a, tok.pad, batches, caches.get(a), gather)
         vb = embed_all(model, examples, b, tok.pad, batches, caches.get(b), gather)
-        if task == "code_search":
+        if spec.head == "search":
             scores = (va @ vb.T).numpy()
-            out = M.retrieval_metrics(scores)
-            return Evaluation({**out, "score": out["mrr"]}, E.search_rows(scores))
-        cos = (va * vb).sum(-1).numpy()
-        labels = np.array([ex["label"] for ex in examples])
-        chosen = M.best_threshold(cos, labels) if threshold is None else threshold
-        out = M.classification_metrics(cos, labels, chosen)
-        return Evaluation({**out, "score": out["f1"]}, E.clone_rows(cos >= chosen, labels))
+            out, rows = M.retrieval_metrics(scores), E.search_rows(scores)
+        else:  # clone: cosine against a threshold chosen on valid
+            cos = (va * vb).sum(-1).numpy()
+            labels = np.array([ex["label"] for ex in examples])
+            chosen = M.best_threshold(cos, labels) if threshold is None else threshold
+            out, rows = M.classification_metrics(cos, labels, chosen), E.clone_rows(cos >= chosen, labels)
+    return Evaluation({**out, "score": spec.score(out)}, rows)
+
+
+def generation_metrics(
+    spec: tasks.DownstreamTask,
+    model: TaskModel,
+    examples: list[dict],
+    tok: Tokens,
+    tokenizer: Any,
+    batches: Batches,
+    beam_size: int,
+    max_new_tokens: int,
+    gather: Gather,
+) -> tuple[dict[str, float], list[dict]]:
+    """Decode every prompt (beam search) and score the texts with the task's metrics; the per-example rows."""
 
     hyps: list[str] = []
     for idx in batches:
@@ -111,17 +129,5 @@ def evaluate(
         texts = [" ".join(tokenizer.decode(g, skip_special_tokens=True).split()) for g in generated]
         hyps += gather(texts, use_gather_object=True)  # python objects, not tensors
     refs = [" ".join(ex["reference"].split()) for ex in examples]
-    rows = E.generation_rows(task, refs, hyps)
-    if task == "code_summarization":
-        out = {
-            "bleu": M.smoothed_bleu4(refs, hyps),
-            "meteor": M.meteor(refs, hyps),
-            "rouge_l": M.rouge_l(refs, hyps),
-            "cider": M.cider(refs, hyps),
-        }
-        return Evaluation({**out, "score": out["bleu"]}, rows)
-    if task == "code_generation":
-        out = {"bleu": M.corpus_bleu_codexglue(refs, hyps), "em": M.exact_match(refs, hyps)}
-        return Evaluation({**out, "score": out["bleu"] + out["em"]}, rows)
-    out = {"em": M.exact_match(refs, hyps), "edit_sim": M.edit_similarity(refs, hyps)}
-    return Evaluation({**out, "score": out["em"] + out["edit_sim"]}, rows)
+    rows = E.generation_rows(spec.name, refs, hyps)
+    return {name: metric(refs, hyps) for name, metric in spec.text_metrics.items()}, rows

@@ -23,17 +23,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from telly import tasks
 from telly.finetuning.caching import top
 
 SEARCH_SCALE = 20.0  # UniXcoder's temperature for in-batch InfoNCE
-
-HEADS = {
-    "code_search": "search",
-    "clone_detection": "clone",
-    "code_summarization": "lm",
-    "code_generation": "lm",
-    "line_completion": "lm",
-}
 
 
 def mean_pool(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -72,7 +65,7 @@ class TaskModel(nn.Module):
 
     def __init__(self, encoder: nn.Module, task: str, k: int | None = None, cache_dropout: float = 0.0):
         super().__init__()
-        self.encoder, self.task, self.k, self.head = encoder, task, k, HEADS[task]
+        self.encoder, self.task, self.k, self.head = encoder, task, k, tasks.get(task).head
         self.cache_dropout = cache_dropout
 
     def last_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -8,26 +8,14 @@ Time to convergence follows the run's convergence rule (docs/finetuning.md).
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
 
+from telly import tasks, variants
 from telly.errors import TellyError
+from telly.files import atomic_path, write_text
 from telly.jsonl import write_json
-
-METRICS = {
-    "code_search": ["mrr", "r_at_1", "r_at_5", "r_at_10"],
-    "clone_detection": ["f1", "precision", "recall"],
-    "code_summarization": ["bleu", "meteor", "rouge_l", "cider"],
-    "code_generation": ["bleu", "em"],
-    "line_completion": ["em", "edit_sim"],
-}
-
-
-def _variant_order(name: str) -> tuple[int, int]:
-    m = re.fullmatch(r"telly-(\d+)", name)
-    return (1, int(m.group(1))) if m else (0, 0)
 
 
 def clock(seconds: float) -> str:
@@ -54,7 +42,7 @@ def load_runs(folder: Path, *, examples: bool = False) -> list[dict]:
         if examples:
             run["examples"] = read_examples(path)
         runs.append(run)
-    return sorted(runs, key=lambda r: (_variant_order(r["variant"]), r.get("settings", {}).get("seed", 0)))
+    return sorted(runs, key=lambda r: (variants.sort_key(r["variant"]), r.get("settings", {}).get("seed", 0)))
 
 
 def task_table(task: str, runs: list[dict]) -> pd.DataFrame:
@@ -62,7 +50,7 @@ def task_table(task: str, runs: list[dict]) -> pd.DataFrame:
     base = next((r for r in runs if r["variant"] == "base"), None)
     if base is None:
         raise TellyError(f"{task}: no Base run among {[r['variant'] for r in runs]}; ratios need one")
-    main = METRICS[task][0]
+    main = tasks.get(task).main_metric
     rows = []
     for r in runs:
         c, b = r["cost"], base["cost"]
@@ -79,7 +67,7 @@ def task_table(task: str, runs: list[dict]) -> pd.DataFrame:
                 "convergence_reduction_pct": 100 * (1 - c["time_to_convergence"] / b["time_to_convergence"]),
                 "cache_seconds": c["cache_seconds"],
                 "peak_memory_mb": c["peak_memory_mb"],
-                **{m: r["test"][m] for m in METRICS[task]},
+                **{m: r["test"][m] for m in tasks.get(task).metrics},
                 f"{main}_vs_base_pct": 100 * (r["test"][main] / base["test"][main] - 1)
                 if base["test"][main]
                 else float("nan"),
@@ -89,7 +77,7 @@ def task_table(task: str, runs: list[dict]) -> pd.DataFrame:
 
 
 def to_markdown(task: str, df: pd.DataFrame) -> str:
-    main = METRICS[task][0]
+    main = tasks.get(task).main_metric
     header = [
         "Variant",
         "Train params (M)",
@@ -101,13 +89,13 @@ def to_markdown(task: str, df: pd.DataFrame) -> str:
         "Conv. time",
         "↓%",
         "Peak mem (MB)",
-        *METRICS[task],
+        *tasks.get(task).metrics,
         f"{main} Δ% vs Base",
     ]
     lines = [f"#### {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in df.to_dict("records"):
         cells = [
-            r["variant"].replace("telly-", "Telly-").replace("base", "Base"),
+            variants.label(r["variant"]),
             f"{r['paper_params_m']:.2f}",
             f"{r['params_reduction_pct']:.1f}",
             f"{r['trainable_params_m']:.2f}",
@@ -117,7 +105,7 @@ def to_markdown(task: str, df: pd.DataFrame) -> str:
             clock(r["convergence_seconds"]),
             f"{r['convergence_reduction_pct']:.1f}",
             f"{r['peak_memory_mb']:.0f}",
-            *(f"{r[m]:.4g}" for m in METRICS[task]),
+            *(f"{r[m]:.4g}" for m in tasks.get(task).metrics),
             f"{r[f'{main}_vs_base_pct']:+.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -130,12 +118,8 @@ def write_table(task: str, runs_dir: Path, out_dir: Path) -> pd.DataFrame:
     if not runs:
         raise TellyError(f"{runs_dir}: no run results (run `dvc repro finetune-run` first)")
     df = task_table(task, runs)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{task}.csv.tmp"
-    df.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(out_dir / f"{task}.csv")
-    md = out_dir / f".{task}.md.tmp"
-    md.write_text(to_markdown(task, df), encoding="utf-8")
-    md.replace(out_dir / f"{task}.md")
+    with atomic_path(out_dir / f"{task}.csv") as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    write_text(out_dir / f"{task}.md", to_markdown(task, df))
     write_json(out_dir / f"{task}.json", {r["variant"]: r for r in json.loads(df.to_json(orient="records"))})
     return df

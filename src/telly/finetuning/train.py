@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -44,11 +43,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from telly.config import FinetuneParams, Params
+from telly import tasks, variants
+from telly.config import FinetuneParams, FinetuneTaskParams, Params
 from telly.errors import TellyError
+from telly.files import atomic_dir, atomic_path
 from telly.finetuning.caching import HiddenCache
 from telly.finetuning.data import (
-    SEQUENCE_FIELDS,
     Tokens,
     collate,
     index_loader,
@@ -59,6 +59,7 @@ from telly.finetuning.data import (
 from telly.finetuning.evaluate import evaluate
 from telly.finetuning.heads import TaskModel
 from telly.jsonl import write_json
+from telly.tracking import start_run
 
 log = logging.getLogger(__name__)
 
@@ -85,27 +86,6 @@ class RunResult:
         return asdict(self)
 
 
-def parse_variant(variant: str, num_layers: int) -> int | None:
-    """``base`` (or ``base-seed<S>``) -> None, ``telly-K`` -> K (0 <= K < L), anything else a clear error."""
-    if re.fullmatch(r"base(-seed\d+)?", variant):
-        return None
-    match = re.fullmatch(r"telly-(\d+)", variant)
-    if not match:
-        raise TellyError(f"variant {variant!r}: expected 'base', 'base-seed<S>' or 'telly-<K>'")
-    k = int(match.group(1))
-    if k >= num_layers:
-        raise TellyError(
-            f"variant {variant!r}: K = {k} but the model has {num_layers} layers; Telly-K needs 0 <= K <= {num_layers - 1}"
-        )
-    return k
-
-
-def variant_seed(variant: str, default: int) -> int:
-    """``base-seed<S>`` is Base with only the seed changed (the RQ2 noise baseline)."""
-    match = re.fullmatch(r"base-seed(\d+)", variant)
-    return int(match.group(1)) if match else default
-
-
 # ----------------------------------------------------------------- the run
 
 
@@ -114,33 +94,137 @@ def train_variant(
     task: str,
     variant: str,
     *,
-    lr: float | None = None,
-    epochs: int | None = None,
     on_epoch: OnEpoch | None = None,
     output_dir: str | Path | None = None,
     results_path: str | Path | None = None,
-    cache_frozen: bool | None = None,
 ) -> RunResult:
-    """Fine-tune ``variant`` on ``task``; overrides (lr, epochs, caching, where to write) win over params."""
+    """Fine-tune ``variant`` on ``task`` with the settings of ``params`` (change them with :func:`override`);
+    ``output_dir`` and ``results_path`` move where the model and the metrics file go."""
+    run = setup(params, task, variant, output_dir, results_path)
+    tracking = (
+        start_run(params, "finetune", f"{task}/{variant}", nested=_mlflow_active(), tags=run.tags, log_params=run.log)
+        if run.main
+        else nullcontext()
+    )
+    with tracking:
+        mlflow = _mlflow(run.main)
+        mlflow.log_params(
+            {
+                "trainable_params": run.counts.trainable,
+                "paper_params": run.counts.paper,
+                "total_params": run.counts.total,
+                "resumed_from_epoch": run.start_epoch - 1,
+            }
+        )
+        fit(run, mlflow, on_epoch)
+        result = test(run)
+        mlflow.log_metrics({f"test_{n}": v for n, v in result.test.items()})
+        mlflow.log_metrics({n: float(v) for n, v in result.cost.items()})
+    publish(run, result)
+    return result
+
+
+def override(params: Params, task: str | None = None, **changes: Any) -> Params:
+    """``params`` with fine-tuning settings changed: keys of ``finetune.tasks.<task>`` (learning_rate, epochs,
+    sizes, ...) or of ``finetune`` (cache_frozen, checkpoint_dir, ...). The one way callers (tuning, the
+    paper-regime runs, tests) change what a run does."""
+    finetune = _settings(params)
+    task_keys = {k: v for k, v in changes.items() if k in FinetuneTaskParams.model_fields}
+    other = {k: v for k, v in changes.items() if k not in task_keys}
+    unknown = [k for k in other if k not in FinetuneParams.model_fields]
+    if unknown or (task_keys and task is None):
+        raise TellyError(f"override: {unknown or list(task_keys)} are not finetune settings (or name no task)")
+    if task_keys:
+        cfg = _task_settings(finetune, task)
+        tasks = finetune.tasks.model_copy(update={task: cfg.model_copy(update=task_keys)})
+        other["tasks"] = tasks
+    return params.model_copy(update={"finetune": finetune.model_copy(update=other)})
+
+
+# ------------------------------------------------------------------- setup
+
+
+@dataclass
+class Run:
+    """Everything one run needs, built by :func:`setup`: the model, its data, the optimiser and the state."""
+
+    task: str
+    variant: str
+    k: int | None
+    seed: int
+    settings: FinetuneParams
+    cfg: FinetuneTaskParams
+    accelerator: Any
+    encoder: Any
+    tok: Tokens
+    counts: Any
+    model: torch.nn.Module  # what trains: DDP-wrapped when data-parallel
+    task_model: TaskModel  # unwrapped: evaluation and checkpoints
+    train: list[dict]
+    valid: list[dict]
+    test: list[dict]
+    valid_caches: dict[str, HiddenCache]
+    shuffle: torch.Generator
+    loaders: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    cache_seconds: float
+    cache_bytes: int
+    output_dir: Path
+    results_path: Path
+    state_dir: Path
+    fingerprint: str
+    log: dict[str, Any]  # the settings of the run, logged and saved
+    tags: dict[str, str]
+    system: dict[str, str]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"score": float("-inf"), "epoch": 0})
+    start_epoch: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def autocast(self) -> Any:
+        on_cuda = self.settings.bf16 and self.device.type == "cuda"
+        return torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
+
+    def evaluate(self, split: str, **kwargs: Any) -> dict[str, float]:
+        examples = {"valid": self.valid, "test": self.test}[split]
+        with self.autocast():
+            return evaluate(
+                self.task_model,
+                examples,
+                self.tok,
+                self.encoder.tokenizer,
+                batches=self.loaders[split],
+                beam_size=self.cfg.beam_size,
+                max_new_tokens=self.cfg.max_target_length,
+                gather=self.accelerator.gather_for_metrics,
+                **kwargs,
+            )
+
+
+def setup(
+    params: Params, task: str, variant: str, output_dir: str | Path | None, results_path: str | Path | None
+) -> Run:
+    """Seed, load and freeze the encoder, tokenize the splits, cache the frozen prefix, build the
+    optimiser and schedule, and pick up a saved state of the same settings."""
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+    from transformers import get_linear_schedule_with_warmup
 
     from telly.models import freeze_bottom, load_encoder
     from telly.runtime import device as pick_device
     from telly.runtime import set_seed
-    from telly.tracking import start_run
 
     settings = _settings(params)
-    cfg = getattr(settings.tasks, task, None) if task in type(settings.tasks).model_fields else None
-    if cfg is None:
-        raise TellyError(f"unknown task {task!r}; finetune.tasks has {', '.join(type(settings.tasks).model_fields)}")
-    lr = cfg.learning_rate if lr is None else lr
-    epochs = cfg.epochs if epochs is None else epochs
-    cache_frozen = settings.cache_frozen if cache_frozen is None else cache_frozen
-    output_dir = Path(output_dir) if output_dir else settings.output_dir / task / variant
-    results_path = Path(results_path) if results_path else settings.results_dir / task / f"{variant}.json"
-    state_dir = settings.checkpoint_dir / task / variant
-
-    seed = variant_seed(variant, settings.seed)
+    cfg = _task_settings(settings, task)
+    spec = tasks.get(task)
+    seed = variants.seed_of(variant, settings.seed)
     set_seed(seed)
     accelerator = Accelerator(  # one process: plain PyTorch on the chosen device
         cpu=pick_device(settings.device).type == "cpu",
@@ -148,12 +232,12 @@ def train_variant(
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # the pooler: trainable, unused
     )
     _check_batches(task, cfg.batch_size, settings.eval_batch_size, accelerator.num_processes)
-    device, main = accelerator.device, accelerator.is_main_process
-    encoder = load_encoder(settings.model, device=device, seed=seed)
-    k = parse_variant(variant, encoder.num_layers)
+    device = accelerator.device
+    encoder = load_encoder(params.finetune_model, device=device, seed=seed)
+    k = variants.k_of(variant, encoder.num_layers)
     _check_lengths(task, cfg, encoder.max_length)
     counts = freeze_bottom(encoder.model, k)
-    cached = bool(cache_frozen and k is not None)
+    cached = bool(settings.cache_frozen and k is not None)
     tok = Tokens.of(encoder.tokenizer)
 
     splits = {}
@@ -163,20 +247,19 @@ def train_variant(
             make_example(task, r, encoder.tokenizer, tok, cfg.max_source_length, cfg.max_target_length)
             for r in tqdm(rows, desc=f"tokenize {split}", leave=False)
         ]
-    train, valid, test = splits["train"], splits["valid"], splits["test"]
-    if task == "code_search" and len(train) < 2:
-        raise TellyError(f"{task}: in-batch negatives need at least 2 training pairs")
+    train, valid, test_examples = splits["train"], splits["valid"], splits["test"]
 
-    model = TaskModel(encoder.model, task, k, settings.cache_dropout if cached else 0.0).to(device)
-    run_settings = {
+    cache_dropout = settings.cache_dropout if cached else 0.0
+    task_model = TaskModel(encoder.model, task, k, cache_dropout).to(device)
+    log_settings = {
         "task": task,
         "variant": variant,
         "k": k,
-        "lr": lr,
-        "epochs": epochs,
+        "lr": cfg.learning_rate,
+        "epochs": cfg.epochs,
         "cache_frozen": cached,
-        "cache_dropout": settings.cache_dropout if cached else 0.0,
-        "model": settings.model,
+        "cache_dropout": cache_dropout,
+        "model": params.finetune_model,
         "architecture": _architecture(encoder),
         "seed": seed,
         **cfg.model_dump(exclude={"learning_rate", "epochs"}),
@@ -185,9 +268,9 @@ def train_variant(
         "max_grad_norm": settings.max_grad_norm,
         "n_train": len(train),
         "n_valid": len(valid),
-        "n_test": len(test),
+        "n_test": len(test_examples),
     }
-    fingerprint = hashlib.sha256(json.dumps(run_settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(json.dumps(log_settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # Frozen-prefix caching: hidden state K of every training (and, for the encoder tasks, eval) sequence.
     # Every process builds the same caches (eval mode, no dropout) in memory: nothing to share or race on.
@@ -195,12 +278,11 @@ def train_variant(
     train_caches: dict[str, HiddenCache] = {}
     valid_caches: dict[str, HiddenCache] = {}
     if cached:
-        fields = SEQUENCE_FIELDS.get(task, ("seq",))
-        for f in fields:
+        for f in spec.sequence_fields:
             train_caches[f] = HiddenCache.build(
                 encoder.model, [ex[f] for ex in train], k, tok.pad, settings.eval_batch_size, f"cache train {f}"
             )
-            if task in SEQUENCE_FIELDS:
+            if not spec.generates:
                 valid_caches[f] = HiddenCache.build(
                     encoder.model, [ex[f] for ex in valid], k, tok.pad, settings.eval_batch_size, f"cache valid {f}"
                 )
@@ -216,162 +298,177 @@ def train_variant(
         collate_fn=lambda idx: make_batch(task, [train[i] for i in idx], idx, tok.pad, train_caches),
     )
     valid_loader = index_loader(len(valid), settings.eval_batch_size)
-    test_loader = index_loader(len(test), settings.eval_batch_size)
-    steps_per_epoch = len(train_loader)
-    optimizer = _optimizer(model, lr, settings.weight_decay)
-    from transformers import get_linear_schedule_with_warmup
-
-    total_steps = steps_per_epoch * epochs
+    test_loader = index_loader(len(test_examples), settings.eval_batch_size)
+    optimizer = _optimizer(task_model, cfg.learning_rate, settings.weight_decay)
+    total_steps = len(train_loader) * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_fraction * total_steps), total_steps)
 
-    history: list[dict[str, Any]] = []
-    best = {"score": float("-inf"), "epoch": 0}
-    start_epoch = 1
+    output_dir = Path(output_dir) if output_dir else settings.output_dir / task / variant
+    results_path = Path(results_path) if results_path else settings.results_dir / task / f"{variant}.json"
+    state_dir = settings.checkpoint_dir / task / variant
     with accelerator.main_process_first():  # it discards a stale state before the others look
-        resumed = _resume(state_dir, fingerprint, model, optimizer, scheduler, device)
-    if resumed is not None:
-        history, best, start_epoch = resumed["history"], resumed["best"], resumed["epoch"] + 1
-        log.info("%s/%s: resuming after epoch %d from %s", task, variant, resumed["epoch"], state_dir)
-    task_model = model  # unwrapped: evaluation and checkpoints; `model` trains (DDP when data-parallel)
+        resumed = _resume(state_dir, fingerprint, task_model, optimizer, scheduler, device)
     model, optimizer, train_loader, valid_loader, test_loader = accelerator.prepare(
-        model, optimizer, train_loader, valid_loader, test_loader
+        task_model, optimizer, train_loader, valid_loader, test_loader
     )
-
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if settings.bf16 and device.type == "cuda" else nullcontext()
-    )
-    eval_kwargs = {
-        "beam_size": cfg.beam_size,
-        "max_new_tokens": cfg.max_target_length,
-        "gather": accelerator.gather_for_metrics,
-    }
     system = _system_tags(device, accelerator.num_processes)
-    tags = {"telly.task": task, "telly.variant": variant, "telly.cache_frozen": str(cached), **system}
-    tracking = (
-        start_run(params, "finetune", f"{task}/{variant}", nested=_mlflow_active(), tags=tags, log_params=run_settings)
-        if main
-        else nullcontext()
-    )
-    with tracking:
-        mlflow = _mlflow(main)
-        mlflow.log_params(
-            {
-                "trainable_params": counts.trainable,
-                "paper_params": counts.paper,
-                "total_params": counts.total,
-                "resumed_from_epoch": start_epoch - 1,
-            }
-        )
-        for record in history:  # a resumed run still shows the whole curve
-            _log_epoch(mlflow, record)
-        for epoch in range(start_epoch, epochs + 1):
-            model.train()
-            shuffle.manual_seed(seed + epoch)  # same order after a resume
-            losses = []
-            _sync(device)
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            for batch in tqdm(train_loader, desc=f"{task}/{variant} epoch {epoch}", leave=False, disable=not main):
-                with autocast:
-                    loss = model(batch)
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)  # DDP: gradients averaged across processes
-                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], settings.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                losses.append(accelerator.reduce(loss.detach(), "mean").item())
-            _sync(device)
-            train_seconds = time.perf_counter() - t0
-            train_cpu_seconds = time.process_time() - cpu0  # robust to other jobs on a shared CPU
-            t0 = time.perf_counter()
-            with autocast:
-                valid_metrics = evaluate(
-                    task_model, valid, tok, encoder.tokenizer, batches=valid_loader, caches=valid_caches, **eval_kwargs
-                )
-            eval_seconds = time.perf_counter() - t0
-            record = {
-                "epoch": epoch,
-                "train_loss": sum(losses) / len(losses),
-                "train_seconds": train_seconds,
-                "train_cpu_seconds": train_cpu_seconds,
-                "eval_seconds": eval_seconds,
-                "lr": scheduler.get_last_lr()[0],
-                **{f"valid_{name}": value for name, value in valid_metrics.items()},
-            }
-            history.append(record)
-            improved = valid_metrics["score"] > best["score"]
-            if improved:
-                best = {"score": valid_metrics["score"], "epoch": epoch, **valid_metrics}
-            if main:  # one writer: every process holds the same weights
-                if improved:
-                    _save_weights(encoder.model, state_dir / "best.safetensors")
-                _save_state(state_dir, fingerprint, epoch, task_model, optimizer, scheduler, history, best)
-            _log_epoch(mlflow, record)
-            log.info(
-                "%s/%s epoch %d: loss %.4f, valid score %.4f, %.1f s",
-                task,
-                variant,
-                epoch,
-                record["train_loss"],
-                valid_metrics["score"],
-                train_seconds,
-            )
-            if on_epoch is not None:
-                on_epoch(epoch, record)
-
-        # The best-on-valid encoder: evaluate it on test once and publish it.
-        accelerator.wait_for_everyone()  # the main process has written best.safetensors
-        _load_weights(encoder.model, state_dir / "best.safetensors")
-        with autocast:
-            test_metrics = evaluate(
-                task_model,
-                test,
-                tok,
-                encoder.tokenizer,
-                batches=test_loader,
-                threshold=best.get("threshold"),
-                **eval_kwargs,
-            )
-        test_metrics.pop("score")
-        conv_epoch = convergence_epoch([r["valid_score"] for r in history], settings.convergence_tolerance)
-        train_times = [r["train_seconds"] for r in history]
-        cost = {
-            "trainable_params": counts.trainable,
-            "paper_params": counts.paper,
-            "total_params": counts.total,
-            "epoch_seconds": sum(train_times) / len(train_times),
-            "epoch_cpu_seconds": sum(r["train_cpu_seconds"] for r in history) / len(history),
-            "eval_seconds": sum(r["eval_seconds"] for r in history) / len(history),
-            "cache_seconds": cache_seconds,
-            "cache_bytes": cache_bytes,
-            "epochs_run": len(history),
-            "epochs_to_convergence": conv_epoch,
-            "time_to_convergence": cache_seconds + sum(train_times[:conv_epoch]),
-            "peak_memory_mb": _peak_memory_mb(device),
-        }
-        mlflow.log_metrics({f"test_{n}": v for n, v in test_metrics.items()})
-        mlflow.log_metrics({n: float(v) for n, v in cost.items()})
-
-    result = RunResult(
+    run = Run(
         task=task,
         variant=variant,
         k=k,
+        seed=seed,
+        settings=settings,
+        cfg=cfg,
+        accelerator=accelerator,
+        encoder=encoder,
+        tok=tok,
+        counts=counts,
+        model=model,
+        task_model=task_model,
+        train=train,
+        valid=valid,
+        test=test_examples,
+        valid_caches=valid_caches,
+        shuffle=shuffle,
+        loaders={"train": train_loader, "valid": valid_loader, "test": test_loader},
+        optimizer=optimizer,
+        scheduler=scheduler,
+        cache_seconds=cache_seconds,
+        cache_bytes=cache_bytes,
+        output_dir=output_dir,
+        results_path=results_path,
+        state_dir=state_dir,
+        fingerprint=fingerprint,
+        log=log_settings,
+        tags={"telly.task": task, "telly.variant": variant, "telly.cache_frozen": str(cached), **system},
+        system=system,
+    )
+    if resumed is not None:
+        run.history, run.best, run.start_epoch = resumed["history"], resumed["best"], resumed["epoch"] + 1
+        log.info("%s/%s: resuming after epoch %d from %s", task, variant, resumed["epoch"], state_dir)
+    return run
+
+
+# --------------------------------------------------------------------- fit
+
+
+def fit(run: Run, mlflow: Any, on_epoch: OnEpoch | None) -> None:
+    """The epochs: train, score on valid, keep the best encoder and save the state to resume from."""
+    for record in run.history:  # a resumed run still shows the whole curve
+        _log_epoch(mlflow, record)
+    for epoch in range(run.start_epoch, run.cfg.epochs + 1):
+        losses, train_seconds, train_cpu_seconds = train_epoch(run, epoch)
+        t0 = time.perf_counter()
+        valid_metrics = run.evaluate("valid", caches=run.valid_caches)
+        record = {
+            "epoch": epoch,
+            "train_loss": sum(losses) / len(losses),
+            "train_seconds": train_seconds,
+            "train_cpu_seconds": train_cpu_seconds,
+            "eval_seconds": time.perf_counter() - t0,
+            "lr": run.scheduler.get_last_lr()[0],
+            **{f"valid_{name}": value for name, value in valid_metrics.items()},
+        }
+        run.history.append(record)
+        improved = valid_metrics["score"] > run.best["score"]
+        if improved:
+            run.best = {"score": valid_metrics["score"], "epoch": epoch, **valid_metrics}
+        if run.main:  # one writer: every process holds the same weights
+            if improved:
+                _save_weights(run.encoder.model, run.state_dir / "best.safetensors")
+            _save_state(run, epoch)
+        _log_epoch(mlflow, record)
+        log.info(
+            "%s/%s epoch %d: loss %.4f, valid score %.4f, %.1f s",
+            run.task,
+            run.variant,
+            epoch,
+            record["train_loss"],
+            valid_metrics["score"],
+            train_seconds,
+        )
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+
+
+def train_epoch(run: Run, epoch: int) -> tuple[list[float], float, float]:
+    """One pass over the training set: the losses, wall seconds and CPU seconds it took."""
+    run.model.train()
+    run.shuffle.manual_seed(run.seed + epoch)  # same order after a resume
+    losses = []
+    trainable = [p for p in run.model.parameters() if p.requires_grad]
+    _sync(run.device)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    desc = f"{run.task}/{run.variant} epoch {epoch}"
+    for batch in tqdm(run.loaders["train"], desc=desc, leave=False, disable=not run.main):
+        with run.autocast():
+            loss = run.model(batch)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.accelerator.backward(loss)  # DDP: gradients averaged across processes
+        run.accelerator.clip_grad_norm_(trainable, run.settings.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        losses.append(run.accelerator.reduce(loss.detach(), "mean").item())
+    _sync(run.device)
+    # CPU seconds are robust to other jobs on a shared CPU
+    return losses, time.perf_counter() - t0, time.process_time() - cpu0
+
+
+# -------------------------------------------------------------------- test
+
+
+def test(run: Run) -> RunResult:
+    """The best-on-valid encoder evaluated once on test, and the run's cost (RQ3's columns)."""
+    run.accelerator.wait_for_everyone()  # the main process has written best.safetensors
+    _load_weights(run.encoder.model, run.state_dir / "best.safetensors")
+    test_metrics = run.evaluate("test", threshold=run.best.get("threshold"))
+    test_metrics.pop("score")
+    history = run.history
+    conv_epoch = convergence_epoch([r["valid_score"] for r in history], run.settings.convergence_tolerance)
+    train_times = [r["train_seconds"] for r in history]
+    cost = {
+        "trainable_params": run.counts.trainable,
+        "paper_params": run.counts.paper,
+        "total_params": run.counts.total,
+        "epoch_seconds": sum(train_times) / len(train_times),
+        "epoch_cpu_seconds": sum(r["train_cpu_seconds"] for r in history) / len(history),
+        "eval_seconds": sum(r["eval_seconds"] for r in history) / len(history),
+        "cache_seconds": run.cache_seconds,
+        "cache_bytes": run.cache_bytes,
+        "epochs_run": len(history),
+        "epochs_to_convergence": conv_epoch,
+        "time_to_convergence": run.cache_seconds + sum(train_times[:conv_epoch]),
+        "peak_memory_mb": _peak_memory_mb(run.device),
+    }
+    return RunResult(
+        task=run.task,
+        variant=run.variant,
+        k=run.k,
         test=test_metrics,
-        best_epoch=best["epoch"],
+        best_epoch=run.best["epoch"],
         convergence_epoch=conv_epoch,
         epochs=history,
         cost=cost,
-        settings=run_settings,
-        checkpoint=str(output_dir),
-        system=system,
+        settings=run.log,
+        checkpoint=str(run.output_dir),
+        system=run.system,
     )
-    if main:
-        _publish(encoder, output_dir)
-        write_json(results_path, result.to_json())
-        shutil.rmtree(state_dir, ignore_errors=True)  # finished: nothing left to resume
-    accelerator.wait_for_everyone()  # every process returns once the results exist
-    return result
+
+
+# ----------------------------------------------------------------- publish
+
+
+def publish(run: Run, result: RunResult) -> None:
+    """The best encoder as a ``save_pretrained`` folder and the metrics file; the resume state goes."""
+    if run.main:
+        with atomic_dir(run.output_dir) as tmp:
+            run.encoder.model.save_pretrained(tmp)
+            run.encoder.tokenizer.save_pretrained(tmp)
+        write_json(run.results_path, result.to_json())
+        shutil.rmtree(run.state_dir, ignore_errors=True)  # finished: nothing left to resume
+    run.accelerator.wait_for_everyone()  # every process returns once the results exist
 
 
 def convergence_epoch(valid_scores: list[float], tolerance: float) -> int:
@@ -391,9 +488,10 @@ def make_batch(task: str, examples: list[dict], idx: list[int], pad_id: int, cac
         hidden = [caches[name][i] for i in idx] if name in caches else None
         return collate([ex[name] for ex in examples], pad_id, hidden)
 
-    if task in SEQUENCE_FIELDS:
-        batch = {name: field_batch(name) for name in SEQUENCE_FIELDS[task]}
-        if task == "clone_detection":
+    spec = tasks.get(task)
+    if not spec.generates:
+        batch = {name: field_batch(name) for name in spec.sequence_fields}
+        if "label" in spec.fields:
             batch["label"] = torch.tensor([ex["label"] for ex in examples])
         return batch
     seq = field_batch("seq")
@@ -409,6 +507,11 @@ def _settings(params: Params) -> FinetuneParams:
     return params.finetune
 
 
+def _task_settings(settings: FinetuneParams, task: str) -> FinetuneTaskParams:
+    tasks.get(task)  # an unknown name is an error listing the tasks
+    return getattr(settings.tasks, task)
+
+
 def _check_batches(task: str, batch_size: int, eval_batch_size: int, processes: int) -> None:
     """Batch sizes are global: N data-parallel processes each take an equal 1/N of every batch."""
     for key, size in ((f"tasks.{task}.batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -420,11 +523,7 @@ def _check_batches(task: str, batch_size: int, eval_batch_size: int, processes: 
 
 
 def _check_lengths(task: str, cfg: Any, model_max: int) -> None:
-    need = (
-        cfg.max_source_length + cfg.max_target_length
-        if task not in SEQUENCE_FIELDS
-        else max(cfg.max_source_length, cfg.max_target_length)
-    )
+    need = tasks.get(task).max_tokens(cfg.max_source_length, cfg.max_target_length)
     if need > model_max:
         raise TellyError(
             f"finetune.tasks.{task}: max_source_length + max_target_length = {need} tokens, "
@@ -445,10 +544,8 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
 def _save_weights(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
 
 
 def _load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -458,22 +555,21 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict({k: v.to(device) for k, v in load_file(str(path)).items()})
 
 
-def _save_state(state_dir: Path, fingerprint: str, epoch: int, model, optimizer, scheduler, history, best) -> None:
+def _save_state(run: Run, epoch: int) -> None:
+    """Everything needed to go on after ``epoch``: weights, optimiser, schedule, RNG, the curve so far."""
     state = {
-        "fingerprint": fingerprint,
+        "fingerprint": run.fingerprint,
         "epoch": epoch,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "model": {k: v.detach().cpu() for k, v in run.task_model.state_dict().items()},
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "history": json.dumps(history),
-        "best": json.dumps(best),
+        "history": json.dumps(run.history),
+        "best": json.dumps(run.best),
     }
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / "last.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, state_dir / "last.pt")
+    with atomic_path(run.state_dir / "last.pt") as tmp:
+        torch.save(state, tmp)
 
 
 def _resume(state_dir: Path, fingerprint: str, model, optimizer, scheduler, device) -> dict | None:
@@ -501,16 +597,6 @@ def _resume(state_dir: Path, fingerprint: str, model, optimizer, scheduler, devi
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return {"epoch": state["epoch"], "history": json.loads(state["history"]), "best": json.loads(state["best"])}
-
-
-def _publish(encoder: Any, output_dir: Path) -> None:
-    """The best encoder as a ``save_pretrained`` folder (loadable with ``load_encoder``), written atomically."""
-    tmp = output_dir.with_name(output_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    encoder.model.save_pretrained(tmp)
-    encoder.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(output_dir, ignore_errors=True)
-    os.replace(tmp, output_dir)
 
 
 def _architecture(encoder: Any) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 
 from telly.config import Params
 from telly.errors import TellyError
+from telly.files import write_text
 from telly.jsonl import write_json
 from telly.probing import controls
 from telly.probing.features import SPLITS, FeatureBuilder, ModelState, ast_text, lexical_arrays, read_rows
@@ -187,9 +188,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=CURVE_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    tmp = path.with_suffix(".csv.tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, buf.getvalue())
 
 
 def write_outputs(folder: Path, result: dict[str, Any]) -> None:

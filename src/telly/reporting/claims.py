@@ -9,16 +9,17 @@ from typing import Any
 
 import numpy as np
 
+from telly import variants
 from telly.config import ReportParams
 from telly.errors import TellyError
 from telly.finetuning import examples as E
-from telly.finetuning.table import METRICS
 from telly.reporting import evidence as ev
 from telly.reporting import verdicts as vd
 from telly.reporting.inputs import Inputs, Regime
 from telly.reporting.paper import paper_variant_metrics
+from telly.tasks import TASKS
 
-MAIN_METRIC = {task: names[0] for task, names in METRICS.items()}  # the paper's headline metric per task
+MAIN_METRIC = {name: task.main_metric for name, task in TASKS.items()}  # the paper's headline metric per task
 
 
 @dataclass
@@ -127,7 +128,7 @@ def similarity_curves(inputs: Inputs) -> dict[str, list[float]]:
 
 
 def variant_k(variant: str) -> int | None:
-    return None if variant == "base" else int(variant.split("-")[1])
+    return variants.k_of(variant)
 
 
 def num_layers(runs: list[dict[str, Any]]) -> int | None:

@@ -8,10 +8,10 @@ layer weights are drawn relative to uniform (weight x (L + 1); 1 = every state e
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from telly.files import atomic_path
 from telly.reporting.claims import MAIN_METRIC, variant_k
 from telly.reporting.inputs import PROPERTIES, STATES, Inputs
 
@@ -28,10 +28,8 @@ def _plt():
 
 
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     _plt().close(fig)
     return path
 

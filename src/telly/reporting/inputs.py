@@ -11,10 +11,10 @@ from typing import Any
 
 from telly.config import Params
 from telly.errors import TellyError
+from telly.tasks import TASK_NAMES as TASKS
 
 log = logging.getLogger(__name__)
 
-TASKS = ("code_search", "clone_detection", "code_summarization", "code_generation", "line_completion")
 PROPERTIES = ("lexical", "syntactic", "structural", "semantic")
 STATES = ("random", "pretrained", "finetuned")
 

@@ -4,12 +4,13 @@ write ``report.md`` + ``report.html`` (self-contained), ``claims.json`` and the 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from telly import variants
 from telly.config import Params
 from telly.errors import TellyError
+from telly.files import atomic_path, write_text
 from telly.jsonl import write_json
 from telly.reporting import document, figures
 from telly.reporting.claims import MAIN_METRIC, Claim, check_claims
@@ -18,13 +19,6 @@ from telly.reporting.inputs import Inputs, read_inputs
 from telly.reporting.paper import load_paper
 
 log = logging.getLogger(__name__)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def draw(inputs: Inputs, paper: dict[str, Any], folder: Path) -> dict[str, Path | None]:
@@ -58,7 +52,8 @@ def plots_data(inputs: Inputs, folder: Path) -> list[Path]:
         for cached, df in frames.items():
             suffix = "_cached" if cached else "_uncached"
             for r in df.to_dict("records"):
-                k = -1 if r["variant"] == "base" else int(r["variant"].split("-")[1])
+                k = variants.k_of(r["variant"])
+                k = -1 if k is None else k
                 row = rows.setdefault(k, {"k": k, "params_reduction_pct": round(r["params_reduction_pct"], 3)})
                 row[f"epoch_reduction_pct{suffix}"] = round(r["epoch_reduction_pct"], 3)
                 row[f"convergence_reduction_pct{suffix}"] = round(r["convergence_reduction_pct"], 3)
@@ -66,10 +61,8 @@ def plots_data(inputs: Inputs, folder: Path) -> list[Path]:
         import pandas as pd
 
         path = folder / f"rq3-{task}.csv"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".rq3-{task}.csv.tmp"
-        pd.DataFrame([rows[k] for k in sorted(rows)]).to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pd.DataFrame([rows[k] for k in sorted(rows)]).to_csv(tmp, index=False)
         written.append(path)
     return written
 
@@ -112,8 +105,8 @@ def run(params: Params) -> Path:
     drawn = draw(inputs, paper, out / "figures")
     plots_data(inputs, out / "plots")
     markdown = document.build(inputs, claims, paper, params, drawn)
-    _write_text(out / "report.md", markdown)
-    _write_text(out / "report.html", to_html(markdown, out))
+    write_text(out / "report.md", markdown)
+    write_text(out / "report.html", to_html(markdown, out))
     write_json(out / "claims.json", claims_json(claims))
     write_json(out / "metrics.json", dvc_metrics(claims))
     for c in claims:

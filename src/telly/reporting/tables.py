@@ -6,7 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from telly.finetuning.table import METRICS, clock, task_table
+from telly import tasks
+from telly.finetuning.table import clock, task_table
 from telly.reporting.claims import MAIN_METRIC
 from telly.reporting.inputs import PROPERTIES, STATES, Probing, Similarity
 
@@ -144,7 +145,7 @@ def telly_table(task: str, runs: list[dict[str, Any]]) -> str:
         "#Ep→conv",
         "Conv. time",
         "↓%",
-        *METRICS[task],
+        *tasks.get(task).metrics,
         f"{main} Δ% vs Base",
     ]
     rows = [
@@ -157,7 +158,7 @@ def telly_table(task: str, runs: list[dict[str, Any]]) -> str:
             r["epochs_to_convergence"],
             clock(r["convergence_seconds"]),
             f"{r['convergence_reduction_pct']:.1f}",
-            *(f"{r[m]:.4g}" for m in METRICS[task]),
+            *(f"{r[m]:.4g}" for m in tasks.get(task).metrics),
             f"{r[f'{main}_vs_base_pct']:+.1f}",
         ]
         for r in df.to_dict("records")

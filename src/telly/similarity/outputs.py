@@ -12,14 +12,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from telly.files import atomic_path
 from telly.jsonl import write_json
 from telly.similarity.compute import KINDS, METRICS, curves
 
@@ -30,20 +28,6 @@ LABELS = {
     "procrustes": "Procrustes distance (0 = same)",
 }
 FIGURE_METRICS = ("rsa_spearman", "rsa_pearson", "cka")
-
-
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it into place only on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def clean(value: Any) -> Any:
@@ -71,10 +55,10 @@ def write_table(rows: Sequence[Mapping[str, Any]], out: Path) -> None:
     import pandas as pd
 
     frame = pd.DataFrame(rows)
-    with _atomic(out / "table.csv") as tmp:
+    with atomic_path(out / "table.csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
     write_json(out / "table.json", [{k: clean(v) for k, v in r.items()} for r in rows])
-    with _atomic(out / "table.md") as tmp:
+    with atomic_path(out / "table.md") as tmp:
         tmp.write_text(markdown(rows), encoding="utf-8")
 
 
@@ -120,7 +104,7 @@ def write_plots_data(rows: Sequence[Mapping[str, Any]], out: Path) -> list[Path]
         wide = frame.pivot(index="hidden_state", columns="column", values=metric)
         wide = wide[_columns(rows)].reset_index()
         path = out / "plots" / f"{metric}.csv"
-        with _atomic(path) as tmp:
+        with atomic_path(path) as tmp:
             wide.to_csv(tmp, index=False, float_format="%.6g")
         written.append(path)
     return written
@@ -162,7 +146,7 @@ def figure(rows: Sequence[Mapping[str, Any]], path: Path, *, threshold: float, t
     axes[0].set_ylabel("pre-trained vs fine-tuned")
     axes[-1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=130, format="png")
     plt.close(fig)
 

@@ -1,7 +1,7 @@
 """One trial: fine-tune the sampled variant and return its validation score (and cost).
 
 The trainer is injected (``train_fn``, by default ``telly.finetuning.train.train_variant``)
-and called as ``train_fn(params, task, variant, lr=, epochs=, on_epoch=, output_dir=,
+and called as ``train_fn(params, task, variant, on_epoch=, output_dir=,
 results_path=)``; it returns a result with ``epochs`` (one record per epoch holding
 ``valid_score``) and ``cost`` (``time_to_convergence``, ``trainable_params``). After
 every epoch ``on_epoch`` reports the validation score to Optuna, which may prune the
@@ -47,10 +47,15 @@ def trial_failures() -> tuple[type[BaseException], ...]:
 
 
 def trial_params(params: Params, task: str, choice: Choice, work_dir: Path) -> Params:
-    """``params`` with the trial's batch size and data sizes, and its own checkpoint folder."""
+    """``params`` with the trial's learning rate, epochs, batch size and data sizes, and its own checkpoint folder."""
     tune, finetune = params.tune, params.finetune
     task_cfg = getattr(finetune.tasks, task)
-    sizes = {"batch_size": choice.batch_size, "test_size": tune.test_size}
+    sizes = {
+        "batch_size": choice.batch_size,
+        "test_size": tune.test_size,
+        "learning_rate": choice.lr,
+        "epochs": choice.epochs,
+    }
     if tune.train_size:
         sizes["train_size"] = tune.train_size
     if tune.valid_size:
@@ -129,8 +134,6 @@ class Objective:
                     trial_params(self.params, self.task, choice, work),
                     self.task,
                     choice.variant,
-                    lr=choice.lr,
-                    epochs=choice.epochs,
                     on_epoch=on_epoch,
                     output_dir=work / "model",
                     results_path=work / "result.json",

@@ -10,8 +10,6 @@ score's variation K and the learning rate explain. Plots are PNGs drawn by
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from telly.files import atomic_path
 from telly.jsonl import write_json
 from telly.tuning.space import SearchSpace, variant_name
 from telly.tuning.study import counts
@@ -113,15 +112,8 @@ def summarize(study: optuna.Study, space: SearchSpace, task: str, storage: str, 
 
 def write_trials_csv(study: optuna.Study, path: Path) -> None:
     frame = study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs", "duration"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # workers may write at once: each its own temporary file
         frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plot(study: optuna.Study, space: SearchSpace, folder: Path, seed: int) -> list[Path]:
@@ -159,10 +151,8 @@ def plot(study: optuna.Study, space: SearchSpace, folder: Path, seed: int) -> li
         figure.set_size_inches(9, 5.5)
         figure.tight_layout()
         path = folder / f"{name}.png"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".png")  # workers may plot at once
-        os.close(fd)
-        figure.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # workers may plot at once
+            figure.savefig(tmp, dpi=110)
         plt.close(figure)
         written.append(path)
     return written

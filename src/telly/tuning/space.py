@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from telly import variants
 from telly.config import Params
 from telly.errors import TellyError
 
@@ -28,7 +29,7 @@ class SearchSpaceMismatch(TellyError):
 
 
 def variant_name(k: int) -> str:
-    return "base" if k == BASE else f"telly-{k}"
+    return variants.name(None if k == BASE else k)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class SearchSpace:
         task_cfg = getattr(finetune.tasks, task)
         fixed = {
             "task": task,
-            "model": finetune.model,
+            "model": params.finetune_model,
             "seed": finetune.seed,
             "cache_frozen": finetune.cache_frozen,
             "train_size": tune.train_size or task_cfg.train_size,

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def run_paper_regime(params: Params, task: str, variant: str) -> Path:
     """Train ``variant`` on ``task`` without caching; write ``<paper_regime.results_dir>/<task>/<variant>.json``."""
-    from telly.finetuning.train import train_variant
+    from telly.finetuning.train import override, train_variant
 
     if params.report is None or params.finetune is None:
         raise TellyError("params: the report and finetune sections are needed for paper-regime runs")
@@ -26,11 +26,10 @@ def run_paper_regime(params: Params, task: str, variant: str) -> Path:
         )
     # its own resume folder, so it never picks up (or discards) the cached run's state
     scratch = Path(params.finetune.checkpoint_dir) / "paper-regime"
-    finetune = params.finetune.model_copy(update={"checkpoint_dir": scratch})
-    params = params.model_copy(update={"finetune": finetune})
+    params = override(params, checkpoint_dir=scratch, cache_frozen=False)
     results = Path(regime.results_dir) / task / f"{variant}.json"
     model_dir = scratch / "models" / task / variant  # the weights are not needed: only the cost and metrics
-    result = train_variant(params, task, variant, cache_frozen=False, output_dir=model_dir, results_path=results)
+    result = train_variant(params, task, variant, output_dir=model_dir, results_path=results)
     shutil.rmtree(model_dir, ignore_errors=True)
     log.info(
         "%s/%s (paper's regime): %.2f s per epoch, test %s", task, variant, result.cost["epoch_seconds"], result.test

@@ -1,0 +1,134 @@
+"""The five downstream tasks of RQ3: one entry per task, read by every stage.
+
+Each :class:`DownstreamTask` holds what the stages need to know about a task: the fields of its
+rows (``data/tasks/<task>/*.jsonl``), how a row becomes token sequences (``layout``), the head
+and loss that train it, the metrics the paper reports (the first is the headline metric that
+RQ3's claims compare), how a checkpoint is selected on valid, and the public dataset format of
+its real data. The tasks stage (``telly.data.tasks``), fine-tuning (data, heads, evaluation,
+tables), tuning, the config and the report all read this table; a sixth task is one more entry
+here plus its dataset builder in ``telly.data.tasks`` (docs/architecture.md, "Task registry").
+
+The paper's settings per task (UniXcoder's downstream scripts):
+
+- code search: CodeSearchNet-Python; bi-encoder, in-batch InfoNCE; MRR;
+- clone detection: BigCloneBench; the same embedding, cosine against the 0/1 label; F1;
+- code summarization: CodeSearchNet; encoder-decoder mode; smoothed sentence BLEU-4;
+- code generation: CONCODE; encoder-decoder mode; corpus BLEU + exact match;
+- line completion: CodeXGLUE line-level; decoder-only mode; exact match + edit similarity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from telly.finetuning import metrics as M
+
+Head = Literal["search", "clone", "lm"]
+Layout = Literal["encoder-only", "encoder-decoder", "decoder-only"]
+TextMetric = Callable[[Sequence[str], Sequence[str]], float]
+
+
+@dataclass(frozen=True)
+class DownstreamTask:
+    name: str
+    head: Head  # search: InfoNCE over in-batch codes; clone: MSE of cosine vs label; lm: next-token CE
+    layout: Layout  # UniXcoder's mode (docs/finetuning.md): how a row becomes token sequences
+    fields: tuple[str, ...]  # required fields of a row of data/tasks/<task>/*.jsonl
+    metrics: tuple[str, ...]  # reported on test; metrics[0] is the paper's headline metric (RQ3 claims)
+    selection: tuple[str, ...]  # valid metrics summed into the checkpoint selection score
+    source_format: str  # the public format of its real data (tasks.<task>.source.format)
+    # encoder-only tasks: the row fields tokenized as sequences, each with the length setting it uses
+    sequences: dict[str, Literal["source", "target"]] = field(default_factory=dict)
+    # generation tasks: metric name -> function(references, hypotheses)
+    text_metrics: dict[str, TextMetric] = field(default_factory=dict)
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def generates(self) -> bool:
+        """Evaluated by decoding text (beam search), not by embeddings."""
+        return self.head == "lm"
+
+    @property
+    def sequence_fields(self) -> tuple[str, ...]:
+        """The token sequences of one example: the encoder tasks' fields, or the one ``seq`` of a generation task."""
+        return tuple(self.sequences) if self.sequences else ("seq",)
+
+    def score(self, metrics: dict[str, float]) -> float:
+        """The selection score on valid (higher is better)."""
+        return sum(metrics[name] for name in self.selection)
+
+    def max_tokens(self, max_source: int, max_target: int) -> int:
+        """The longest input a run builds: both lengths add up where the target follows the source."""
+        return max(max_source, max_target) if self.sequences else max_source + max_target
+
+
+TASKS: dict[str, DownstreamTask] = {
+    t.name: t
+    for t in (
+        DownstreamTask(
+            name="code_search",
+            head="search",
+            layout="encoder-only",
+            fields=("query", "code"),
+            sequences={"query": "target", "code": "source"},
+            metrics=("mrr", "r_at_1", "r_at_5", "r_at_10"),
+            selection=("mrr",),
+            source_format="codesearchnet",
+        ),
+        DownstreamTask(
+            name="clone_detection",
+            head="clone",
+            layout="encoder-only",
+            fields=("code1", "code2", "label"),
+            sequences={"code1": "source", "code2": "source"},
+            metrics=("f1", "precision", "recall"),
+            selection=("f1",),
+            source_format="bigclonebench",
+        ),
+        DownstreamTask(
+            name="code_summarization",
+            head="lm",
+            layout="encoder-decoder",
+            fields=("source", "target"),
+            metrics=("bleu", "meteor", "rouge_l", "cider"),
+            selection=("bleu",),
+            source_format="codesearchnet",
+            text_metrics={"bleu": M.smoothed_bleu4, "meteor": M.meteor, "rouge_l": M.rouge_l, "cider": M.cider},
+        ),
+        DownstreamTask(
+            name="code_generation",
+            head="lm",
+            layout="encoder-decoder",
+            fields=("source", "target"),
+            metrics=("bleu", "em"),
+            selection=("bleu", "em"),  # UniXcoder's best-score
+            source_format="concode",
+            text_metrics={"bleu": M.corpus_bleu_codexglue, "em": M.exact_match},
+        ),
+        DownstreamTask(
+            name="line_completion",
+            head="lm",
+            layout="decoder-only",
+            fields=("source", "target"),
+            metrics=("em", "edit_sim"),
+            selection=("em", "edit_sim"),  # EM alone is flat at zero for a small model: ties pick epoch 1
+            source_format="codexglue_line",
+            text_metrics={"em": M.exact_match, "edit_sim": M.edit_similarity},
+        ),
+    )
+}
+TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+
+
+def get(name: str) -> DownstreamTask:
+    """The registry entry of ``name``; an unknown name is a clear error listing the tasks."""
+    from telly.errors import TellyError
+
+    if name not in TASKS:
+        raise TellyError(f"unknown task {name!r}; the downstream tasks are {', '.join(TASK_NAMES)}")
+    return TASKS[name]
