@@ -39,6 +39,25 @@ def test_ratios_to_base():
         task_table("code_search", [run("telly-2", 40, 41, 4.0, 2, 0.55)])
 
 
+def test_seeds_are_averaged_with_their_spread_and_ratios_use_the_means(tmp_path):
+    runs = [
+        run("base", 100, 101, 10.0, 4, 0.5),
+        run("base", 100, 101, 12.0, 4, 0.7),
+        run("telly-2", 40, 41, 4.0, 2, 0.66),
+    ]
+    df = task_table("code_search", runs).set_index("variant")
+    base, t = df.loc["base"], df.loc["telly-2"]
+    assert (base["seeds"], t["seeds"]) == (2, 1)
+    assert base["mrr"] == pytest.approx(0.6) and base["mrr_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert t["mrr_std"] == 0.0 and t["mrr_vs_base_pct"] == pytest.approx(10.0)
+    assert t["epoch_reduction_pct"] == pytest.approx(100 * (1 - 4.0 / 11.0))
+    for i, r in enumerate(runs):  # the seeds' layout: <variant>/seed<S>.json
+        write_json(tmp_path / "code_search" / r["variant"] / f"seed{i}.json", r)
+    write_table("code_search", tmp_path / "code_search", tmp_path / "tables")
+    md = (tmp_path / "tables" / "code_search.md").read_text()
+    assert "| 2 | 0.6 ± 0.14 |" in md and "| 1 | 0.66 |" in md  # Base: 2 seeds, mean ± std; Telly-2: one seed
+
+
 def test_clock():
     assert (clock(12.34), clock(125), clock(3723)) == ("12.3s", "2m05s", "1h02m03s")
 

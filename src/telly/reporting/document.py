@@ -268,7 +268,8 @@ def rq3_section(
             elif not any(r["variant"] == "base" for r in runs):
                 out.append(f"*{regime.label}*: no Base run yet (`dvc repro finetune-run`), so no ratios.\n")
             else:
-                out += [f"**This run, {regime.label}**\n", tables.telly_table(task, runs)]
+                baseline = inputs.baselines.get(task) if regime is inputs.regimes[0] else None
+                out += [f"**This run, {regime.label}**\n", tables.telly_table(task, runs, baseline)]
         out += [f"**Paper: {paper['rq3'][task]['title']}**\n", tables.paper_telly_table(task, paper)]
     return "\n".join(filter(None, out))
 

@@ -6,8 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from telly import tasks
-from telly.finetuning.table import clock, task_table
+from telly import tasks, variants
+from telly.finetuning.table import clock, mean_std, task_table
 from telly.reporting.claims import MAIN_METRIC
 from telly.reporting.inputs import PROPERTIES, STATES, Probing, Similarity
 
@@ -132,10 +132,12 @@ def paper_similarity_table(paper: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ RQ3
 
 
-def telly_table(task: str, runs: list[dict[str, Any]]) -> str:
-    """One task's runs in the layout of telly-paper.md section 3.3 (↓% = reduction against Base)."""
+def telly_table(task: str, runs: list[dict[str, Any]], baseline: dict[str, Any] | None = None) -> str:
+    """One task's runs in the layout of telly-paper.md section 3.3 (↓% = reduction against Base): test metrics as
+    mean ± std over each variant's seeds, and the no-training baseline's metrics in the first row when given."""
     df = task_table(task, runs)
-    main = MAIN_METRIC[task]
+    spec = tasks.get(task)
+    main = spec.main_metric
     header = [
         "Variant",
         "Train params (M)",
@@ -145,20 +147,31 @@ def telly_table(task: str, runs: list[dict[str, Any]]) -> str:
         "#Ep→conv",
         "Conv. time",
         "↓%",
-        *tasks.get(task).metrics,
+        "seeds",
+        *spec.metrics,
         f"{main} Δ% vs Base",
     ]
-    rows = [
+    rows = []
+    if baseline is not None:
+        base_main = float(df[df["variant"] == "base"][main].iloc[0])
+        value = baseline["test"][main]
+        rows.append(
+            ["no-training baseline", "0", "–", "–", "–", "–", "–", "–", "–"]
+            + [num(baseline["test"].get(m), 4) for m in spec.metrics]
+            + [f"{100 * (value / base_main - 1):+.1f}" if base_main else "–"]
+        )
+    rows += [
         [
-            r["variant"].replace("telly-", "Telly-").replace("base", "Base"),
+            variants.label(r["variant"]),
             millions(r["paper_params_m"]),
             f"{r['params_reduction_pct']:.1f}",
             clock(r["epoch_seconds"]),
             f"{r['epoch_reduction_pct']:.1f}",
-            r["epochs_to_convergence"],
+            f"{r['epochs_to_convergence']:.3g}",
             clock(r["convergence_seconds"]),
             f"{r['convergence_reduction_pct']:.1f}",
-            *(f"{r[m]:.4g}" for m in tasks.get(task).metrics),
+            r["seeds"],
+            *(mean_std(r, m) for m in spec.metrics),
             f"{r[f'{main}_vs_base_pct']:+.1f}",
         ]
         for r in df.to_dict("records")
