@@ -83,7 +83,7 @@ def test_stage_scores_exactly_the_fine_tuning_test_rows(tmp_path, raw_params):
         path = B.run(params, task, tmp_path / "baselines")
         result = json.loads(path.read_text())
         rows = read_jsonl(E.examples_path(path))
-        test = load_split(settings.tasks_dir, task, "test", 6, settings.seed)
+        test = load_split(settings.tasks_dir, task, "test", 6, settings.data_seed)
         assert [r["id"] for r in rows] == [r["id"] for r in test]
         assert result["variant"] == "baseline" and result["settings"]["test_size"] == 6
         main = E.STATISTICS[task].metric

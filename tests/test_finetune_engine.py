@@ -216,16 +216,22 @@ def test_cached_and_uncached_runs_both_train(setup, tracking_env, tmp_path):
 
 def test_variants_and_convergence_rule():
     assert variants.k_of("base", 6) is None and variants.k_of("telly-5", 6) == 5
-    assert variants.k_of("base-seed2", 6) is None
-    assert variants.seed_of("base-seed2", 42) == 2 and variants.seed_of("base", 42) == 42
+    with pytest.raises(TellyError, match="seeds are finetune.seeds"):  # a seed is a run, not a variant
+        variants.k_of("base-seed2", 6)
+    assert variants.split_seed("base-seed2") == ("base", 2) and variants.split_seed("telly-3") == ("telly-3", None)
+    assert variants.split_seed("telly-3-seed1") == ("telly-3", 1) and variants.split_seed("x-seed1") == (
+        "x-seed1",
+        None,
+    )
+    assert str(variants.run_dir("m", "code_search", "base", 7)) == "m/code_search/base/seed7"
     with pytest.raises(TellyError, match="0 <= K <= 5"):
         variants.k_of("telly-6", 6)
     with pytest.raises(TellyError, match="expected 'base'"):
         variants.k_of("lora", 6)
     assert variants.all_for_depth(3) == ["base", "telly-0", "telly-1", "telly-2"]
-    names = ["telly-2", "base-seed2", "telly-10", "base"]
-    assert sorted(names, key=variants.sort_key) == ["base", "base-seed2", "telly-2", "telly-10"]
-    assert [variants.label(v) for v in ("base", "telly-3", "base-seed2")] == ["Base", "Telly-3", "Base (seed 2)"]
+    names = ["telly-2", "telly-10", "base"]
+    assert sorted(names, key=variants.sort_key) == ["base", "telly-2", "telly-10"]
+    assert [variants.label(v) for v in ("base", "telly-3")] == ["Base", "Telly-3"]
     with pytest.raises(TellyError, match="repeat"):
         variants.check_names(["base", "base"])
     assert convergence_epoch([0.5, 0.699, 0.7, 0.65], 0.01) == 2  # 0.699 >= 0.7 - 0.007

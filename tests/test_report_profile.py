@@ -38,7 +38,7 @@ def test_paper_profile_is_valid_and_targets_unixcoder_on_real_data():
         256,
         128,
     )
-    assert p.finetune.tasks.code_generation.epochs == 30 and p.finetune.seed == 123456
+    assert p.finetune.tasks.code_generation.epochs == 30 and p.finetune.seeds[0] == 123456
 
 
 def test_paper_profile_inputs_fit_unixcoder_positions():

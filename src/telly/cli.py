@@ -198,7 +198,8 @@ def finetune(
     task: Annotated[
         str, typer.Option(help="code_search, clone_detection, code_summarization, code_generation, line_completion")
     ],
-    variant: Annotated[str | None, typer.Option(help="base, base-seed<S> or telly-<K>")] = None,
+    variant: Annotated[str | None, typer.Option(help="base or telly-<K>")] = None,
+    seed: Annotated[int | None, typer.Option(help="training seed (one of finetune.seeds; default: the first)")] = None,
     table: Annotated[bool, typer.Option("--table", help="aggregate the task's runs into its table instead")] = False,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
@@ -211,7 +212,7 @@ def finetune(
     elif variant is None:
         raise TellyError("telly finetune: give --variant (base or telly-<K>) or --table")
     else:
-        stage.run(p, task, variant)
+        stage.run(p, task, variant, seed)
 
 
 @app.command()

@@ -3,8 +3,12 @@
 A variant says what of the encoder trains:
 
 - ``base``: everything (the paper's full fine-tuning);
-- ``telly-<K>``: the embeddings and the bottom K layers frozen, K = 0..L-1 (the paper's Telly-K);
-- ``base-seed<S>``: Base with only the seed changed (the RQ2 noise baseline).
+- ``telly-<K>``: the embeddings and the bottom K layers frozen, K = 0..L-1 (the paper's Telly-K).
+
+Seeds are not part of a variant: each (task, variant, seed) is a run of its own
+(``finetune.seeds``, docs/finetuning.md). Where one model must be named, a model tag
+``finetuned-<task>-<variant>`` means the first seed's run and ``finetuned-<task>-<variant>-seed<S>``
+seed S's (:func:`split_seed`): the RQ2 noise baseline compares ``base`` with ``base-seed<S>``.
 
 Every stage (params validation, the finetune runs and tables, tuning, the report) goes
 through :func:`parse`, :func:`name`, :func:`label` and :func:`sort_key`; nothing else splits a
@@ -15,22 +19,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from telly.errors import TellyError
 
 BASE = "base"
 _TELLY = re.compile(r"telly-(0|[1-9][0-9]*)")
-_BASE_SEED = re.compile(r"base-seed([0-9]+)")
+_SEEDED = re.compile(r"(?P<variant>.+)-seed(?P<seed>[0-9]+)")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A parsed variant name: ``k`` is None for Base, else the number of frozen layers;
-    ``seed`` is set only where the name fixes it (``base-seed<S>``)."""
+    """A parsed variant name: ``k`` is None for Base, else the number of frozen layers."""
 
     name: str
     k: int | None
-    seed: int | None = None
 
     @property
     def is_base(self) -> bool:
@@ -41,11 +44,10 @@ def parse(variant: str, num_layers: int | None = None) -> Variant:
     """``base`` -> Variant(k=None), ``telly-K`` -> Variant(k=K); with ``num_layers`` also checks 0 <= K < L."""
     if variant == BASE:
         return Variant(variant, None)
-    if seeded := _BASE_SEED.fullmatch(variant):
-        return Variant(variant, None, int(seeded.group(1)))
     match = _TELLY.fullmatch(variant)
     if not match:
-        raise TellyError(f"variant {variant!r}: expected 'base', 'base-seed<S>' or 'telly-<K>' (K = 0, 1, ...)")
+        hint = " (seeds are finetune.seeds, not variants)" if _SEEDED.fullmatch(variant) else ""
+        raise TellyError(f"variant {variant!r}: expected 'base' or 'telly-<K>' (K = 0, 1, ...){hint}")
     k = int(match.group(1))
     if num_layers is not None and k >= num_layers:
         raise TellyError(
@@ -60,10 +62,17 @@ def k_of(variant: str, num_layers: int | None = None) -> int | None:
     return parse(variant, num_layers).k
 
 
-def seed_of(variant: str, default: int) -> int:
-    """The seed a run of ``variant`` uses: the one its name fixes, else ``default``."""
-    seed = parse(variant).seed
-    return default if seed is None else seed
+def split_seed(text: str) -> tuple[str, int | None]:
+    """``base-seed1`` -> (``base``, 1); ``telly-3`` -> (``telly-3``, None): the seed suffix of a model tag's variant."""
+    match = _SEEDED.fullmatch(text)
+    if match and (match["variant"] == BASE or _TELLY.fullmatch(match["variant"])):
+        return match["variant"], int(match["seed"])
+    return text, None
+
+
+def run_dir(root: str | Path, task: str, variant: str, seed: int) -> Path:
+    """``<root>/<task>/<variant>/seed<S>``: the folder of one run's model (and its results' stem)."""
+    return Path(root) / task / variant / f"seed{seed}"
 
 
 def name(k: int | None) -> str:
@@ -72,19 +81,15 @@ def name(k: int | None) -> str:
 
 
 def label(variant: str) -> str:
-    """How tables and figures print a variant: ``Base``, ``Telly-3``, ``Base (seed 2)``."""
+    """How tables and figures print a variant: ``Base``, ``Telly-3``."""
     v = parse(variant)
-    if v.seed is not None:
-        return f"Base (seed {v.seed})"
     return "Base" if v.k is None else f"Telly-{v.k}"
 
 
 def sort_key(variant: str) -> tuple[int, int]:
-    """Base first (its seeded copies after it), then Telly-K by K."""
+    """Base first, then Telly-K by K."""
     v = parse(variant)
-    if v.k is None:
-        return (0, -1 if v.seed is None else v.seed)
-    return (1, v.k)
+    return (0, 0) if v.k is None else (1, v.k)
 
 
 def all_for_depth(num_layers: int) -> list[str]:

@@ -228,7 +228,7 @@ def compute(params: Params, task: str) -> dict[str, Any]:
 
 def data_seed(params: Params) -> int:
     """The seed of the row samples, shared with the fine-tuning runs (every seed of a run reads the same rows)."""
-    return params.finetune.seed
+    return params.finetune.data_seed
 
 
 def run(params: Params, task: str, out_dir: Path = RESULTS_DIR) -> Path:
