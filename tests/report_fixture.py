@@ -223,6 +223,10 @@ def write_finetune(root: Path, holding: bool, *, paper_regime: bool = True) -> N
                 run_json(task, variant, quality=q, epoch_s=10.0 - 2 * i, cached=True, params=params),
                 q,
             )
+            if variant in ("base", "telly-0"):  # a second seed (same scores): tables show mean ± std over seeds
+                second = run_json(task, variant, quality=q, epoch_s=10.0 - 2 * i, cached=True, params=params)
+                second["settings"]["seed"] = 1
+                write_run(root / "results/finetune" / task, second, q)
             if paper_regime and variant != "base":
                 write_run(
                     root / "results/finetune-paper-regime" / task,

@@ -46,6 +46,7 @@ def test_full_report_where_every_claim_holds(params, tmp_path):
     # RQ3 answer: deepest non-inferior K is Telly-1 (Telly-3 drops 20%); baseline and intervals shown
     assert "non-inferior up to Telly-1 (0.0006 M trainable, -40% parameters and -40% epoch time vs Base" in md
     assert md.count("*No-training baseline*") == len(TASKS) and "Base learns the task." in md
+    assert "| Base | 0.0010 | 0.0 | 10.0s | 0.0 | 2 | 20.0s | 0.0 | 2 | 0.5 ± 0 |" in md  # two seeds, mean ± std
     assert "| Telly-3 | -20.00 | [-20.00, -20.00] |" in md and "**Which answers are firm.**" in md
     # tuning beside the similarity's suggestion
     row = "| code_search | telly-1 | 3.00e-04 | 0.6100 | 0.5200 ± 0.0200 (n = 3, range 0.0400) | complete 3, pruned 1 |"
