@@ -149,7 +149,7 @@ def main() -> None:
     )
     params = params.model_copy(update={"finetune": ft})
 
-    from telly.models import load_encoder
+    from telly.models.loading import load_encoder
 
     n_layers = load_encoder(model, device="cpu").num_layers
     rows = []

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from telly.models import load_encoder, pad, tokenize
 from telly.models.extraction import extract
+from telly.models.loading import load_encoder, pad, tokenize
 
 CORPUS = Path("data/corpus/python/valid.jsonl")
 

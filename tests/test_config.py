@@ -19,9 +19,17 @@ def test_bad_value_names_key_value_and_what_is_allowed(raw_params):
 
 
 def test_missing_value_is_named(raw_params):
-    del raw_params["prepare"]["seed"]
-    with pytest.raises(ConfigError, match=r"prepare\.seed: missing"):
+    del raw_params["prepare"]["max_code_lines"]
+    with pytest.raises(ConfigError, match=r"prepare\.max_code_lines: missing"):
         parse_params(raw_params)
+
+
+def test_sections_take_the_top_level_seed_unless_they_set_one(raw_params):
+    raw_params["seed"] = 7
+    raw_params["tune"]["seed"] = 3
+    p = parse_params(raw_params)
+    assert p.prepare.seed == p.pretrain.seed == p.tasks.seed == p.model.seed == 7
+    assert p.tune.seed == 3 and p.finetune.seed == 123456  # its own, and the paper's downstream seed
 
 
 def test_unknown_key_is_rejected(raw_params):

@@ -39,7 +39,7 @@ from finetune_fixture import make_setup
 from telly.config import parse_params
 from telly.errors import TellyError
 from telly.finetuning.train import _check_batches, train_variant
-from telly.models import load_encoder
+from telly.models.loading import load_encoder
 
 EPOCHS = 3
 

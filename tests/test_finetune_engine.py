@@ -16,7 +16,7 @@ from telly.finetuning.data import Seq, Tokens, attention_mask, collate, make_exa
 from telly.finetuning.generation import beam_search
 from telly.finetuning.heads import SEARCH_SCALE, TaskModel
 from telly.finetuning.train import convergence_epoch, override, train_variant
-from telly.models import load_encoder
+from telly.models.loading import load_encoder
 
 TASKS = ["code_search", "clone_detection", "code_summarization", "code_generation", "line_completion"]
 

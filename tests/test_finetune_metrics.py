@@ -71,3 +71,14 @@ def test_exact_match_and_edit_similarity():
     assert M.edit_similarity(["abc", "xyz"], ["abd", "xyz"]) == pytest.approx((67 + 100) / 2)
     with pytest.raises(ValueError, match="as many"):
         M.exact_match(["a"], [])
+
+
+def test_every_task_metric_names_a_function_of_the_metrics_module():
+    from telly.finetuning import metrics
+    from telly.tasks import TASKS
+
+    for task in TASKS.values():
+        assert task.main_metric in task.metrics and set(task.selection) <= set(task.metrics)
+        for name, function in task.text_metrics.items():
+            assert name in task.metrics and callable(getattr(metrics, function)), (task.name, name)
+        assert task.generates == bool(task.text_metrics)

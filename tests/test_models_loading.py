@@ -7,7 +7,7 @@ import torch
 
 from model_fixture import CODE, make_tiny_roberta
 from telly.errors import TellyError
-from telly.models import MODE_TOKENS, ModelLoadError, encode, load_encoder
+from telly.models.loading import MODE_TOKENS, ModelLoadError, encode, load_encoder
 
 
 @pytest.fixture(scope="module")

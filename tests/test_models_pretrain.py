@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from telly.config import parse_params
-from telly.models import load_encoder
 from telly.models import pretrain as stage
+from telly.models.loading import load_encoder
 
 TEMPLATES = [
     "def get_{n}(self):\n    return self.{n}\n",

@@ -114,7 +114,7 @@ def test_lexical_rows_are_last_subwords_and_cache_is_reused(params, project, cap
     run_one(params, "lexical", "pretrained")
     assert "cached representations reused" in caplog.text
     details = json.loads((root / "results" / "probe" / "pretrained" / "lexical" / "details.json").read_text())
-    from telly.models import load_encoder, tokenize
+    from telly.models.loading import load_encoder, tokenize
 
     codes = [json.loads(line)["code"] for line in (root / "data" / "probing" / "lexical" / "train.jsonl").open()]
     offsets = tokenize(load_encoder(params.model.name_or_path), codes, max_length=64).offsets

@@ -6,7 +6,8 @@ import pytest
 
 from python_functions import corpus_rows
 from telly.config import ConfigError, parse_params
-from telly.data import analysis, baselines, clones, tasks
+from telly.data import analysis, baselines, clones
+from telly.data import datasets as tasks
 from telly.jsonl import read_jsonl, write_jsonl
 
 SPLIT_MODULES = {

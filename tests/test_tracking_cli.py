@@ -51,3 +51,17 @@ def test_default_store_is_embedded_with_artifacts_under_mlruns(tmp_path, raw_par
         pass
     assert (tmp_path / "mlruns" / "mlflow.db").exists()
     assert run.info.artifact_uri.startswith((tmp_path / "mlruns" / "artifacts").as_uri())
+
+
+def test_variants_command_prints_base_and_every_k_of_the_model(tmp_path, raw_params):
+    import yaml
+    from typer.testing import CliRunner
+
+    from model_fixture import make_tiny_roberta
+    from telly.cli import app
+
+    raw_params["model"]["name_or_path"] = str(make_tiny_roberta(tmp_path / "m", layers=3))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw_params))
+    out = CliRunner().invoke(app, ["variants", "--params", str(tmp_path / "p.yaml")])
+    assert out.exit_code == 0, out.output
+    assert "variants: [base, telly-0, telly-1, telly-2]" in out.output

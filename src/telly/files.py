@@ -38,6 +38,7 @@ def atomic_dir(folder: str | Path) -> Iterator[Path]:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; an output folder is shared data
     try:
         yield tmp
         if folder.exists():

@@ -4,9 +4,9 @@ Each :class:`DownstreamTask` holds what the stages need to know about a task: th
 rows (``data/tasks/<task>/*.jsonl``), how a row becomes token sequences (``layout``), the head
 and loss that train it, the metrics the paper reports (the first is the headline metric that
 RQ3's claims compare), how a checkpoint is selected on valid, and the public dataset format of
-its real data. The tasks stage (``telly.data.tasks``), fine-tuning (data, heads, evaluation,
+its real data. The tasks stage (``telly.data.datasets``), fine-tuning (data, heads, evaluation,
 tables), tuning, the config and the report all read this table; a sixth task is one more entry
-here plus its dataset builder in ``telly.data.tasks`` (docs/architecture.md, "Task registry").
+here plus its dataset builder in ``telly.data.datasets`` (docs/architecture.md, "Task registry").
 
 The paper's settings per task (UniXcoder's downstream scripts):
 
@@ -19,15 +19,11 @@ The paper's settings per task (UniXcoder's downstream scripts):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from telly.finetuning import metrics as M
-
 Head = Literal["search", "clone", "lm"]
 Layout = Literal["encoder-only", "encoder-decoder", "decoder-only"]
-TextMetric = Callable[[Sequence[str], Sequence[str]], float]
 
 
 @dataclass(frozen=True)
@@ -41,8 +37,9 @@ class DownstreamTask:
     source_format: str  # the public format of its real data (tasks.<task>.source.format)
     # encoder-only tasks: the row fields tokenized as sequences, each with the length setting it uses
     sequences: dict[str, Literal["source", "target"]] = field(default_factory=dict)
-    # generation tasks: metric name -> function(references, hypotheses)
-    text_metrics: dict[str, TextMetric] = field(default_factory=dict)
+    # generation tasks: metric name -> the function of telly.finetuning.metrics that computes it from
+    # (references, hypotheses); named, not imported, so the tasks stage does not depend on metric code
+    text_metrics: dict[str, str] = field(default_factory=dict)
 
     @property
     def main_metric(self) -> str:
@@ -98,7 +95,7 @@ TASKS: dict[str, DownstreamTask] = {
             metrics=("bleu", "meteor", "rouge_l", "cider"),
             selection=("bleu",),
             source_format="codesearchnet",
-            text_metrics={"bleu": M.smoothed_bleu4, "meteor": M.meteor, "rouge_l": M.rouge_l, "cider": M.cider},
+            text_metrics={"bleu": "smoothed_bleu4", "meteor": "meteor", "rouge_l": "rouge_l", "cider": "cider"},
         ),
         DownstreamTask(
             name="code_generation",
@@ -108,7 +105,7 @@ TASKS: dict[str, DownstreamTask] = {
             metrics=("bleu", "em"),
             selection=("bleu", "em"),  # UniXcoder's best-score
             source_format="concode",
-            text_metrics={"bleu": M.corpus_bleu_codexglue, "em": M.exact_match},
+            text_metrics={"bleu": "corpus_bleu_codexglue", "em": "exact_match"},
         ),
         DownstreamTask(
             name="line_completion",
@@ -118,7 +115,7 @@ TASKS: dict[str, DownstreamTask] = {
             metrics=("em", "edit_sim"),
             selection=("em", "edit_sim"),  # EM alone is flat at zero for a small model: ties pick epoch 1
             source_format="codexglue_line",
-            text_metrics={"em": M.exact_match, "edit_sim": M.edit_similarity},
+            text_metrics={"em": "exact_match", "edit_sim": "edit_similarity"},
         ),
     )
 }

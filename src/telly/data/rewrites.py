@@ -87,10 +87,6 @@ class Namer:
 # ------------------------------------------------------------------ scope facts
 
 
-def _functions(tree: ast.AST) -> list[FunctionNode]:
-    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-
-
 def _outer_functions(tree: ast.Module) -> list[FunctionNode]:
     """Top-level functions and methods of top-level classes (what a corpus row or HumanEval holds)."""
     out = []

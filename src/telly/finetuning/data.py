@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from telly import tasks
 from telly.errors import TellyError
 from telly.jsonl import read_jsonl
+from telly.models.inputs import Mode, wrap
 
 MIN_ROWS = 2  # in-batch negatives, a threshold, a ranking: nothing works on fewer
 
@@ -64,8 +65,9 @@ class Tokens:
             raise TellyError("the tokenizer needs <s>/[CLS], </s>/[SEP] and a pad token for fine-tuning")
         return cls(bos=bos, eos=eos, pad=tokenizer.pad_token_id, modes=modes)
 
-    def head(self, mode: str) -> list[int]:
-        return [self.bos, self.modes[mode], self.eos] if mode in self.modes else [self.bos]
+    def wrap(self, mode: Mode) -> tuple[list[int], list[int]]:
+        """The ids before and after a text in ``mode`` (telly.models.inputs)."""
+        return wrap(self.bos, self.eos, self.modes, mode)
 
     @property
     def target_start(self) -> int:
@@ -78,18 +80,18 @@ def _pieces(tokenizer: Any, text: str) -> list[int]:
 
 
 def encoder_only(tokenizer: Any, tok: Tokens, text: str, max_length: int) -> Seq:
-    head = tok.head("encoder-only")
-    ids = head + _pieces(tokenizer, text)[: max_length - len(head) - 1] + [tok.eos]
+    head, tail = tok.wrap("encoder-only")
+    ids = head + _pieces(tokenizer, text)[: max_length - len(head) - len(tail)] + tail
     return Seq(tuple(ids), len(ids))
 
 
 def encoder_decoder_source(tokenizer: Any, tok: Tokens, text: str, max_length: int) -> list[int]:
-    head = tok.head("encoder-decoder") + ([tok.modes["mask0"]] if "mask0" in tok.modes else [])
-    return head + _pieces(tokenizer, text)[: max_length - len(head) - 1] + [tok.eos]
+    head, tail = tok.wrap("encoder-decoder")
+    return head + _pieces(tokenizer, text)[: max_length - len(head) - len(tail)] + tail
 
 
 def decoder_only_context(tokenizer: Any, tok: Tokens, text: str, max_length: int) -> list[int]:
-    head = tok.head("decoder-only")
+    head, _ = tok.wrap("decoder-only")
     keep = max_length - len(head)
     pieces = _pieces(tokenizer, text)
     return head + (pieces[-keep:] if keep > 0 else [])  # the nearest left context matters most

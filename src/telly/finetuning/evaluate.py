@@ -130,4 +130,4 @@ def generation_metrics(
         hyps += gather(texts, use_gather_object=True)  # python objects, not tensors
     refs = [" ".join(ex["reference"].split()) for ex in examples]
     rows = E.generation_rows(spec.name, refs, hyps)
-    return {name: metric(refs, hyps) for name, metric in spec.text_metrics.items()}, rows
+    return {name: getattr(M, function)(refs, hyps) for name, function in spec.text_metrics.items()}, rows

@@ -1,4 +1,4 @@
-"""The finetune stages: one run per (task, variant), then one table per task."""
+"""The finetune-run stage: one run per (task, variant); the per-task table is ``telly.finetuning.table``."""
 
 from __future__ import annotations
 
@@ -31,14 +31,3 @@ def run(params: Params, task: str, variant: str, seed: int | None = None) -> Non
         result.test,
         result.convergence_epoch,
     )
-
-
-def table(params: Params, task: str) -> None:
-    """``telly finetune --task T --table``: aggregate the task's runs into tables/<task>.{csv,md,json}."""
-    from telly.finetuning.table import write_table
-
-    if params.finetune is None:
-        raise TellyError("params: the finetune section is missing")
-    results = params.finetune.results_dir
-    df = write_table(task, results / task, results / "tables")
-    log.info("%s: table of %d variants in %s", task, len(df), results / "tables")

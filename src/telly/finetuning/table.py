@@ -8,15 +8,19 @@ Time to convergence follows the run's convergence rule (docs/finetuning.md).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from telly import tasks, variants
+from telly.config import Params
 from telly.errors import TellyError
 from telly.files import atomic_path, write_text
 from telly.jsonl import write_json
+
+log = logging.getLogger(__name__)
 
 
 def clock(seconds: float) -> str:
@@ -157,3 +161,12 @@ def write_table(task: str, runs_dir: Path, out_dir: Path) -> pd.DataFrame:
     write_text(out_dir / f"{task}.md", to_markdown(task, df))
     write_json(out_dir / f"{task}.json", {r["variant"]: r for r in json.loads(df.to_json(orient="records"))})
     return df
+
+
+def run_table(params: Params, task: str) -> None:
+    """``telly finetune --task T --table``: aggregate the task's runs into tables/<task>.{csv,md,json}."""
+    if params.finetune is None:
+        raise TellyError("params: the finetune section is missing")
+    results = params.finetune.results_dir
+    df = write_table(task, results / task, results / "tables")
+    log.info("%s: table of %d variants in %s", task, len(df), results / "tables")

@@ -217,7 +217,8 @@ def setup(
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
     from transformers import get_linear_schedule_with_warmup
 
-    from telly.models import freeze_bottom, load_encoder
+    from telly.models.freezing import freeze_bottom
+    from telly.models.loading import load_encoder
     from telly.runtime import device as pick_device
     from telly.runtime import set_seed
 

@@ -1,39 +1,8 @@
-"""Models: load any encoder, freeze its bottom K layers (Telly-K), extract layer-wise
-representations, and pre-train the small embedded code model.
+"""Models: load any encoder (``loading``), freeze its bottom K layers (``freezing``, Telly-K),
+extract layer-wise representations (``extraction``), and pre-train the small embedded code
+model (``pretrain``, ``tokenizer``).
 
-See docs/architecture.md ("Models API") and docs/models.md.
+Import from the submodule that does the job (``from telly.models.loading import load_encoder``):
+this package imports nothing itself, so a stage depends only on the model code it runs
+(tests/test_dvc_deps.py). See docs/architecture.md ("Models API") and docs/models.md.
 """
-
-from telly.models.extraction import KINDS, Representations, extract
-from telly.models.freezing import ParamCount, count_parameters, encoder_layers, find_encoder, freeze_bottom
-from telly.models.loading import (
-    DEFAULT_MODEL,
-    MODE_TOKENS,
-    RANDOM,
-    Encoder,
-    ModelLoadError,
-    encode,
-    load_encoder,
-    pad,
-    tokenize,
-)
-
-__all__ = [
-    "DEFAULT_MODEL",
-    "MODE_TOKENS",
-    "RANDOM",
-    "Encoder",
-    "KINDS",
-    "Representations",
-    "extract",
-    "ModelLoadError",
-    "ParamCount",
-    "count_parameters",
-    "encode",
-    "encoder_layers",
-    "find_encoder",
-    "freeze_bottom",
-    "load_encoder",
-    "pad",
-    "tokenize",
-]

@@ -32,16 +32,16 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from telly.errors import TellyError
+from telly.files import atomic_dir
 from telly.models.loading import Encoder, Mode, pad, tokenize
 
 log = logging.getLogger(__name__)
@@ -68,67 +68,24 @@ def extract(
     import torch
     from tqdm.auto import tqdm
 
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown or not kinds:
-        raise TellyError(f"pooling kinds {list(kinds)!r}: each must be one of {', '.join(KINDS)}")
-    if len(texts) != len(ids):
-        raise TellyError(f"{len(texts)} texts but {len(ids)} ids")
-    if len(set(ids)) != len(ids):
-        raise TellyError("row ids are not unique; representations are looked up by id")
-    if not texts:
-        raise TellyError("no inputs to extract representations from")
-
+    _check_inputs(texts, ids, kinds)
     limit = min(max_length or encoder.max_length, encoder.max_length)
     tokenized = tokenize(encoder, list(texts), mode=mode, max_length=limit)
     lengths = np.array([len(r) for r in tokenized.input_ids])
-    n, layers, hidden = len(texts), encoder.num_layers + 1, encoder.hidden_size
-    fixed = limit if "mean_unmasked" in kinds else None
-    token_rows = min(token_examples, n)
-    token_index = np.concatenate([[0], np.cumsum(lengths[:token_rows])]).astype(np.int64)
+    fixed = limit if "mean_unmasked" in kinds else None  # the paper's pooling: every input padded alike
+    token_rows = min(token_examples, len(texts))
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is a shared data folder
-    try:
-        pooled = {
-            k: np.lib.format.open_memmap(tmp / f"pooled-{k}.npy", mode="w+", dtype=np.float16, shape=(n, layers, hidden))
-            for k in kinds
-        }
-        tokens = None
-        if token_rows:
-            tokens = np.lib.format.open_memmap(
-                tmp / "tokens.npy", mode="w+", dtype=np.float16, shape=(int(token_index[-1]), layers, hidden)
-            )
-
-        order = np.argsort(-lengths, kind="stable")  # longest first: the memory peak comes at once
-        dev = encoder.device
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and dev.type == "cuda" else _nothing()
-        started, seen = time.perf_counter(), 0
-        with torch.inference_mode(), autocast:
-            for start in tqdm(range(0, n, batch_size), desc=f"extract {out_dir}", unit="batch", disable=not progress):
-                rows = order[start : start + batch_size]
-                batch = pad(encoder, [tokenized.input_ids[i] for i in rows], to_length=fixed)
-                batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-                hidden_states = encoder.model(**batch).hidden_states
-                _store(hidden_states, batch["attention_mask"], rows, pooled, tokens, token_index, token_rows)
-                seen += int(batch["attention_mask"].sum())
-        elapsed = time.perf_counter() - started
-
-        for array in (*pooled.values(), *([tokens] if tokens is not None else [])):
-            array.flush()
-        if token_rows:
-            flat_ids = [t for r in tokenized.input_ids[:token_rows] for t in r]
-            flat_spans = [s for r in tokenized.offsets[:token_rows] for s in r]
-            np.save(tmp / "token_index.npy", token_index)
-            np.save(tmp / "token_ids.npy", np.asarray(flat_ids, dtype=np.int32))
-            np.save(tmp / "token_spans.npy", np.asarray(flat_spans, dtype=np.int32).reshape(-1, 2))
+    with atomic_dir(out_dir) as tmp:
+        seen, elapsed = _run_and_store(
+            encoder, tokenized, lengths, tmp, kinds, batch_size, fixed, token_rows, bf16, f"extract {out_dir}", progress
+        )
         info = {
             **(meta or {}),
             "name_or_path": encoder.name_or_path,
             "num_layers": encoder.num_layers,
-            "hidden_size": hidden,
-            "n": n,
+            "hidden_size": encoder.hidden_size,
+            "n": len(texts),
             "kinds": list(kinds),
             "max_length": limit,
             "padded_to": fixed,
@@ -141,15 +98,71 @@ def extract(
         }
         (tmp / "ids.json").write_text(json.dumps(list(ids), ensure_ascii=False), encoding="utf-8")
         (tmp / "meta.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _replace_folder(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info(
         "%s: %d inputs, %d real tokens in %.1f s (%.0f tokens/s), %d truncated",
-        out_dir, n, seen, elapsed, seen / max(elapsed, 1e-9), tokenized.n_truncated,
+        out_dir,
+        len(texts),
+        seen,
+        elapsed,
+        seen / max(elapsed, 1e-9),
+        tokenized.n_truncated,
     )
     return Representations.open(out_dir)
+
+
+def _check_inputs(texts: list[str], ids: list[str], kinds: tuple[str, ...] | list[str]) -> None:
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise TellyError(f"pooling kinds {list(kinds)!r}: each must be one of {', '.join(KINDS)}")
+    if len(texts) != len(ids):
+        raise TellyError(f"{len(texts)} texts but {len(ids)} ids")
+    if len(set(ids)) != len(ids):
+        raise TellyError("row ids are not unique; representations are looked up by id")
+    if not texts:
+        raise TellyError("no inputs to extract representations from")
+
+
+def _run_and_store(
+    encoder, tokenized, lengths, folder, kinds, batch_size, fixed, token_rows, bf16, desc, progress
+) -> tuple[int, float]:
+    """Run the encoder over every input (longest first) and write the pooled (and token) states into
+    memory-mapped arrays in ``folder``; return the real tokens seen and the seconds it took."""
+    import torch
+    from tqdm.auto import tqdm
+
+    n, layers, hidden = len(lengths), encoder.num_layers + 1, encoder.hidden_size
+    token_index = np.concatenate([[0], np.cumsum(lengths[:token_rows])]).astype(np.int64)
+    pooled = {
+        k: np.lib.format.open_memmap(folder / f"pooled-{k}.npy", mode="w+", dtype=np.float16, shape=(n, layers, hidden))
+        for k in kinds
+    }
+    tokens = None
+    if token_rows:
+        tokens = np.lib.format.open_memmap(
+            folder / "tokens.npy", mode="w+", dtype=np.float16, shape=(int(token_index[-1]), layers, hidden)
+        )
+    order = np.argsort(-lengths, kind="stable")  # longest first: the memory peak comes at once
+    dev = encoder.device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and dev.type == "cuda" else nullcontext()
+    started, seen = time.perf_counter(), 0
+    with torch.inference_mode(), autocast:
+        for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress):
+            rows = order[start : start + batch_size]
+            batch = pad(encoder, [tokenized.input_ids[i] for i in rows], to_length=fixed)
+            batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+            hidden_states = encoder.model(**batch).hidden_states
+            _store(hidden_states, batch["attention_mask"], rows, pooled, tokens, token_index, token_rows)
+            seen += int(batch["attention_mask"].sum())
+    elapsed = time.perf_counter() - started
+    for array in (*pooled.values(), *([tokens] if tokens is not None else [])):
+        array.flush()
+    if token_rows:
+        flat_ids = [t for r in tokenized.input_ids[:token_rows] for t in r]
+        flat_spans = [s for r in tokenized.offsets[:token_rows] for s in r]
+        np.save(folder / "token_index.npy", token_index)
+        np.save(folder / "token_ids.npy", np.asarray(flat_ids, dtype=np.int32))
+        np.save(folder / "token_spans.npy", np.asarray(flat_spans, dtype=np.int32).reshape(-1, 2))
+    return seen, elapsed
 
 
 def _store(hidden_states, mask, rows, pooled, tokens, token_index, token_rows) -> None:
@@ -179,25 +192,6 @@ def _store(hidden_states, mask, rows, pooled, tokens, token_index, token_rows) -
             r = rows[j]
             a, b = token_index[r], token_index[r + 1]
             tokens[a:b] = row_states[: b - a]
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-def _replace_folder(tmp: Path, out_dir: Path) -> None:
-    """Swap the finished folder in, so a reader never sees a half-written one."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{time.time_ns()}")
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class Representations:

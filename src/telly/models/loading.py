@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from telly.errors import TellyError
+from telly.models.inputs import Mode, wrap
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "models/pretrained"
 RANDOM = "random"
 MODE_TOKENS = ("<encoder-only>", "<encoder-decoder>", "<decoder-only>", "<mask0>")
-Mode = Literal["encoder-only", "encoder-decoder", "decoder-only"]
 
 OFFLINE_HINT = (
     "offline alternatives: 'models/pretrained' (the embedded model, built by `dvc repro pretrain`), "
@@ -232,16 +232,7 @@ def _wrap(encoder: Encoder, mode: Mode) -> tuple[list[int], list[int]]:
     tok = encoder.tokenizer
     cls = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
     sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
-    prefix = [cls] if cls is not None else []
-    suffix = [sep] if sep is not None else []
-    m = encoder.mode_tokens
-    if m:
-        prefix = prefix + [m[f"<{mode}>"]] + suffix
-        if mode == "encoder-decoder":
-            prefix = prefix + [m["<mask0>"]]
-    if mode == "decoder-only":  # left context for completion: nothing closes it
-        suffix = []
-    return prefix, suffix
+    return wrap(cls, sep, encoder.mode_tokens, mode)
 
 
 def tokenize(encoder: Encoder, texts: list[str], *, mode: Mode = "encoder-only", max_length: int | None = None) -> Tokenized:

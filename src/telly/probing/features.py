@@ -106,7 +106,7 @@ class FeatureBuilder:
 
     def encoder(self):
         if self._encoder is None:
-            from telly.models import load_encoder
+            from telly.models.loading import load_encoder
 
             self._encoder = load_encoder(self.state.source, like=self.state.like, seed=self.seed)
         return self._encoder

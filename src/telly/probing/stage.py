@@ -29,8 +29,6 @@ from telly.runtime import set_seed
 
 log = logging.getLogger(__name__)
 
-TAGS = {"random": "random", "pretrained": "pretrained"}
-
 
 def _section(params: Params):
     if params.probe is None:
@@ -39,7 +37,7 @@ def _section(params: Params):
 
 
 def pretrained_source(params: Params) -> str:
-    from telly.models import DEFAULT_MODEL
+    from telly.models.loading import DEFAULT_MODEL
 
     return str(getattr(params.model, "name_or_path", None) or DEFAULT_MODEL)
 

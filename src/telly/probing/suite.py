@@ -8,7 +8,7 @@ seed) and the majority-class baseline.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,6 @@ def run_suite(
     settings: TrainSettings,
     seeds: Sequence[int],
     probe_types: Sequence[str] = PROBE_TYPES,
-    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train every probe and aggregate; the dict is written as details.json by the stage."""
     n_classes = getattr(task, "n_classes", 0)
@@ -55,8 +54,6 @@ def run_suite(
     torch.set_num_threads(1)
     try:
         for probe_type, seed in tqdm(jobs, desc=f"probe {name}", unit="probe", leave=False):
-            if progress:
-                progress(f"{name}: {probe_type} seed {seed}")
             fitted = train_probe(task, probe_type, settings, seed)
             controlled = train_probe(control, probe_type, settings, seed)
             raw[probe_type]["task"].append(fitted.test)

@@ -64,9 +64,9 @@ def rsa_inputs(params: Params) -> tuple[list[str], list[str]]:
 
 def represent(params: Params, tag: str) -> Path:
     """Extract ``tag``'s unmasked-mean representations of the RSA inputs; return the folder."""
-    from telly.models import load_encoder
     from telly.models.extract_stage import resolve_model
     from telly.models.extraction import extract
+    from telly.models.loading import load_encoder
     from telly.runtime import device
 
     sp = section(params)

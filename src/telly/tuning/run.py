@@ -29,7 +29,7 @@ PARENT_RUN_ATTR = "telly.mlflow_run_id"
 
 def num_layers(params: Params) -> int:
     """L of the model every trial starts from."""
-    from telly.models import load_encoder
+    from telly.models.loading import load_encoder
 
     return load_encoder(params.finetune_model, device="cpu", seed=params.finetune.first_seed).num_layers
 

@@ -1,4 +1,5 @@
-"""The ``tasks`` stage: four probing sets and five downstream sets (paper sections 1 and 4).
+"""The ``tasks`` stage (``telly tasks``): it builds the datasets, four probing sets and five downstream sets
+(paper sections 1 and 4); what each downstream task *is* lives in the registry, ``telly.tasks``.
 
 From the corpus (or, per set, a copy of the paper's real data) it writes
 
@@ -10,7 +11,7 @@ From the corpus (or, per set, a copy of the paper's real data) it writes
 
 Row formats are in docs/architecture.md, constructions in docs/datasets.md. Every
 split of a set is drawn from the same corpus split (splits are by project), in an
-order fixed by ``tasks.seed``; rows are shuffled, so the first N rows of a file are
+order fixed by ``seed``; rows are shuffled, so the first N rows of a file are
 a fair sample (later stages read prefixes). Functions that do not parse are skipped
 and counted.
 """
