@@ -32,11 +32,9 @@ def clock(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-def load_runs(folder: Path, *, examples: bool = False) -> list[dict]:
+def load_runs(folder: Path) -> list[dict]:
     """Every run json of one task: ``<variant>/seed<S>.json`` (one per seed), or an older ``<variant>.json``;
-    sorted by variant, then seed. ``examples=True`` adds each run's per-example rows (None when absent)."""
-    from telly.finetuning.examples import read_examples
-
+    sorted by variant, then seed; each with ``results_path`` (where it was read)."""
     runs = []
     folder = Path(folder)
     for path in sorted([*folder.glob("*.json"), *folder.glob("*/seed*.json")]):
@@ -44,9 +42,7 @@ def load_runs(folder: Path, *, examples: bool = False) -> list[dict]:
             run = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise TellyError(f"{path}: not valid JSON ({err.msg})") from None
-        if examples:
-            run["examples"] = read_examples(path)
-        runs.append(run)
+        runs.append({**run, "results_path": str(path)})
     return sorted(runs, key=lambda r: (variants.sort_key(r["variant"]), r.get("settings", {}).get("seed", 0)))
 
 

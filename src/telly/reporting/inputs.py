@@ -117,9 +117,11 @@ def read_similarity(params: Params, metric: str) -> tuple[Similarity | None, str
 def read_runs(folder: Path) -> list[dict[str, Any]]:
     """Every run of one task (each seed of each variant, ``<variant>/seed<S>.json``), each with its per-example
     rows under ``examples`` when it saved them (None otherwise)."""
+    from telly.finetuning.examples import read_examples
     from telly.finetuning.table import load_runs
 
-    return load_runs(folder, examples=True) if folder.is_dir() else []
+    runs = load_runs(folder) if folder.is_dir() else []
+    return [{**r, "examples": read_examples(Path(r["results_path"]))} for r in runs]
 
 
 def read_regimes(params: Params) -> tuple[list[Regime], dict[str, str]]:
