@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from telly.cli import app
 from telly.errors import TellyError
-from telly.finetuning.table import clock, task_table, write_table
+from telly.finetuning.table import clock, load_runs, task_table, write_table
 from telly.jsonl import write_json
 
 
@@ -53,6 +53,8 @@ def test_seeds_are_averaged_with_their_spread_and_ratios_use_the_means(tmp_path)
     assert t["epoch_reduction_pct"] == pytest.approx(100 * (1 - 4.0 / 11.0))
     for i, r in enumerate(runs):  # the seeds' layout: <variant>/seed<S>.json
         write_json(tmp_path / "code_search" / r["variant"] / f"seed{i}.json", r)
+    write_json(tmp_path / "code_search" / "base.json", run("base", 1, 1, 1.0, 1, 0.0))  # stale, from before seeds
+    assert len(load_runs(tmp_path / "code_search")) == 3  # the seed runs only: the two layouts never mix
     write_table("code_search", tmp_path / "code_search", tmp_path / "tables")
     md = (tmp_path / "tables" / "code_search.md").read_text()
     assert "| 2 | 0.6 ± 0.14 |" in md and "| 1 | 0.66 |" in md  # Base: 2 seeds, mean ± std; Telly-2: one seed

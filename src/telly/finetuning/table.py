@@ -33,11 +33,13 @@ def clock(seconds: float) -> str:
 
 
 def load_runs(folder: Path) -> list[dict]:
-    """Every run json of one task: ``<variant>/seed<S>.json`` (one per seed), or an older ``<variant>.json``;
-    sorted by variant, then seed; each with ``results_path`` (where it was read)."""
+    """Every run json of one task: ``<variant>/seed<S>.json`` (one per seed); a folder without any holds one run
+    per variant, ``<variant>.json`` (the paper-regime runs, results from before seeds). Sorted by variant, then
+    seed; each with ``results_path`` (where it was read). The two layouts never mix: stale ``<variant>.json``
+    files beside seed runs are ignored."""
     runs = []
     folder = Path(folder)
-    for path in sorted([*folder.glob("*.json"), *folder.glob("*/seed*.json")]):
+    for path in sorted(folder.glob("*/seed*.json")) or sorted(folder.glob("*.json")):
         try:
             run = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
