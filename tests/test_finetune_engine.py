@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from finetune_fixture import make_setup
-from telly import variants
+from telly import tasks, variants
 from telly.config import parse_params
 from telly.errors import TellyError
 from telly.finetuning.caching import HiddenCache, bottom, top
-from telly.finetuning.data import Seq, Tokens, attention_mask, collate, make_example
+from telly.finetuning.data import Seq, Tokens, attention_mask, collate, load_split, make_example
+from telly.finetuning.examples import main_metric, read_examples, statistics
 from telly.finetuning.generation import beam_search
 from telly.finetuning.heads import SEARCH_SCALE, TaskModel
 from telly.finetuning.train import convergence_epoch, override, train_variant
@@ -143,9 +144,16 @@ def test_beam_of_one_is_greedy(encoder):
 @pytest.mark.parametrize("task", TASKS)
 def test_train_variant_writes_checkpoint_metrics_and_keeps_frozen_layers(setup, task, tracking_env):
     root, params, _ = setup
-    result = train_variant(params, task, "telly-1")
-    saved = json.loads((root / "results" / task / "telly-1.json").read_text())
+    result = train_variant(params, task, "telly-1")  # the first of finetune.seeds [7, 8]
+    saved = json.loads((root / "results" / task / "telly-1" / "seed7.json").read_text())
     assert saved["test"] == result.test and saved["k"] == 1 and len(saved["epochs"]) == 2
+    assert saved["settings"]["seed"] == 7
+    # the per-example test scores beside it, on the test rows in order, giving back the main metric
+    rows = read_examples(root / "results" / task / "telly-1" / "seed7.json")
+    test_rows = load_split(params.finetune.tasks_dir, task, "test", getattr(params.finetune.tasks, task).test_size, 7)
+    assert [r["id"] for r in rows] == [r["id"] for r in test_rows]
+    main = tasks.get(task).main_metric
+    assert main_metric(task, statistics(task, rows)) == pytest.approx(result.test[main], rel=1e-6, abs=1e-9)
     cost = saved["cost"]
     for key in (
         "trainable_params",
@@ -158,7 +166,7 @@ def test_train_variant_writes_checkpoint_metrics_and_keeps_frozen_layers(setup, 
     ):
         assert cost[key] >= 0
     assert cost["trainable_params"] < cost["total_params"] and cost["cache_seconds"] > 0
-    tuned = load_encoder(root / "finetuned" / task / "telly-1", device="cpu")
+    tuned = load_encoder(root / "finetuned" / task / "telly-1" / "seed7", device="cpu")
     pre = load_encoder(params.finetune_model, device="cpu")
     sd_t, sd_p = tuned.model.state_dict(), pre.model.state_dict()
     frozen = [k for k in sd_p if k.startswith(("embeddings.", "encoder.layer.0."))]
@@ -172,6 +180,24 @@ def test_same_config_same_metrics(setup, tracking_env, tmp_path):
     b = train_variant(params, "code_search", "base", results_path=tmp_path / "b.json", output_dir=tmp_path / "b")
     assert a.test == b.test
     assert [r["train_loss"] for r in a.epochs] == [r["train_loss"] for r in b.epochs]
+
+
+def test_each_seed_is_a_run_of_its_own_on_the_same_rows(setup, tracking_env):
+    root, params, _ = setup
+    first = train_variant(params, "clone_detection", "base")
+    second = train_variant(params, "clone_detection", "base", seed=8)
+    folder = root / "results" / "clone_detection" / "base"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "seed7.examples.jsonl",
+        "seed7.json",
+        "seed8.examples.jsonl",
+        "seed8.json",
+    ]
+    assert (first.settings["seed"], second.settings["seed"]) == (7, 8)
+    assert [r["train_loss"] for r in first.epochs] != [r["train_loss"] for r in second.epochs]
+    ids = [[r["id"] for r in read_examples(folder / f"seed{s}.json")] for s in (7, 8)]
+    assert ids[0] == ids[1]  # the seed changes the training, not the rows
+    assert (root / "finetuned" / "clone_detection" / "base" / "seed8" / "config.json").exists()
 
 
 @pytest.mark.parametrize("variant", ["base", "telly-0"])
@@ -273,7 +299,7 @@ def test_resume_state_of_another_architecture_is_a_clear_error(setup, tracking_e
 
     with pytest.raises(KeyboardInterrupt):
         train_variant(params, "code_search", "telly-0", on_epoch=stop, output_dir=tmp_path / "x")
-    state = params.finetune.checkpoint_dir / "code_search" / "telly-0" / "last.pt"
+    state = params.finetune.checkpoint_dir / "code_search" / "telly-0" / "seed7" / "last.pt"
     saved = torch.load(state, weights_only=True)
     saved["model"] = {k + ".other": v for k, v in saved["model"].items()}  # same settings, foreign weights
     torch.save(saved, state)

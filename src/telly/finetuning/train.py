@@ -57,6 +57,7 @@ from telly.finetuning.data import (
     make_example,
 )
 from telly.finetuning.evaluate import evaluate
+from telly.finetuning.examples import write_examples
 from telly.finetuning.heads import TaskModel
 from telly.jsonl import write_json
 from telly.tracking import start_run
@@ -97,12 +98,21 @@ def train_variant(
     on_epoch: OnEpoch | None = None,
     output_dir: str | Path | None = None,
     results_path: str | Path | None = None,
+    seed: int | None = None,
 ) -> RunResult:
     """Fine-tune ``variant`` on ``task`` with the settings of ``params`` (change them with :func:`override`);
-    ``output_dir`` and ``results_path`` move where the model and the metrics file go."""
-    run = setup(params, task, variant, output_dir, results_path)
+    ``output_dir`` and ``results_path`` move where the model and the metrics file go; ``seed`` is the training
+    seed (default: the first of ``finetune.seeds``), each seed a run of its own on the same rows."""
+    run = setup(params, task, variant, output_dir, results_path, seed)
     tracking = (
-        start_run(params, "finetune", f"{task}/{variant}", nested=_mlflow_active(), tags=run.tags, log_params=run.log)
+        start_run(
+            params,
+            "finetune",
+            f"{task}/{variant}/seed{run.seed}",
+            nested=_mlflow_active(),
+            tags=run.tags,
+            log_params=run.log,
+        )
         if run.main
         else nullcontext()
     )
@@ -173,6 +183,7 @@ class Run:
     output_dir: Path
     results_path: Path
     state_dir: Path
+    test_ids: list[str]  # row ids of ``test``, for the per-example scores
     fingerprint: str
     log: dict[str, Any]  # the settings of the run, logged and saved
     tags: dict[str, str]
@@ -180,6 +191,7 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"score": float("-inf"), "epoch": 0})
     start_epoch: int = 1
+    test_examples: list[dict[str, Any]] = field(default_factory=list)  # per-example test scores, in test order
 
     @property
     def main(self) -> bool:
@@ -210,7 +222,12 @@ class Run:
 
 
 def setup(
-    params: Params, task: str, variant: str, output_dir: str | Path | None, results_path: str | Path | None
+    params: Params,
+    task: str,
+    variant: str,
+    output_dir: str | Path | None,
+    results_path: str | Path | None,
+    seed: int | None = None,
 ) -> Run:
     """Seed, load and freeze the encoder, tokenize the splits, cache the frozen prefix, build the
     optimiser and schedule, and pick up a saved state of the same settings."""
@@ -225,7 +242,7 @@ def setup(
     settings = _settings(params)
     cfg = _task_settings(settings, task)
     spec = tasks.get(task)
-    seed = variants.seed_of(variant, settings.seed)
+    seed = settings.first_seed if seed is None else seed
     set_seed(seed)
     accelerator = Accelerator(  # one process: plain PyTorch on the chosen device
         cpu=pick_device(settings.device).type == "cpu",
@@ -241,9 +258,11 @@ def setup(
     cached = bool(settings.cache_frozen and k is not None)
     tok = Tokens.of(encoder.tokenizer)
 
-    splits = {}
+    splits, test_ids = {}, []
     for split, size in (("train", cfg.train_size), ("valid", cfg.valid_size), ("test", cfg.test_size)):
-        rows = load_split(settings.tasks_dir, task, split, size, settings.seed, min_rows=2)  # same rows for every seed
+        rows = load_split(settings.tasks_dir, task, split, size, settings.data_seed, min_rows=2)  # same for every seed
+        if split == "test":
+            test_ids = [r["id"] for r in rows]
         splits[split] = [
             make_example(task, r, encoder.tokenizer, tok, cfg.max_source_length, cfg.max_target_length)
             for r in tqdm(rows, desc=f"tokenize {split}", leave=False)
@@ -304,9 +323,14 @@ def setup(
     total_steps = len(train_loader) * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_fraction * total_steps), total_steps)
 
-    output_dir = Path(output_dir) if output_dir else settings.output_dir / task / variant
-    results_path = Path(results_path) if results_path else settings.results_dir / task / f"{variant}.json"
-    state_dir = settings.checkpoint_dir / task / variant
+    # one folder per seed: <root>/<task>/<variant>/seed<S>[.json]
+    output_dir = Path(output_dir) if output_dir else variants.run_dir(settings.output_dir, task, variant, seed)
+    results_path = (
+        Path(results_path)
+        if results_path
+        else variants.run_dir(settings.results_dir, task, variant, seed).with_suffix(".json")
+    )
+    state_dir = variants.run_dir(settings.checkpoint_dir, task, variant, seed)
     with accelerator.main_process_first():  # it discards a stale state before the others look
         resumed = _resume(state_dir, fingerprint, task_model, optimizer, scheduler, device)
     model, optimizer, train_loader, valid_loader, test_loader = accelerator.prepare(
@@ -341,9 +365,16 @@ def setup(
         output_dir=output_dir,
         results_path=results_path,
         state_dir=state_dir,
+        test_ids=test_ids,
         fingerprint=fingerprint,
         log=log_settings,
-        tags={"telly.task": task, "telly.variant": variant, "telly.cache_frozen": str(cached), **system},
+        tags={
+            "telly.task": task,
+            "telly.variant": variant,
+            "telly.seed": str(seed),
+            "telly.cache_frozen": str(cached),
+            **system,
+        },
         system=system,
     )
     if resumed is not None:
@@ -426,6 +457,7 @@ def test(run: Run) -> RunResult:
     _load_weights(run.encoder.model, run.state_dir / "best.safetensors")
     test_metrics = run.evaluate("test", threshold=run.best.get("threshold"))
     test_metrics.pop("score")
+    run.test_examples = test_metrics.examples
     history = run.history
     conv_epoch = convergence_epoch([r["valid_score"] for r in history], run.settings.convergence_tolerance)
     train_times = [r["train_seconds"] for r in history]
@@ -468,6 +500,7 @@ def publish(run: Run, result: RunResult) -> None:
             run.encoder.model.save_pretrained(tmp)
             run.encoder.tokenizer.save_pretrained(tmp)
         write_json(run.results_path, result.to_json())
+        write_examples(run.results_path, run.test_ids, run.test_examples)
         shutil.rmtree(run.state_dir, ignore_errors=True)  # finished: nothing left to resume
     run.accelerator.wait_for_everyone()  # every process returns once the results exist
 
