@@ -26,7 +26,8 @@ import yaml
 from transformers import AutoTokenizer
 
 from telly.config import parse_params
-from telly.models.pretrain import held_out_batches, read_code, to_pieces
+from telly.models.pretrain import held_out
+from telly.models.pretrain_data import Special, code_pieces, read_rows
 
 
 def main() -> None:
@@ -41,7 +42,9 @@ def main() -> None:
     left: dict = defaultdict(Counter)
     around: dict = defaultdict(Counter)
     around2: dict = defaultdict(Counter)
-    for p in to_pieces(tokenizer, read_code(cfg.train, cfg.field), cfg.max_length):
+    sp = Special.of(tokenizer)
+    train = [str(r[cfg.field]) for r in read_rows(cfg.train, cfg.field)]
+    for p in (sp.frame("encoder-only", x) for x in code_pieces(tokenizer, train, cfg.max_length - 4)):
         for i in range(1, len(p) - 1):
             unigram[p[i]] += 1
             left[p[i - 1]][p[i]] += 1
@@ -55,7 +58,8 @@ def main() -> None:
 
     hits: Counter = Counter()
     total = 0
-    for batch in held_out_batches(cfg, tokenizer, read_code(cfg.valid, cfg.field)):
+    language = parse_params(yaml.safe_load(Path(args.params).read_text())).prepare.language
+    for batch in held_out(cfg, tokenizer, read_rows(cfg.valid, cfg.field), language).mlm:
         for row, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
             for i, target in enumerate(labels):
                 if target == -100:

@@ -187,3 +187,40 @@ def test_unparsable_code_is_reported():
         A.lexical_tokens("def f(:\n  return")
     with pytest.raises(A.UnparsableCode, match="no function"):
         A.cyclomatic_complexity("x = 1\n")
+
+
+def test_flattened_ast_wraps_non_terminals_in_their_boundary_pair():
+    flat = A.flattened_ast("def f(x):\n    return x + 1  # one more\n")
+    assert flat == [
+        "<function_definition::left>", "def", "f",
+        "<parameters::left>", "(", "x", ")", "<parameters::right>", ":",
+        "<block::left>", "<return_statement::left>", "return",
+        "<binary_operator::left>", "x", "+", "1", "<binary_operator::right>",
+        "<return_statement::right>", "<block::right>", "<function_definition::right>",
+    ]  # fmt: skip
+    assert all(A.is_ast_boundary(t) for t in flat if t.startswith("<") and t.endswith(">"))
+    assert not A.is_ast_boundary("<") and not A.is_ast_boundary("<<=")
+
+
+def test_flattened_ast_leaves_are_the_code_tokens_and_boundaries_nest():
+    """UniXcoder's mapping is one-to-one: drop the boundary tokens and the code's tokens remain, in order
+    (strings whole, comments out); every boundary closes what it opened, and only grammar node types occur."""
+    types = set(A.ast_node_types())
+    checked = 0
+    for code in corpus_or_stdlib_codes(300):
+        try:
+            flat = A.flattened_ast(code)
+            tokens = A.lexical_tokens(code)
+        except A.UnparsableCode:
+            continue
+        assert [t for t in flat if not A.is_ast_boundary(t)] == [code[a:b] for a, b, _ in tokens]
+        stack = []
+        for t in flat:
+            if t.endswith("::left>"):
+                stack.append(t[1 : -len("::left>")])
+                assert stack[-1] in types
+            elif A.is_ast_boundary(t):
+                assert stack.pop() == t[1 : -len("::right>")]
+        assert not stack
+        checked += 1
+    assert checked >= 200

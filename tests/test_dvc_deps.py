@@ -29,6 +29,7 @@ ENTRY = {
     "finetune-run": "telly.finetuning.stage",
     "finetune-run-deep": "telly.finetuning.stage",
     "baseline": "telly.finetuning.baselines",
+    "finetune-peft": "telly.finetuning.stage",
     "finetune": "telly.finetuning.table",
     "similarity-represent-base": "telly.similarity.represent",
     "similarity-represent": "telly.similarity.represent",

@@ -18,6 +18,66 @@ def test_retrieval_mrr_and_recall():
     assert out["r_at_5"] == pytest.approx(1.0)
 
 
+def unixcoder_mrr(scores: np.ndarray, query_urls: list, code_urls: list) -> float:
+    """UniXcoder's code-search evaluator (run.py ``evaluate``), restated: walk each query's codes in
+    descending score order, the first with the query's url gives 1/rank, none in the top 1000 gives 0."""
+    ranks = []
+    for url, order in zip(query_urls, np.argsort(scores, axis=-1, kind="quicksort")[:, ::-1]):
+        hit = next((pos for pos, idx in enumerate(order[:1000], 1) if code_urls[idx] == url), None)
+        ranks.append(1 / hit if hit else 0.0)
+    return float(np.mean(ranks))
+
+
+def dense_ranks(queries: np.ndarray, codes: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    scores = queries @ codes.T
+    return 1 + (scores > scores[np.arange(len(gold)), gold][:, None]).sum(1)
+
+
+@pytest.mark.parametrize("query_block, code_chunk", [(4096, 8192), (3, 7), (1, 1)])
+def test_gold_ranks_in_tiles_equal_the_dense_ranking_with_ties(query_block, code_chunk):
+    import torch
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-2, 3, size=(60, 8)).astype(np.float32)  # small integers: exact dot products, many ties
+    codes[40:50] = codes[:10]  # duplicate codes tie with the gold ones exactly
+    queries = rng.integers(-2, 3, size=(25, 8)).astype(np.float32)
+    gold = rng.permutation(60)[:25]
+    expected = dense_ranks(queries, codes, gold)
+    assert (expected > 1).any() and len(np.unique(queries @ codes.T)) < 60 * 25 / 10  # ties, not only ones
+    got = M.gold_ranks(
+        torch.from_numpy(queries), torch.from_numpy(codes), gold, query_block=query_block, code_chunk=code_chunk
+    )
+    assert got.tolist() == expected.tolist()
+    out = M.metrics_from_ranks(got)
+    assert out["mrr"] == pytest.approx(np.mean(1 / expected))
+    assert out["r_at_5"] == pytest.approx(np.mean(expected <= 5))
+
+
+def test_mrr_is_unixcoders_and_sklearns_without_ties():
+    import torch
+    from sklearn.metrics import label_ranking_average_precision_score
+
+    rng = np.random.default_rng(1)
+    queries, codes = rng.normal(size=(30, 16)).astype(np.float32), rng.normal(size=(1200, 16)).astype(np.float32)
+    gold = rng.permutation(1200)[:30]
+    ranks = M.gold_ranks(torch.from_numpy(queries), torch.from_numpy(codes), gold, code_chunk=256)
+    scores = queries @ codes.T
+    urls = [f"u{i}" for i in range(1200)]
+    assert ranks.max() > 1000  # beyond UniXcoder's top-1000 window: counts 0 there too
+    assert M.metrics_from_ranks(ranks)["mrr"] == pytest.approx(unixcoder_mrr(scores, [urls[g] for g in gold], urls))
+    truth = np.zeros_like(scores, dtype=int)
+    truth[np.arange(30), gold] = 1
+    no_cutoff = M.metrics_from_ranks(ranks, cutoff=10**9)["mrr"]
+    assert no_cutoff == pytest.approx(label_ranking_average_precision_score(truth, scores))
+
+
+def test_gold_ranks_rejects_a_gold_row_outside_the_codebase():
+    import torch
+
+    with pytest.raises(ValueError, match="0..2"):
+        M.gold_ranks(torch.ones(2, 4), torch.ones(3, 4), [0, 3])
+
+
 def test_threshold_and_f1():
     scores, labels = [0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]
     t = M.best_threshold(scores, labels)

@@ -148,11 +148,12 @@ def test_main_metric_from_rows_equals_the_aggregate_metric():
     rows = E.clone_rows(scores >= 0.5, labels)
     f1 = M.classification_metrics(scores, labels, 0.5)["f1"]
     assert E.main_metric("clone_detection", E.statistics("clone_detection", rows)) == pytest.approx(f1)
-    matrix = np.array([[0.9, 0.1, 0.5], [0.8, 0.2, 0.1], [0.1, 0.3, 0.2]])
-    rows = E.search_rows(matrix)
+    ranks = [1, 2, 2, 1500]  # beyond rank 1000 a query scores 0 (UniXcoder's MRR)
+    rows = E.search_rows(ranks)
     assert E.main_metric("code_search", E.statistics("code_search", rows)) == pytest.approx(
-        M.retrieval_metrics(matrix)["mrr"]
+        M.metrics_from_ranks(ranks)["mrr"]
     )
+    assert rows[-1]["rr"] == 0.0
 
 
 def test_the_bootstrap_resamples_clone_f1_not_a_mean_of_rows():

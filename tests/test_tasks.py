@@ -15,6 +15,7 @@ SPLIT_MODULES = {
     "valid": ["ftplib", "fractions", "heapq"],
     "test": ["statistics", "zipfile", "pprint"],
 }
+CODEBASE_SIZE = 45  # the 20 test queries' codes + 25 distractors
 MUTATION_OPERATORS = {"compare", "arithmetic", "boolean", "constant", "negate", "remove", "swap_args", "jump"}
 FIELDS = {
     "lexical": ("id", "code", "tokens"),
@@ -44,6 +45,7 @@ def _params(raw, corpus, out, sizes=(40, 16, 20)):
     for name in FIELDS:
         t[name] = {"sizes": dict(zip(("train", "valid", "test"), sizes)), "source": "corpus"}
     t["clones"]["semantic_variants"] = 2
+    t["code_search"]["codebase_size"] = CODEBASE_SIZE
     return raw
 
 
@@ -210,6 +212,24 @@ def test_downstream_rows(built):
         assert r["source"].endswith("\n")
 
 
+def test_code_search_codebase_holds_the_test_codes_and_distractors_from_the_test_split(built, corpus):
+    out = built[0]
+    queries = _rows(out, "code_search", "test")
+    codebase = read_jsonl(out / "tasks" / "code_search" / "codebase.jsonl", required=("id", "code"))
+    assert len(codebase) == CODEBASE_SIZE and len({r["id"] for r in codebase}) == CODEBASE_SIZE
+    assert codebase[: len(queries)] == [{"id": q["id"], "code": q["code"]} for q in queries]
+    test_ids = {r["id"] for r in read_jsonl(corpus / "python" / "test.jsonl")}
+    assert {r["id"] for r in codebase} <= test_ids  # distractors from the test projects only: nothing seen in training
+    assert all('"""' not in r["code"] for r in codebase)  # cleaned like the queries' codes
+
+
+def test_codebase_size_is_for_corpus_code_search_only(raw_params, corpus, tmp_path):
+    raw = _params(raw_params, corpus, tmp_path)
+    raw["tasks"]["clone_detection"]["codebase_size"] = 10
+    with pytest.raises(ConfigError, match=r"tasks\.clone_detection\.codebase_size"):
+        parse_params(raw)
+
+
 def test_deterministic(built, corpus, tmp_path):
     out, _, raw = built
     again = _params(json.loads(json.dumps(raw)), corpus, tmp_path)
@@ -219,6 +239,8 @@ def test_deterministic(built, corpus, tmp_path):
         for split in tasks.SPLITS:
             first = (out / group / name / f"{split}.jsonl").read_text()
             assert first == (tmp_path / group / name / f"{split}.jsonl").read_text(), (name, split)
+    codebase = "tasks/code_search/codebase.jsonl"
+    assert (out / codebase).read_text() == (tmp_path / codebase).read_text()
 
 
 def test_stage_writes_metrics_logs_and_prints_the_table(corpus, raw_params, tmp_path, tracking_env, capsys):
@@ -247,5 +269,6 @@ def test_stage_writes_metrics_logs_and_prints_the_table(corpus, raw_params, tmp_
 def test_real_data_format_must_fit_the_set(raw_params, corpus, tmp_path):
     raw = _params(raw_params, corpus, tmp_path)
     raw["tasks"]["code_search"]["source"] = {"format": "poj104", "train": "a", "valid": "b", "test": "c"}
+    del raw["tasks"]["code_search"]["codebase_size"]  # real data brings its own codebase
     with pytest.raises(ConfigError, match=r"tasks\.code_search.*'poj104' cannot feed this set"):
         parse_params(raw)

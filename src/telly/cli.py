@@ -149,7 +149,7 @@ def variants(params: ParamsOption = DEFAULT_PARAMS) -> None:
 
 @app.command()
 def pretrain(params: ParamsOption = DEFAULT_PARAMS) -> None:
-    """Train the embedded code model (byte-level BPE + RoBERTa masked-LM) into models/pretrained."""
+    """Pre-train the embedded code model (a small UniXcoder, or masked-LM only) into models/pretrained."""
     from telly.models.pretrain import run
 
     run(_params(params))
@@ -209,12 +209,15 @@ def extract(
 @app.command()
 def finetune(
     task: Annotated[str, typer.Option(help=", ".join(TASK_NAMES))],
-    variant: Annotated[str | None, typer.Option(help="base or telly-<K>")] = None,
+    variant: Annotated[
+        str | None,
+        typer.Option(help="base, telly-<K>, lora-r<r>, lora-all-r<r>, ia3, bitfit or telly-<K>+<method>"),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="training seed (one of finetune.seeds; default: the first)")] = None,
     table: Annotated[bool, typer.Option("--table", help="aggregate the task's runs into its table instead")] = False,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
-    """RQ3: fine-tune one variant on one task (Base or Telly-K), or write the task's table."""
+    """RQ3: fine-tune one variant on one task (Base, Telly-K or a PEFT method), or write the task's table."""
     p = _params(params)
     if table:
         from telly.finetuning.table import run_table

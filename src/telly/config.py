@@ -94,8 +94,26 @@ class ModelParams(Section):
     )
 
 
+class PretrainObjectives(Section):
+    """Share of training steps per objective (normalised; 0 leaves one out). UniXcoder's three
+    modes plus its multi-modal contrastive objective; ``mlm: 1``, the rest 0, is RoBERTa's recipe."""
+
+    mlm: float = Field(ge=0, description="masked-LM, <encoder-only>")
+    ulm: float = Field(ge=0, description="unidirectional LM, <decoder-only>, causal mask")
+    denoise: float = Field(ge=0, description="span denoising, <encoder-decoder>, prefix-LM mask")
+    contrastive: float = Field(ge=0, description="code close to its own comment and AST view, in-batch negatives")
+
+    @field_validator("contrastive")
+    @classmethod
+    def _some_objective(cls, v: float, info: Any) -> float:
+        if v + sum(info.data.get(k, 0) or 0 for k in ("mlm", "ulm", "denoise")) <= 0:
+            raise ValueError("at least one objective needs a share above 0")
+        return v
+
+
 class PretrainParams(Section):
-    """The embedded code model: byte-level BPE + RoBERTa masked-LM on the corpus train split."""
+    """The embedded code model: byte-level BPE + a RoBERTa encoder pre-trained as UniXcoder is
+    (or with masked-LM only), on the corpus train split."""
 
     train: Path
     valid: Path
@@ -123,8 +141,16 @@ class PretrainParams(Section):
         ge=0, description="position embeddings start as sinusoids of this amplitude (0: random, as RoBERTa)"
     )
     weight_decay: float = Field(ge=0)
-    max_steps: int = Field(ge=1)
-    time_budget_minutes: float = Field(gt=0, description="training stops here even before max_steps")
+    max_steps: int = Field(ge=1, description="training steps: the one thing that decides how long it trains")
+    time_budget_minutes: float = Field(
+        gt=0, description="a guard: training that takes longer fails the stage (resumable) instead of saving"
+    )
+    objectives: PretrainObjectives
+    ast_share: float = Field(
+        ge=0, le=1, description="share of the LM steps whose input is comment + flattened AST (else plain code)"
+    )
+    denoise_rate: float = Field(gt=0, lt=1, description="share of an input's tokens hidden in denoising spans")
+    denoise_span: float = Field(ge=1, description="mean length of a denoising span")
     mlm_probability: float = Field(gt=0, lt=1, description="share of tokens masked while training")
     eval_mlm_probability: float = Field(
         gt=0, lt=1, description="share masked in the held-out measurement (BERT's 15 %)"
@@ -245,6 +271,44 @@ FinetuneTasks = create_model(
 )
 
 
+class FinetunePeftParams(Section):
+    """Beyond the paper: parameter-efficient methods against and with Telly-K (docs/finetuning.md)."""
+
+    variants: list[str] = Field(
+        default_factory=list,
+        description="lora-r<r>, lora-all-r<r>, ia3, bitfit, telly-<K>+<method> names of the DVC matrix finetune-peft",
+    )
+    tasks: list[TaskName] = Field(default_factory=list, description="tasks of the DVC matrix finetune-peft")
+    results_dir: Path = Field(
+        default=Path("results/finetune-peft"), description="<results_dir>/<task>/<variant>.json per method run"
+    )
+    learning_rate_scale: float = Field(
+        default=1.0, gt=0, description="a method's learning rate = the task's learning_rate x this"
+    )
+    lora_alpha: float = Field(default=16.0, gt=0, description="LoRA scaling alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout on the LoRA branch's input")
+
+    @field_validator("variants")
+    @classmethod
+    def _methods_only(cls, v: list[str]) -> list[str]:
+        from telly import variants
+
+        try:
+            variants.check_names(v)
+        except TellyError as err:
+            raise ValueError(str(err)) from None
+        if bad := [name for name in v if variants.parse(name).method is None]:
+            raise ValueError(f"{bad}: Base and Telly-K runs belong in finetune.variants")
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"tasks repeat: {v}")
+        return v
+
+
 class FinetuneParams(Section):
     """RQ3: Base and Telly-K fine-tuning on the five downstream tasks (docs/finetuning.md)."""
 
@@ -288,6 +352,7 @@ class FinetuneParams(Section):
         ge=0, lt=1, description="converged = first epoch with valid score >= best - tolerance x |best|"
     )
     tasks: FinetuneTasks
+    peft: FinetunePeftParams = Field(default_factory=FinetunePeftParams)
 
     @field_validator("variants", "deep_variants")
     @classmethod
@@ -295,9 +360,13 @@ class FinetuneParams(Section):
         from telly import variants
 
         try:
-            return variants.check_names(v) if v else v
+            variants.check_names(v) if v else v
         except TellyError as err:
             raise ValueError(str(err)) from None
+        if methods := [name for name in v if variants.parse(name).method is not None]:
+            # their results go to finetune.peft.results_dir, beside (not inside) the RQ3 tables
+            raise ValueError(f"{methods}: parameter-efficient variants belong in finetune.peft.variants")
+        return v
 
     @field_validator("seeds", "deep_seeds")
     @classmethod
@@ -377,7 +446,7 @@ class ProbeParams(Section):
 
 # ---------------------------------------------------------------------------- tune
 
-TuneObjective = Literal["valid_score", "time_to_convergence", "trainable_params"]
+TuneObjective = Literal["valid_score", "time_to_convergence", "trainable_params", "epoch_seconds"]
 
 
 class TuneParams(Section):
@@ -411,6 +480,26 @@ class TuneParams(Section):
         "the objective's own spread; 0 = none",
     )
     seed: int
+    methods: list[str] = Field(
+        default_factory=list,
+        description="PEFT methods searched beside Telly-K as a categorical 'method' (lora-r8, bitfit, ...); [] = K only",
+    )
+    combine_methods: bool = Field(
+        default=False, description="with methods: also search K under each method (telly-<K>+<method>)"
+    )
+
+    @field_validator("methods")
+    @classmethod
+    def _method_parts(cls, v: list[str]) -> list[str]:
+        from telly import variants
+
+        try:
+            variants.check_names(v)
+        except TellyError as err:
+            raise ValueError(str(err)) from None
+        if bad := [m for m in v if variants.parse(m).method is None or variants.parse(m).k is not None]:
+            raise ValueError(f"{bad}: methods are method names alone (lora-r8, ia3, bitfit; K is searched)")
+        return v
 
     @field_validator("objectives")
     @classmethod
@@ -463,6 +552,12 @@ class TaskSet(Section):
 
     sizes: SplitSizes
     source: Literal["corpus"] | RealData = "corpus"
+    codebase_size: int | None = Field(
+        default=None,
+        ge=2,
+        description="code search from the corpus: codes the test queries are ranked against (their own codes plus "
+        "distractors from the test split's other functions), written to codebase.jsonl; null = among the test codes",
+    )
 
 
 class CloneParams(Section):
@@ -497,6 +592,9 @@ TASK_SOURCES = {
 }
 
 
+TASK_SETS = tuple(TASK_SOURCES)  # the nine sets of the tasks stage
+
+
 class _TasksParams(Section):
     """The tasks stage: four probing sets and five downstream sets (docs/datasets.md)."""
 
@@ -512,7 +610,18 @@ class _TasksParams(Section):
     structural_sampling: Literal["balanced", "natural"]
     generation_max_body_lines: int = Field(ge=1)
 
-    @field_validator(*TASK_SOURCES, check_fields=False)  # the downstream fields come with TasksParams below
+    @field_validator(*TASK_SETS, check_fields=False)  # the downstream fields come with TasksParams below
+    @classmethod
+    def _codebase_only_for_corpus_search(cls, value: TaskSet, info: Any) -> TaskSet:
+        searches = info.field_name in TASKS and TASKS[info.field_name].head == "search"
+        if value.codebase_size is not None and (not searches or value.source != "corpus"):
+            raise ValueError(
+                f"tasks.{info.field_name}.codebase_size: only for code search built from the corpus "
+                "(real data brings its codebase.jsonl)"
+            )
+        return value
+
+    @field_validator(*TASK_SOURCES, check_fields=False)
     @classmethod
     def _real_data_fits_the_set(cls, v: TaskSet, info: Any) -> TaskSet:
         want = TASK_SOURCES[info.field_name]
@@ -547,7 +656,7 @@ class PaperRegimeParams(Section):
 
         try:
             variants.check_names(v)
-            bad = [name for name in v if variants.k_of(name) is None]
+            bad = [name for name in v if variants.k_of(name) is None or variants.parse(name).method is not None]
         except TellyError:
             bad = v
         if bad:

@@ -162,10 +162,68 @@ def ast_only(code: str, lang: str = "python") -> list[str]:
                     visit(child)
         out.extend((")", node.type))
 
+    visit(_function_root(snippet))
+    return out
+
+
+def _function_root(snippet: Snippet):
+    """The function node, with its decorators when it has any."""
     root = snippet.function
     if root.parent is not None and root.parent.type == "decorated_definition":
         root = root.parent
-    visit(root)
+    return root
+
+
+def ast_node_types(lang: str = "python") -> list[str]:
+    """Every named node type of the language's grammar, sorted: the vocabulary of flattened ASTs."""
+    grammar = parser(lang).language
+    return sorted(
+        {
+            grammar.node_kind_for_id(i)
+            for i in range(grammar.node_kind_count)
+            if grammar.node_kind_is_named(i) and grammar.node_kind_is_visible(i)
+        }
+    )
+
+
+def ast_boundaries(node_type: str) -> tuple[str, str]:
+    """UniXcoder's pair of tokens that open and close a non-terminal of this type."""
+    return f"<{node_type}::left>", f"<{node_type}::right>"
+
+
+def is_ast_boundary(token: str) -> bool:
+    return token.startswith("<") and (token.endswith("::left>") or token.endswith("::right>"))
+
+
+def flattened_ast(code: str, lang: str = "python") -> list[str]:
+    """UniXcoder's one-to-one flattened AST of the function (Guo et al. 2022, Algorithm 1).
+
+    A named non-terminal becomes its boundary pair around its children's sequence
+    (:func:`ast_boundaries`); a leaf is its code token, strings whole (as :func:`lexical_tokens`),
+    comments dropped. The leaves, read in order, are the function's code tokens, so the mapping
+    from code to sequence is one-to-one. Same traversal as :func:`ast_only`, terminal values kept.
+    """
+    snippet = parse(code, lang)
+    spec = snippet.spec
+    out: list[str] = []
+
+    def visit(node) -> None:
+        if node.type in spec.comment_types or node.type in _SKIPPED_LEAVES:
+            return
+        if node.child_count == 0 or node.type in spec.string_types:
+            if node.end_byte > node.start_byte:
+                start, end = snippet.span(node)
+                out.append(code[start:end])
+            return
+        left, right = ast_boundaries(node.type) if node.is_named else ("", "")
+        if left:
+            out.append(left)
+        for child in node.children:
+            visit(child)
+        if right:
+            out.append(right)
+
+    visit(_function_root(snippet))
     return out
 
 

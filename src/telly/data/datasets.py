@@ -202,6 +202,24 @@ def code_search(fns: Functions, size: int | None, p: TasksParams, split: str) ->
     return _take(rows(), size)
 
 
+def code_search_codebase(fns: Functions, queries: list[dict], size: int, p: TasksParams) -> list[dict]:
+    """The codes test queries are ranked against (CodeSearchNet's ``codebase.jsonl`` for the corpus):
+    every query's own code, then other functions of the test split (their projects are in no other
+    split) as distractors, in a seeded order, up to ``size`` codes in all."""
+    taken = {row["id"] for row in queries}
+    codebase = [{"id": row["id"], "code": row["code"]} for row in queries]
+    for row in fns.shuffled(f"{p.seed}:code_search:codebase"):
+        if len(codebase) >= size:
+            break
+        code = fns.clean(row) if row["id"] not in taken else None
+        if code is not None:
+            taken.add(row["id"])
+            codebase.append({"id": row["id"], "code": code})
+    if len(codebase) < size:
+        log.warning("code_search codebase: %d codes (the test split has no more), asked for %d", len(codebase), size)
+    return codebase
+
+
 def code_summarization(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
     def rows() -> Iterator[dict]:
         for row in fns.shuffled(f"{p.seed}:code_summarization:{split}"):
@@ -464,9 +482,13 @@ def build(params: Params) -> dict:
                 label_offset += len({r["label"] for r in rows})
             else:
                 rows = BUILDERS[name](functions[split], size, p, split)
+                if name == "code_search" and split == "test" and task_set.codebase_size is not None:
+                    codebase = code_search_codebase(functions[split], rows, task_set.codebase_size, p)
             write_jsonl(folder / name / f"{split}.jsonl", rows)
             if codebase is not None:
                 write_jsonl(folder / name / "codebase.jsonl", codebase)
+            elif name == "code_search" and split == "test":  # no stale codebase from an earlier setting
+                (folder / name / "codebase.jsonl").unlink(missing_ok=True)
             metrics[group][name][split] = {"rows": len(rows), "balance": balance(name, rows)}
             if overlap := token_overlap(name, rows):
                 metrics[group][name][split]["token_overlap"] = overlap

@@ -6,8 +6,9 @@ task's ``train_size`` / ``valid_size`` / ``test_size`` and the data seed), score
 task's own metrics and writes a run-like ``results/baselines/<task>.json`` (``task``, ``variant: baseline``,
 ``method``, ``test``, ``settings``) with per-example rows beside it (:mod:`telly.finetuning.examples`):
 
-- code search: BM25 (``bm25s``, Lucene's variant, k1 1.5, b 0.75) of each query against the test codes,
-  ranking as the model does (its own code among all test codes);
+- code search: BM25 (``bm25s``, Lucene's variant, k1 1.5, b 0.75) of each query against the test codes
+  (rank = 1 + codes scoring strictly higher, MRR as UniXcoder's; the model ranks against
+  ``codebase.jsonl`` when the tasks stage writes one: then the baseline's pool is smaller);
 - clone detection: token-set Jaccard of the two codes (:func:`telly.data.baselines.pair_jaccard`), the
   threshold chosen on valid by the same F1 rule as the model's;
 - code summarization: the docstring of the BM25-nearest training function;
@@ -36,7 +37,7 @@ from telly.errors import TellyError
 from telly.finetuning import examples as E
 from telly.finetuning import metrics as M
 from telly.finetuning.data import load_split
-from telly.jsonl import write_json
+from telly.jsonl import read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +83,25 @@ class BM25:
 # ------------------------------------------------------------------ the five baselines
 
 
-def code_search(train: list[dict], valid: list[dict], test: list[dict]) -> tuple[dict, list[dict]]:
-    bm25 = BM25([r["code"] for r in test])
+def code_search(
+    train: list[dict], valid: list[dict], test: list[dict], codebase: list[dict] | None = None
+) -> tuple[dict, list[dict]]:
+    """Each query ranked among the test codes, or among ``codebase`` rows (``{"id", "code"}``) when the model
+    is ranked against one (``data/tasks/code_search/codebase.jsonl``)."""
+    if codebase is None:
+        pool, gold = [r["code"] for r in test], np.arange(len(test))
+    else:
+        row_of = {r.get("id", r.get("url")): i for i, r in enumerate(codebase)}
+        missing = [r["id"] for r in test if r["id"] not in row_of]
+        if missing:
+            raise TellyError(f"code search codebase: no code for test queries {missing[:3]}")
+        pool, gold = [r["code"] for r in codebase], np.array([row_of[r["id"]] for r in test])
+    bm25 = BM25(pool)
     scores = np.stack([bm25.scores(r["query"]) for r in test])
-    out = M.retrieval_metrics(scores)
-    return {**out, "score": out["mrr"]}, E.search_rows(scores)
+    right = scores[np.arange(len(test)), gold][:, None]
+    ranks = 1 + (scores > right).sum(axis=1)  # the model's rule: codes scoring strictly higher
+    out = M.metrics_from_ranks(ranks)
+    return {**out, "score": out["mrr"]}, E.search_rows(ranks)
 
 
 def clone_detection(train: list[dict], valid: list[dict], test: list[dict]) -> tuple[dict, list[dict]]:
@@ -209,7 +224,13 @@ def compute(params: Params, task: str) -> dict[str, Any]:
         for split, size in (("train", cfg.train_size), ("valid", cfg.valid_size), ("test", cfg.test_size))
     }
     method, fn = BASELINES[task]
-    metrics, rows = fn(splits["train"], splits["valid"], splits["test"])
+    extra = {}
+    if task == "code_search":
+        path = Path(settings.tasks_dir) / "code_search" / "codebase.jsonl"  # evaluate.codebase_path (no torch here)
+        if path.exists():  # the model ranks against it: so does the baseline
+            extra["codebase"] = read_jsonl(path, required=("code",))
+            method += f" among the {len(extra['codebase'])} codes of {path.name}"
+    metrics, rows = fn(splits["train"], splits["valid"], splits["test"], **extra)
     return {
         "task": task,
         "variant": "baseline",

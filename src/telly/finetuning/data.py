@@ -27,21 +27,13 @@ from torch.utils.data import DataLoader, RandomSampler
 from telly import tasks
 from telly.errors import TellyError
 from telly.jsonl import read_jsonl
-from telly.models.inputs import Mode, wrap
+from telly.models.inputs import Mode, Seq, attention_mask, collate, wrap  # noqa: F401 - re-exported
 
 MIN_ROWS = 2  # in-batch negatives, a threshold, a ranking: nothing works on fewer
 
 
 class DatasetError(TellyError):
     """A task dataset that is missing, empty or too small."""
-
-
-@dataclass(frozen=True)
-class Seq:
-    """One token sequence; ``prefix`` positions attend bidirectionally, the rest causally."""
-
-    ids: tuple[int, ...]
-    prefix: int
 
 
 @dataclass(frozen=True)
@@ -139,31 +131,6 @@ def load_split(
 
 
 # --------------------------------------------------------------------- batches
-
-
-def attention_mask(lengths: torch.Tensor, prefixes: torch.Tensor, width: int) -> torch.Tensor:
-    """``[B, 1, T, T]`` boolean UniLM mask: query i sees key j < length when j < prefix or j <= i."""
-    i = torch.arange(width)[None, :, None]
-    j = torch.arange(width)[None, None, :]
-    seen = (j < prefixes[:, None, None]) | (j <= i)
-    return (seen & (j < lengths[:, None, None]))[:, None]
-
-
-def collate(seqs: list[Seq], pad_id: int, hidden: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Right-padded ids, lengths, the 4-D mask and, when given, cached hidden states padded alike."""
-    width = max(len(s.ids) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, : len(s.ids)] = torch.tensor(s.ids)
-    lengths = torch.tensor([len(s.ids) for s in seqs])
-    prefixes = torch.tensor([s.prefix for s in seqs])
-    batch = {"ids": ids, "lengths": lengths, "mask": attention_mask(lengths, prefixes, width)}
-    if hidden is not None:
-        states = torch.zeros(len(seqs), width, hidden[0].shape[-1], dtype=hidden[0].dtype)
-        for row, h in enumerate(hidden):
-            states[row, : h.shape[0]] = h
-        batch["hidden"] = states
-    return batch
 
 
 def lm_labels(examples: list[dict], width: int) -> torch.Tensor:

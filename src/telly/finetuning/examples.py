@@ -3,7 +3,7 @@ so that differences between variants can be resampled over the same test rows (d
 
 Rows are in test-row order, one per test row:
 
-- code search: ``{"rr"}`` (1 / rank of the query's own code);
+- code search: ``{"rr"}`` (1 / rank of the query's own code, 0 beyond rank 1000 as UniXcoder's MRR);
 - clone detection: ``{"pred", "gold"}`` (F1 is recomputed from them on every resample);
 - summarization: ``{"hyp", "bleu"}`` (sentence BLEU-4 x 100: the corpus figure is their mean);
 - generation: ``{"hyp", "bleu", "em", "bleu_counts"}`` (``bleu`` is the pair's own sentence BLEU, for reading;
@@ -27,8 +27,9 @@ from telly.finetuning import metrics as M
 from telly.jsonl import read_jsonl, write_jsonl
 
 
-def search_rows(scores: np.ndarray) -> list[dict]:
-    return [{"rr": float(x)} for x in M.reciprocal_ranks(scores)]
+def search_rows(ranks: Sequence[float], cutoff: int = M.UNIXCODER_CUTOFF) -> list[dict]:
+    """1 / rank of each query's code, 0 beyond ``cutoff`` (UniXcoder's MRR: their mean is ``metrics_from_ranks``)."""
+    return [{"rr": 1.0 / float(r) if r <= cutoff else 0.0} for r in np.asarray(ranks, dtype=float)]
 
 
 def clone_rows(predicted: Sequence[int], labels: Sequence[int]) -> list[dict]:

@@ -1,6 +1,6 @@
 """The paper's evaluation metrics for the five downstream tasks.
 
-Maintained packages compute what they can: scikit-learn (ranking, P/R/F1,
+Maintained packages compute what they can: scikit-learn (P/R/F1,
 thresholds), rouge-score (LCS), nltk (METEOR), rapidfuzz (edit similarity).
 Two definitions are specific to CodeXGLUE and are written out here, each tested
 on hand-computed cases: the smoothed sentence BLEU-4 of CodeSearchNet's
@@ -17,38 +17,91 @@ import sys
 import xml.sax.saxutils
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 # ----------------------------------------------------------------- code search
 
 
+UNIXCODER_CUTOFF = 1000  # UniXcoder's evaluator looks for the gold code in the top 1000 only (else 1/rank = 0)
+
+
 def retrieval_metrics(scores: np.ndarray) -> dict[str, float]:
-    """MRR and R@1/5/10 of a ``[queries, codes]`` score matrix whose diagonal holds the right code.
-
-    With exactly one relevant code per query, label-ranking average precision is
-    1/rank, so sklearn's LRAP is the MRR (ties count against the query, as in a
-    conservative rank). R@k is the share of queries whose code ranks in the top k.
-    """
-    from sklearn.metrics import label_ranking_average_precision_score, top_k_accuracy_score
-
+    """MRR and R@1/5/10 of a dense ``[queries, codes]`` score matrix whose diagonal holds the right
+    code (the rule of ``gold_ranks``, which ranks embeddings without the matrix)."""
+    scores = np.asarray(scores)
     n_queries, n_codes = scores.shape
     if n_queries != n_codes or n_queries < 2:
         raise ValueError(f"need a square score matrix of at least 2 x 2, got {scores.shape}")
-    truth = np.eye(n_queries, dtype=int)
-    out = {"mrr": float(label_ranking_average_precision_score(truth, scores))}
-    labels = np.arange(n_codes)
+    return metrics_from_ranks(1 + (scores > np.diag(scores)[:, None]).sum(1))
+
+
+def gold_ranks(
+    queries: Any,
+    codes: Any,
+    gold: Any,
+    *,
+    query_block: int = 4096,
+    code_chunk: int = 8192,
+    device: Any = None,
+) -> Any:
+    """Each query's rank of its gold code: 1 + the number of codes that score strictly higher
+    (dot product), as UniXcoder's evaluator ranks (its argsort puts tied codes in either order;
+    here ties never count against the query).
+
+    ``queries`` ``[Q, d]``, ``codes`` ``[C, d]`` (any device; moved chunk by chunk), ``gold`` ``[Q]``
+    (row of each query's code in ``codes``). Scores exist one ``query_block x code_chunk`` tile at
+    a time on ``device``: memory does not grow with the codebase. Two passes over the same tiles:
+    the first reads the gold scores out of the tile that holds them, the second counts the higher
+    ones, so the gold score is compared with scores computed exactly as it was.
+    """
+    import torch  # here: the other metrics need no torch
+
+    device = torch.device(device) if device is not None else queries.device
+    gold = torch.as_tensor(gold, dtype=torch.long)
+    n_queries, n_codes = len(queries), len(codes)
+    if len(gold) != n_queries:
+        raise ValueError(f"need one gold code per query, got {len(gold)} for {n_queries} queries")
+    if n_queries and (int(gold.min()) < 0 or int(gold.max()) >= n_codes):
+        raise ValueError(f"gold code rows must lie in 0..{n_codes - 1}")
+    ranks = torch.empty(n_queries, dtype=torch.long)
+    with torch.no_grad():
+        _rank_blocks(queries, codes, gold, ranks, query_block, code_chunk, device)
+    return ranks
+
+
+def _rank_blocks(queries: Any, codes: Any, gold: Any, ranks: Any, query_block: int, code_chunk: int, device: Any):
+    import torch
+
+    n_queries, n_codes = len(queries), len(codes)
+    for q0 in range(0, n_queries, query_block):
+        q = queries[q0 : q0 + query_block].to(device)
+        g = gold[q0 : q0 + query_block].to(device)
+        gold_score = torch.empty(len(q), dtype=q.dtype, device=device)
+        higher = torch.zeros(len(q), dtype=torch.long, device=device)
+        for counting in (False, True):
+            for c0 in range(0, n_codes, code_chunk):
+                c = codes[c0 : c0 + code_chunk].to(device=device, dtype=q.dtype)
+                tile = q @ c.T
+                rows = ((g >= c0) & (g < c0 + len(c))).nonzero().squeeze(1)
+                if not counting:
+                    gold_score[rows] = tile[rows, g[rows] - c0]
+                    continue
+                tile[rows, g[rows] - c0] = float("-inf")  # the gold code itself never counts
+                higher += (tile > gold_score[:, None]).sum(1)
+        ranks[q0 : q0 + len(q)] = 1 + higher.cpu()
+
+
+def metrics_from_ranks(ranks: Any, cutoff: int = UNIXCODER_CUTOFF) -> dict[str, float]:
+    """MRR as UniXcoder's evaluator (mean of 1/rank, 0 beyond ``cutoff``) and R@1/5/10 (rank <= k)."""
+    ranks = np.asarray(ranks, dtype=float)
+    if not len(ranks):
+        raise ValueError("no queries to rank")
+    out = {"mrr": float(np.mean(np.where(ranks <= cutoff, 1.0 / ranks, 0.0)))}
     for k in (1, 5, 10):
-        # a code base no larger than k always holds the right code
-        out[f"r_at_{k}"] = 1.0 if k >= n_codes else float(top_k_accuracy_score(labels, scores, k=k, labels=labels))
+        out[f"r_at_{k}"] = float(np.mean(ranks <= k))
     return out
-
-
-def reciprocal_ranks(scores: np.ndarray) -> np.ndarray:
-    """1 / rank of each query's own code (the diagonal), ties counted against it as in ``retrieval_metrics``:
-    their mean is its MRR."""
-    right = np.diag(scores)[:, None]
-    return 1.0 / (scores >= right).sum(axis=1)
 
 
 # ------------------------------------------------------------- clone detection

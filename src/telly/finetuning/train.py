@@ -1,4 +1,4 @@
-"""Fine-tune one variant (Base or Telly-K) on one task, and account for its cost.
+"""Fine-tune one variant (Base, Telly-K, a PEFT method or both) on one task, and account for its cost.
 
 The loop, in the paper's terms: AdamW with a linear schedule, ``epochs`` passes
 over the training set, the validation metric after each epoch, the best-on-valid
@@ -56,7 +56,7 @@ from telly.finetuning.data import (
     load_split,
     make_example,
 )
-from telly.finetuning.evaluate import evaluate
+from telly.finetuning.evaluate import Codebase, codebase_path, evaluate, load_codebase
 from telly.finetuning.examples import write_examples
 from telly.finetuning.heads import TaskModel
 from telly.jsonl import write_json
@@ -174,6 +174,7 @@ class Run:
     valid: list[dict]
     test: list[dict]
     valid_caches: dict[str, HiddenCache]
+    codebase: Codebase | None  # code search's test: the codebase every query is ranked against
     shuffle: torch.Generator
     loaders: dict[str, Any]
     optimizer: torch.optim.Optimizer
@@ -188,6 +189,7 @@ class Run:
     log: dict[str, Any]  # the settings of the run, logged and saved
     tags: dict[str, str]
     system: dict[str, str]
+    adapted: Any = None  # the peft.PeftModel around the encoder (LoRA, (IA)3): saves the adapters
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"score": float("-inf"), "epoch": 0})
     start_epoch: int = 1
@@ -234,6 +236,7 @@ def setup(
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
     from transformers import get_linear_schedule_with_warmup
 
+    from telly.models import peft_methods
     from telly.models.freezing import freeze_bottom
     from telly.models.loading import load_encoder
     from telly.runtime import device as pick_device
@@ -252,17 +255,31 @@ def setup(
     _check_batches(task, cfg.batch_size, settings.eval_batch_size, accelerator.num_processes)
     device = accelerator.device
     encoder = load_encoder(params.finetune_model, device=device, seed=seed)
-    k = variants.k_of(variant, encoder.num_layers)
+    parsed = variants.parse(variant, encoder.num_layers)
+    k = parsed.k
     _check_lengths(task, cfg, encoder.max_length)
     counts = freeze_bottom(encoder.model, k)
+    adapted, method_settings, learning_rate = None, {}, cfg.learning_rate
+    if parsed.method is not None:  # after Telly-K: the method goes on layers K..L-1 only, the prefix stays cacheable
+        lora = peft_methods.LoraSettings(alpha=settings.peft.lora_alpha, dropout=settings.peft.lora_dropout)
+        adapted, counts = peft_methods.apply(encoder.model, parsed, lora)
+        learning_rate = cfg.learning_rate * settings.peft.learning_rate_scale
+        method_settings = {"method": parsed.method_name, "learning_rate_scale": settings.peft.learning_rate_scale}
+        if parsed.rank is not None:
+            method_settings |= {"lora_alpha": lora.alpha, "lora_dropout": lora.dropout}
     cached = bool(settings.cache_frozen and k is not None)
     tok = Tokens.of(encoder.tokenizer)
 
     splits, test_ids = {}, []
+    codebase = None
     for split, size in (("train", cfg.train_size), ("valid", cfg.valid_size), ("test", cfg.test_size)):
         rows = load_split(settings.tasks_dir, task, split, size, settings.data_seed, min_rows=2)  # same for every seed
         if split == "test":
             test_ids = [r["id"] for r in rows]
+        if split == "test" and spec.head == "search" and codebase_path(settings.tasks_dir).exists():
+            # the paper's protocol: test queries ranked against the codebase (valid: among its own codes)
+            path = codebase_path(settings.tasks_dir)
+            codebase = load_codebase(path, rows, encoder.tokenizer, tok, cfg.max_source_length)
         splits[split] = [
             make_example(task, r, encoder.tokenizer, tok, cfg.max_source_length, cfg.max_target_length)
             for r in tqdm(rows, desc=f"tokenize {split}", leave=False)
@@ -275,7 +292,7 @@ def setup(
         "task": task,
         "variant": variant,
         "k": k,
-        "lr": cfg.learning_rate,
+        "lr": learning_rate,
         "epochs": cfg.epochs,
         "cache_frozen": cached,
         "cache_dropout": cache_dropout,
@@ -289,7 +306,10 @@ def setup(
         "n_train": len(train),
         "n_valid": len(valid),
         "n_test": len(test_examples),
+        **method_settings,
     }
+    if codebase is not None:
+        log_settings["n_codebase"] = len(codebase.codes)
     fingerprint = hashlib.sha256(json.dumps(log_settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # Frozen-prefix caching: hidden state K of every training (and, for the encoder tasks, eval) sequence.
@@ -319,16 +339,15 @@ def setup(
     )
     valid_loader = index_loader(len(valid), settings.eval_batch_size)
     test_loader = index_loader(len(test_examples), settings.eval_batch_size)
-    optimizer = _optimizer(task_model, cfg.learning_rate, settings.weight_decay)
+    optimizer = _optimizer(task_model, learning_rate, settings.weight_decay)
     total_steps = len(train_loader) * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_fraction * total_steps), total_steps)
 
     # one folder per seed: <root>/<task>/<variant>/seed<S>[.json]
     output_dir = Path(output_dir) if output_dir else variants.run_dir(settings.output_dir, task, variant, seed)
+    results_dir = settings.results_dir if parsed.method is None else settings.peft.results_dir
     results_path = (
-        Path(results_path)
-        if results_path
-        else variants.run_dir(settings.results_dir, task, variant, seed).with_suffix(".json")
+        Path(results_path) if results_path else variants.run_dir(results_dir, task, variant, seed).with_suffix(".json")
     )
     state_dir = variants.run_dir(settings.checkpoint_dir, task, variant, seed)
     with accelerator.main_process_first():  # it discards a stale state before the others look
@@ -356,6 +375,7 @@ def setup(
         valid=valid,
         test=test_examples,
         valid_caches=valid_caches,
+        codebase=codebase,
         shuffle=shuffle,
         loaders={"train": train_loader, "valid": valid_loader, "test": test_loader},
         optimizer=optimizer,
@@ -372,10 +392,12 @@ def setup(
             "telly.task": task,
             "telly.variant": variant,
             "telly.seed": str(seed),
+            "telly.family": variants.family(variant),
             "telly.cache_frozen": str(cached),
             **system,
         },
         system=system,
+        adapted=adapted,
     )
     if resumed is not None:
         run.history, run.best, run.start_epoch = resumed["history"], resumed["best"], resumed["epoch"] + 1
@@ -455,7 +477,12 @@ def test(run: Run) -> RunResult:
     """The best-on-valid encoder evaluated once on test, and the run's cost (RQ3's columns)."""
     run.accelerator.wait_for_everyone()  # the main process has written best.safetensors
     _load_weights(run.encoder.model, run.state_dir / "best.safetensors")
-    test_metrics = run.evaluate("test", threshold=run.best.get("threshold"))
+    test_metrics = run.evaluate(
+        "test",
+        threshold=run.best.get("threshold"),
+        codebase=run.codebase,
+        codebase_batch_size=run.settings.eval_batch_size,
+    )
     test_metrics.pop("score")
     run.test_examples = test_metrics.examples
     history = run.history
@@ -494,10 +521,20 @@ def test(run: Run) -> RunResult:
 
 
 def publish(run: Run, result: RunResult) -> None:
-    """The best encoder as a ``save_pretrained`` folder and the metrics file; the resume state goes."""
+    """The best encoder as a ``save_pretrained`` folder and the metrics file; the resume state goes.
+
+    With a peft method, the adapters alone go to ``<output_dir>/adapter`` (peft's ``save_pretrained``,
+    loadable onto the starting encoder with ``peft_methods.load_adapter``) and the folder itself holds
+    the encoder with them merged in, so every stage that loads an encoder folder reads it unchanged."""
+    from telly.models import peft_methods
+
     if run.main:
         with atomic_dir(run.output_dir) as tmp:
-            run.encoder.model.save_pretrained(tmp)
+            model = run.encoder.model
+            if run.adapted is not None:
+                peft_methods.save_adapter(run.adapted, Path(tmp) / peft_methods.ADAPTER_DIR)
+                model = peft_methods.merged(run.adapted)  # the run is over: fold the adapters in
+            model.save_pretrained(tmp)
             run.encoder.tokenizer.save_pretrained(tmp)
         write_json(run.results_path, result.to_json())
         write_examples(run.results_path, run.test_ids, run.test_examples)

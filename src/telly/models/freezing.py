@@ -8,6 +8,9 @@ Two parameter counts come back, because the paper reports a different one from w
 actually trains (section 3.2): its notebook also freezes the pooler before counting
 Telly-K, but counts the whole model (pooler included) for Base. So with UniXcoder
 Base = 125.93M and Telly-K = (12 - K) x 7,087,872 (plus any task head).
+
+BitFit (beyond the paper, telly.models.peft_methods) is a freezing rule too: only the biases
+of the embeddings and the transformer layers train (:func:`freeze_except_biases`).
 """
 
 from __future__ import annotations
@@ -92,3 +95,23 @@ def freeze_bottom(model: Any, k: int | None) -> ParamCount:
     pooler = getattr(encoder, "pooler", None)
     pooler_params = count_parameters(pooler, trainable_only=True) if pooler is not None else 0
     return ParamCount(trainable=trainable, paper=trainable - pooler_params, total=total)
+
+
+def freeze_except_biases(model: Any, k: int | None = None) -> ParamCount:
+    """BitFit on ``model``: every parameter frozen but the biases (LayerNorm biases included) of the
+    embeddings and of every transformer layer; with ``k``, only those of layers k..L-1 (Telly-K below
+    them, so the frozen prefix stays cacheable). The pooler (unused by the heads) stays frozen."""
+    encoder = find_encoder(model)
+    layers = _layer_list(encoder)
+    if k is not None and not (isinstance(k, int) and 0 <= k < len(layers)):
+        raise TellyError(f"BitFit: K = {k!r} is out of range; valid values are 0..{len(layers) - 1} (or none)")
+    total = count_parameters(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trained = [*layers[k or 0 :]] if k is not None else [encoder.embeddings, *layers]
+    for module in trained:
+        for name, p in module.named_parameters():
+            if name == "bias" or name.endswith(".bias"):
+                p.requires_grad_(True)
+    trainable = count_parameters(model, trainable_only=True)
+    return ParamCount(trainable=trainable, paper=trainable, total=total)

@@ -1,25 +1,35 @@
 """The ``pretrain`` stage: the small embedded code model, because no model hub is reachable.
 
-1. Train a byte-level BPE tokenizer on the corpus' training split (RoBERTa's special
-   tokens plus UniXcoder's mode tokens).
-2. Cut each training function into pieces that fit ``max_length`` and wrap them as the
-   later stages will feed them: ``[<s>, <encoder-only>, </s>] + code + [</s>]``.
-3. Train a RoBERTa encoder (post-LayerNorm, as CodeBERT and UniXcoder) with masked-language
-   modelling: ``mlm_probability`` of the tokens (40 % by default: more predictions per step
-   than BERT's 15 %, which a compute-bound run needs), 80/10/10, the ``transformers``
-   collator. Weights start at ``init_std`` and the position embeddings as sinusoids, which
-   shortens the plateau before the model learns to use its context. AdamW with linear
-   warm-up and decay, for ``max_steps`` steps or until the wall-clock budget is spent,
-   whichever comes first (the decay follows that limit). The LM head runs on the masked
-   positions only, which saves most of the output-layer compute on a CPU.
-4. Measure masked-token accuracy on held-out code (the valid split: other projects) with
-   fixed masks at BERT's 15 % (``eval_mlm_probability``), for the trained model and for the
-   same architecture randomly initialised.
+The model is a small UniXcoder (Guo et al., ACL 2022): one RoBERTa encoder whose mode token and
+attention mask make it an encoder, a decoder or an encoder-decoder, pre-trained in all three
+modes on code, on the docstring with the code's flattened AST, and contrastively.
+
+1. Train a byte-level BPE tokenizer on the corpus' training split: RoBERTa's special tokens,
+   UniXcoder's mode tokens, the span sentinels ``<mask1>`` ... and a boundary pair per AST node
+   type, all special tokens (:mod:`telly.models.tokenizer`).
+2. Build the views of each function and the batches of each objective
+   (:mod:`telly.models.pretrain_data`): masked-LM (``<encoder-only>``), unidirectional LM
+   (``<decoder-only>``, causal), span denoising (``<encoder-decoder>``, prefix-LM) and the
+   multi-modal contrastive objective, one objective per step drawn from ``objectives``; the LM
+   steps read comment + flattened AST (a share ``ast_share``) or plain code. Every layout is the
+   one the downstream tasks use (:mod:`telly.models.inputs`); the unidirectional and denoising
+   losses use the tied output projection (hidden @ word embeddings) the fine-tuning heads use.
+   ``objectives: {mlm: 1, ...: 0}`` with ``ast_share: 0`` is RoBERTa's masked-LM-only recipe.
+3. Train the encoder (post-LayerNorm, as CodeBERT and UniXcoder; weights from ``init_std``,
+   positions from sinusoids) with AdamW, linear warm-up and decay, for exactly ``max_steps``
+   steps: the same params give the same model whatever the machine's load. The wall clock
+   (``time_budget_minutes``) is only a guard: if training takes longer, the stage saves a
+   checkpoint and fails with a message naming the setting and the steps reached, instead of
+   handing a weaker model to every later stage.
+4. Measure on held-out code (the valid split: other projects), for the trained model and for
+   the same architecture untrained: masked-token accuracy with fixed masks at BERT's 15 %,
+   next-token accuracy in the decoder-only mode, and zero-shot comment-to-code retrieval MRR
+   (mean-pooled encoder-only representations, as the code search head pools them).
 5. Save with ``save_pretrained`` (safetensors) + the tokenizer under ``models/pretrained``,
    so every later stage loads it with ``from_pretrained`` exactly like a hub model.
 
-A checkpoint is written every few minutes (and on Ctrl-C) outside the DVC output; a rerun
-with the same settings resumes from it.
+A checkpoint is written every few minutes (and on Ctrl-C, or when the guard fires) outside the
+DVC output; a rerun with the same settings resumes from it.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,61 +52,49 @@ import numpy as np
 
 from telly.config import Params
 from telly.errors import TellyError
-from telly.jsonl import read_jsonl, write_json
+from telly.jsonl import write_json
+from telly.models import pretrain_data as data
 
 log = logging.getLogger(__name__)
 
-ENCODER_PREFIX = ("<s>", "<encoder-only>", "</s>")
+SEARCH_SCALE = 20.0  # UniXcoder's temperature for in-batch InfoNCE (the code search head's, too)
+
+
+class TrainingTooSlow(TellyError):
+    """The wall-clock guard fired before ``max_steps``."""
 
 
 # ----------------------------------------------------------------------------- data
 
 
-def read_code(path: Path, field: str) -> list[str]:
-    rows = read_jsonl(path, required=(field,))
-    if not rows:
-        raise TellyError(f"{path}: no rows; the pretrain stage needs the corpus (run `dvc repro prepare`)")
-    return [str(r[field]) for r in rows]
+def uses_views(cfg: Any) -> bool:
+    """Whether any objective reads the AST / comment views (the MLM-only recipe parses nothing)."""
+    return cfg.ast_share > 0 or cfg.objectives.contrastive > 0
 
 
-def to_pieces(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
-    """Every function, cut into pieces of at most ``max_length`` tokens with the encoder prefix."""
-    prefix = tokenizer.convert_tokens_to_ids(list(ENCODER_PREFIX))
-    suffix = [tokenizer.sep_token_id]
-    budget = max_length - len(prefix) - len(suffix)
-    pieces = []
-    for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
-        for start in range(0, len(ids), budget):
-            chunk = ids[start : start + budget]
-            if len(chunk) >= 2:  # a one-token tail teaches nothing
-                pieces.append(prefix + chunk + suffix)
-    return pieces
+def next_batch(cfg: Any, step: int, objective: str, batcher: data.Batcher, collator: Any, sp: data.Special) -> dict:
+    """The batch of one training step: its inputs, framing and labels follow from (seed, step) and
+    the batcher's position alone, so a resumed run continues with the very same batches."""
+    if objective == "contrastive":
+        return data.contrastive_batch(sp, batcher.next("pairs"))
+    examples = batcher.next(data.input_of_step(cfg.ast_share, cfg.seed, step) if cfg.ast_share else "code")
+    if objective == "mlm":
+        return data.mlm_batch(collator, sp, examples)
+    if objective == "ulm":
+        return data.ulm_batch(sp, examples)
+    rng = np.random.default_rng([cfg.seed, step, 3])
+    return data.denoise_batch(sp, examples, cfg.denoise_rate, cfg.denoise_span, cfg.max_length, rng)
 
 
-def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """Shuffled batches of similar length (less padding), the same for the same seed and epoch."""
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
-    pool = batch_size * 50  # sort within pools of 50 batches: similar lengths, still random
-    batches = []
-    for start in range(0, len(order), pool):
-        chunk = order[start : start + pool]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)
-    return batches
+def batch_tokens(batch: dict, pad_id: int) -> int:
+    """Real (non-padding) tokens of a batch, of every view for a contrastive one."""
+    if "input_ids" in batch:
+        return int((batch["input_ids"] != pad_id).sum())
+    return sum(batch_tokens(view, pad_id) for view in batch.values())
 
 
-def held_out_batches(cfg: Any, tokenizer: Any, valid_texts: list[str]) -> list[dict[str, Any]]:
-    """``eval_examples`` valid functions (a seeded sample), cut into pieces, with fixed masks at
-    ``eval_mlm_probability``: the same masked tokens for every model and every evaluation."""
-    from transformers import DataCollatorForLanguageModeling
-
-    rng = np.random.default_rng(cfg.seed)
-    texts = [valid_texts[i] for i in sorted(rng.permutation(len(valid_texts))[: cfg.eval_examples])]
-    pieces = to_pieces(tokenizer, texts, cfg.max_length)
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.eval_mlm_probability, seed=cfg.seed + 1)
-    return [collator([{"input_ids": p} for p in pieces[i : i + 64]]) for i in range(0, len(pieces), 64)]
+def to_device(batch: dict, dev: Any) -> dict:
+    return {k: to_device(v, dev) if isinstance(v, dict) else v.to(dev, non_blocking=True) for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------------------- model
@@ -142,34 +141,167 @@ def sinusoidal_positions(embedding: Any, pad_id: int, amplitude: float) -> None:
         embedding.weight.copy_(amplitude * table)
 
 
+# ------------------------------------------------------------------------ objectives
+
+
+def encode(model: Any, batch: dict[str, Any]) -> Any:
+    """Last hidden states; a 4-D boolean ``attention_mask`` is the UniLM mask of the mode."""
+    return model.roberta(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+
+
 def mlm_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
     """Cross-entropy on the masked positions only; returns (loss, logits, labels) there."""
     import torch.nn.functional as F
 
-    hidden = model.roberta(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = encode(model, batch)
     masked = batch["labels"] != -100
     logits = model.lm_head(hidden[masked])
     labels = batch["labels"][masked]
     return F.cross_entropy(logits.float(), labels), logits, labels
 
 
+def lm_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Next-token cross-entropy where labels are set, through the tied output projection
+    (hidden @ word embeddings) that the fine-tuning heads of generation and completion use."""
+    import torch.nn.functional as F
+
+    hidden = encode(model, batch)
+    active = batch["labels"] != -100
+    logits = hidden[active] @ model.roberta.embeddings.word_embeddings.weight.T
+    labels = batch["labels"][active]
+    return F.cross_entropy(logits.float(), labels), logits, labels
+
+
+def pooled(model: Any, batch: dict[str, Any]) -> Any:
+    """Mean over the real tokens, L2-normalised: the code search head's representation."""
+    import torch.nn.functional as F
+
+    hidden = encode(model, batch)
+    keep = batch["attention_mask"].to(hidden.dtype)[..., None]
+    return F.normalize((hidden * keep).sum(1) / keep.sum(1), p=2, dim=-1)
+
+
+def contrastive_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """In-batch InfoNCE of each function's code against its own comment and its own AST view."""
+    import torch
+    import torch.nn.functional as F
+
+    code = pooled(model, batch["code"]).float()
+    targets = torch.arange(len(code), device=code.device)
+    losses = [F.cross_entropy(SEARCH_SCALE * code @ pooled(model, batch[v]).float().T, targets)
+              for v in ("comment", "ast")]
+    return sum(losses) / len(losses)
+
+
+def training_loss(model: Any, objective: str, batch: dict[str, Any]) -> Any:
+    if objective == "mlm":
+        return mlm_loss(model, batch)[0]
+    if objective in ("ulm", "denoise"):
+        return lm_loss(model, batch)[0]
+    return contrastive_loss(model, batch)
+
+
+# ----------------------------------------------------------------- held-out measurements
+
+
+@dataclass
+class HeldOut:
+    """Fixed held-out inputs: every model and every evaluation sees exactly the same ones."""
+
+    mlm: list[dict[str, Any]]  # encoder-only code pieces with fixed masks
+    ulm: list[dict[str, Any]]  # the same pieces, decoder-only, labels on the code tokens and </s>
+    comments: list[dict[str, Any]]  # retrieval queries ...
+    codes: list[dict[str, Any]]  # ... and their code (row i of both belongs together)
+
+    def quick(self) -> HeldOut:
+        """A quarter of the LM batches, for the curve while training."""
+        return HeldOut(self.mlm[: max(1, len(self.mlm) // 4)], self.ulm[: max(1, len(self.ulm) // 4)], [], [])
+
+
+def held_out(cfg: Any, tokenizer: Any, valid_rows: list[dict], lang: str) -> HeldOut:
+    """``eval_examples`` valid functions (a seeded sample), cut into pieces; masks at
+    ``eval_mlm_probability`` (fixed by the seed); their documented, parsable functions for retrieval."""
+    from transformers import DataCollatorForLanguageModeling
+
+    rng = np.random.default_rng(cfg.seed)
+    rows = [valid_rows[i] for i in sorted(rng.permutation(len(valid_rows))[: cfg.eval_examples])]
+    sp = data.Special.of(tokenizer)
+    pieces = data.code_pieces(tokenizer, [str(r[cfg.field]) for r in rows], cfg.max_length - 4)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.eval_mlm_probability, seed=cfg.seed + 1)
+    mlm = [data.mlm_batch(collator, sp, pieces[i : i + 64]) for i in range(0, len(pieces), 64)]
+    ulm = []
+    for i in range(0, len(pieces), 64):
+        batch = data.ulm_batch(sp, pieces[i : i + 64])
+        batch["labels"][:, :2] = -100  # <s> -> <decoder-only> -> </s>: fixed, not code
+        ulm.append(batch)
+    views = data.function_views(rows, cfg.field, lang)
+    keep = [i for i, (c, q) in enumerate(zip(views.clean, views.comment)) if c is not None and q]
+    budget = cfg.max_length - 4
+    codes = [x[:budget] for x in data.token_ids(tokenizer, [views.clean[i] for i in keep])]
+    comments = [x[:budget] for x in data.token_ids(tokenizer, [views.comment[i] for i in keep])]
+    return HeldOut(
+        mlm, ulm,
+        [data.encoder_only_batch(sp, comments[i : i + 64]) for i in range(0, len(comments), 64)],
+        [data.encoder_only_batch(sp, codes[i : i + 64]) for i in range(0, len(codes), 64)],
+    )
+
+
+def token_accuracy(model: Any, batches: list[dict[str, Any]], loss_fn: Any) -> tuple[float, float]:
+    """(accuracy, mean loss) over every labelled token of fixed batches (call it under :func:`evaluating`)."""
+    correct = total = 0
+    loss_sum = 0.0
+    device = next(model.parameters()).device
+    for batch in batches:
+        loss, logits, labels = loss_fn(model, to_device(batch, device))
+        correct += int((logits.argmax(-1) == labels).sum())
+        total += int(labels.numel())
+        loss_sum += float(loss) * int(labels.numel())
+    return correct / max(total, 1), loss_sum / max(total, 1)
+
+
 def masked_accuracy(model: Any, batches: list[dict[str, Any]]) -> tuple[float, float]:
     """(accuracy, mean loss) over all masked tokens of fixed, pre-masked batches."""
+    with evaluating(model):
+        return token_accuracy(model, batches, mlm_loss)
+
+
+def retrieval_mrr(model: Any, comments: list[dict[str, Any]], codes: list[dict[str, Any]]) -> float:
+    """Mean reciprocal rank of each comment's own code among all the held-out codes (zero-shot)."""
+    import torch
+
+    if not comments:
+        return float("nan")
+    device = next(model.parameters()).device
+    with evaluating(model):
+        q = torch.cat([pooled(model, to_device(b, device)) for b in comments])
+        c = torch.cat([pooled(model, to_device(b, device)) for b in codes])
+    scores = q @ c.T
+    rank = (scores > scores.diagonal()[:, None]).sum(1) + 1
+    return float((1.0 / rank.float()).mean())
+
+
+@contextlib.contextmanager
+def evaluating(model: Any) -> Iterator[None]:
     import torch
 
     was_training = model.training
     model.eval()
-    correct = total = 0
-    loss_sum = 0.0
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        for batch in batches:
-            loss, logits, labels = mlm_loss(model, {k: v.to(device) for k, v in batch.items()})
-            correct += int((logits.argmax(-1) == labels).sum())
-            total += int(labels.numel())
-            loss_sum += float(loss) * int(labels.numel())
-    model.train(was_training)
-    return correct / max(total, 1), loss_sum / max(total, 1)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def measure(model: Any, held: HeldOut) -> dict[str, float]:
+    """The held-out figures of one model (retrieval only when ``held`` has queries)."""
+    out = {}
+    out["masked_token_accuracy"], out["valid_loss"] = masked_accuracy(model, held.mlm)
+    with evaluating(model):
+        out["next_token_accuracy"], out["next_token_loss"] = token_accuracy(model, held.ulm, lm_loss)
+    if held.comments:
+        out["retrieval_mrr"] = retrieval_mrr(model, held.comments, held.codes)
+    return out
 
 
 # ----------------------------------------------------------------------- checkpoints
@@ -216,9 +348,8 @@ def learning_rate_factor(step: int, progress: float, warmup_steps: int, cooldown
     """Linear warm-up over steps, a constant rate, then linear decay to 0 over the last
     ``cooldown`` share of training (warm-up, stable, decay; ``cooldown`` 1 is plain linear decay).
 
-    ``progress`` is the larger of steps done / ``max_steps`` and time spent / budget, so the
-    schedule always anneals to 0 by the end, whichever limit comes first: on a fast machine
-    the steps decide (and the run is repeatable step for step), on a busy one the clock does.
+    ``progress`` is steps done / ``max_steps``: the schedule depends on steps only, never on the
+    clock, so a run is repeatable step for step on any machine.
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -249,14 +380,176 @@ def stop_requested() -> Iterator[_Flag]:
             signal.signal(sig, old)
 
 
+# ------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Training:
+    """Everything the loop needs, and what a checkpoint restores."""
+
+    cfg: Any
+    model: Any
+    tokenizer: Any
+    optimizer: Any
+    collator: Any
+    batcher: data.Batcher
+    sp: data.Special
+    state: dict[str, Any]
+    fingerprint: str
+
+    def checkpoint(self) -> None:
+        import torch
+
+        self.state["drawn"] = dict(self.batcher.drawn)
+        save_checkpoint(Path(self.cfg.checkpoint_dir), self.model, self.tokenizer, {
+            **self.state, "fingerprint": self.fingerprint, "optimizer": self.optimizer.state_dict(),
+            "mask_rng": self.collator.generator.get_state(), "torch_rng": torch.get_rng_state(),
+        })
+
+
+def train_step(t: Training, dev: Any, autocast: Any) -> tuple[str, float, int]:
+    """One optimiser step of the step's objective; returns (objective, loss, real tokens)."""
+    import torch
+
+    cfg, step = t.cfg, t.state["step"]
+    for group in t.optimizer.param_groups:
+        group["lr"] = cfg.lr * learning_rate_factor(step, step / cfg.max_steps, cfg.warmup_steps, cfg.lr_cooldown)
+    objective = data.objective_of_step(cfg.objectives.model_dump(), cfg.seed, step)
+    batch = to_device(next_batch(cfg, step, objective, t.batcher, t.collator, t.sp), dev)
+    with autocast:
+        loss = training_loss(t.model, objective, batch)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(t.model.parameters(), 1.0)
+    t.optimizer.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    return objective, float(loss.detach()), batch_tokens(batch, t.sp.pad)
+
+
+def too_slow(cfg: Any, state: dict[str, Any]) -> TrainingTooSlow:
+    return TrainingTooSlow(
+        f"pretrain: the wall-clock guard fired: {state['elapsed'] / 60:.1f} min of training passed "
+        f"pretrain.time_budget_minutes = {cfg.time_budget_minutes:g} at step {state['step']} of "
+        f"pretrain.max_steps = {cfg.max_steps}. No model was saved: a shorter run would hand every later "
+        f"stage a weaker model. Run it on a less loaded machine or raise pretrain.time_budget_minutes; "
+        f"the rerun resumes from the checkpoint in {cfg.checkpoint_dir}."
+    )
+
+
+def train(t: Training, dev: Any, held: HeldOut) -> None:
+    """Exactly ``max_steps`` steps (from wherever a checkpoint left off), logging the curve."""
+    import mlflow
+    import torch
+    from tqdm.auto import tqdm
+
+    cfg, state = t.cfg, t.state
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    quick = held.quick()
+    t.model.train()
+    last_ckpt = session_start = time.perf_counter()
+    elapsed0 = state["elapsed"]
+    window: dict[str, list[float]] = {}
+    window_tokens, window_start = 0, time.perf_counter()
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="pretrain", unit="step")
+    with stop_requested() as stop:
+        while state["step"] < cfg.max_steps:
+            if stop:
+                bar.close()
+                log.warning("interrupted at step %d; saving a checkpoint to resume from", state["step"])
+                t.checkpoint()
+                raise KeyboardInterrupt
+            objective, loss, tokens = train_step(t, dev, autocast)
+            state["step"] += 1
+            state["tokens"] += tokens
+            state["objective_steps"][objective] = state["objective_steps"].get(objective, 0) + 1
+            state["elapsed"] = elapsed0 + time.perf_counter() - session_start
+            window.setdefault(objective, []).append(loss)
+            window_tokens += tokens
+            bar.update(1)
+            step = state["step"]
+            evaluate = step % cfg.eval_every == 0
+            if step % cfg.log_every == 0 or evaluate or step == cfg.max_steps:
+                seconds = max(time.perf_counter() - window_start, 1e-9)
+                point = {"step": step, "train_loss": float(np.mean([x for v in window.values() for x in v])),
+                         "tokens_per_s": window_tokens / seconds, "lr": t.optimizer.param_groups[0]["lr"]}
+                point.update({f"train_loss_{k}": float(np.mean(v)) for k, v in sorted(window.items())})
+                if evaluate:
+                    quick_figures = measure(t.model, quick)
+                    point["valid_accuracy"], point["valid_loss"] = (quick_figures["masked_token_accuracy"],
+                                                                    quick_figures["valid_loss"])
+                    point["valid_next_token_accuracy"] = quick_figures["next_token_accuracy"]
+                state["curve"].append(point)
+                mlflow.log_metrics({k: v for k, v in point.items() if k != "step"}, step=step)
+                bar.set_postfix(loss=f"{point['train_loss']:.3f}", tok_s=f"{point['tokens_per_s']:.0f}")
+                window, window_tokens, window_start = {}, 0, time.perf_counter()
+            if state["elapsed"] > cfg.time_budget_minutes * 60 and step < cfg.max_steps:
+                bar.close()
+                t.checkpoint()
+                raise too_slow(cfg, state)
+            if time.perf_counter() - last_ckpt >= cfg.checkpoint_every_minutes * 60:
+                t.checkpoint()
+                last_ckpt = time.perf_counter()
+    bar.close()
+
+
 # ------------------------------------------------------------------------- the stage
 
 
-def run(params: Params) -> dict[str, Any]:
+def prepare_training(cfg: Any, train_rows: list[dict], lang: str, dev: Any) -> Training:
+    """A fresh model and tokenizer, or the checkpoint's; the optimiser and data positions with them."""
     import torch
     from transformers import DataCollatorForLanguageModeling
 
-    from telly.models.tokenizer import train_tokenizer
+    from telly.models.tokenizer import pretraining_specials, train_tokenizer
+    from telly.runtime import set_seed
+
+    fp = fingerprint(cfg)
+    resumed = load_checkpoint(Path(cfg.checkpoint_dir), fp)
+    if resumed:
+        model, tokenizer, state = resumed
+    else:
+        log.info("training a %d-token byte-level BPE tokenizer on %d functions", cfg.vocab_size, len(train_rows))
+        tokenizer = train_tokenizer([str(r[cfg.field]) for r in train_rows], vocab_size=cfg.vocab_size,
+                                    min_frequency=cfg.min_frequency, max_length=cfg.max_length,
+                                    extra_specials=pretraining_specials(lang))
+        set_seed(cfg.seed)
+        model = build_model(cfg, tokenizer)
+        state = {"step": 0, "elapsed": 0.0, "tokens": 0, "curve": [], "objective_steps": {}, "drawn": {}}
+    corpus = data.build_corpus(tokenizer, train_rows, cfg.field, lang, cfg.max_length, uses_views(cfg))
+    log.info("training inputs: %d code pieces, %d comment + AST inputs, %d documented functions (contrastive)",
+             len(corpus.pieces), len(corpus.ast_inputs), len(corpus.pairs))
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mlm_probability, seed=cfg.seed)
+    collator.create_rng()
+    model.to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
+                                  weight_decay=cfg.weight_decay)
+    if resumed:
+        optimizer.load_state_dict(state["optimizer"])
+        collator.generator.set_state(state["mask_rng"])
+        torch.set_rng_state(state["torch_rng"])
+    batcher = data.Batcher(corpus, cfg.batch_size, cfg.seed, state.get("drawn"))
+    return Training(cfg, model, tokenizer, optimizer, collator, batcher, data.Special.of(tokenizer), state, fp)
+
+
+def save_model(cfg: Any, model: Any, tokenizer: Any) -> Path:
+    out = Path(cfg.out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is shared
+    # Later stages fine-tune from this config: give them RoBERTa's dropout, whatever pre-training used.
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = cfg.finetune_dropout
+    model.config.initializer_range = 0.02  # and RoBERTa's init for any head they add
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def run(params: Params) -> dict[str, Any]:
+    import mlflow
+    import torch
+
     from telly.runtime import device as pick_device
     from telly.runtime import set_seed
     from telly.tracking import start_run
@@ -268,160 +561,56 @@ def run(params: Params) -> dict[str, Any]:
     if cfg.threads:  # both cores on an idle machine; 1 where other jobs share the CPU
         torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
-    train_texts = read_code(cfg.train, cfg.field)
-    valid_texts = read_code(cfg.valid, cfg.field)
-    ckpt_dir = Path(cfg.checkpoint_dir)
-    ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
-    fp = fingerprint(cfg)
-
-    resumed = load_checkpoint(ckpt_dir, fp)
-    if resumed:
-        model, tokenizer, state = resumed
-    else:
-        log.info("training a %d-token byte-level BPE tokenizer on %d functions", cfg.vocab_size, len(train_texts))
-        tokenizer = train_tokenizer(train_texts, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
-                                    max_length=cfg.max_length)
-        set_seed(cfg.seed)
-        model = build_model(cfg, tokenizer)
-        state = {"step": 0, "elapsed": 0.0, "tokens": 0, "curve": []}
-
-    pieces = to_pieces(tokenizer, train_texts, cfg.max_length)
-    lengths = np.array([len(p) for p in pieces])
-    eval_batches = held_out_batches(cfg, tokenizer, valid_texts)
-    log.info("%d training pieces (%d tokens), %d held-out pieces from %d valid functions",
-             len(pieces), int(lengths.sum()), sum(len(b["input_ids"]) for b in eval_batches),
-             min(cfg.eval_examples, len(valid_texts)))
-    quick_eval = eval_batches[: max(1, len(eval_batches) // 4)]
-
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mlm_probability, seed=cfg.seed)
-    collator.create_rng()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
-                                  weight_decay=cfg.weight_decay)
-    if resumed:
-        optimizer.load_state_dict(state["optimizer"])
-        collator.generator.set_state(state["mask_rng"])
-        torch.set_rng_state(state["torch_rng"])
-
-    n_params = sum(p.numel() for p in model.parameters())
+    lang = params.prepare.language
+    train_rows = data.read_rows(cfg.train, cfg.field)
+    valid_rows = data.read_rows(cfg.valid, cfg.field)
+    Path(cfg.checkpoint_dir).parent.mkdir(parents=True, exist_ok=True)
     dev = pick_device(params.model.device if params.model is not None else "auto")
-    model.to(dev)
-    # bf16 autocast: ~1.6x faster steps on CPUs with AVX512-BF16 (and on CUDA); weights stay fp32
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    per_epoch = math.ceil(len(pieces) / cfg.batch_size)
-    budget_s = cfg.time_budget_minutes * 60
-    log.info("model: %d layers, hidden %d, %.2fM parameters; %d steps (%.2f epochs), budget %.1f min",
-             cfg.layers, cfg.hidden_size, n_params / 1e6, cfg.max_steps, cfg.max_steps / per_epoch,
-             cfg.time_budget_minutes)
-
-    def checkpoint() -> None:
-        save_checkpoint(ckpt_dir, model, tokenizer, {
-            **state, "fingerprint": fp, "optimizer": optimizer.state_dict(),
-            "mask_rng": collator.generator.get_state(), "torch_rng": torch.get_rng_state(),
-        })
-
-    import mlflow
-    from tqdm.auto import tqdm
+    t = prepare_training(cfg, train_rows, lang, dev)
+    held = held_out(cfg, t.tokenizer, valid_rows, lang)
+    n_params = sum(p.numel() for p in t.model.parameters())
+    log.info("model: %d layers, hidden %d, %.2fM parameters; %d steps of %s; guard %.0f min",
+             cfg.layers, cfg.hidden_size, n_params / 1e6, cfg.max_steps,
+             ", ".join(f"{k} {v:g}" for k, v in cfg.objectives.model_dump().items() if v), cfg.time_budget_minutes)
 
     with start_run(params, "pretrain", log_params={"pretrain": cfg.model_dump(mode="json")}):
-
         mlflow.log_metric("parameters", n_params)
-        model.train()
-        last_ckpt = time.perf_counter()
-        session_start, session_elapsed0 = time.perf_counter(), state["elapsed"]
-        batches_by_epoch: dict[int, list[np.ndarray]] = {}
-        window_loss, window_tokens, window_start = [], 0, time.perf_counter()
-        budget_reached = False
-        bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="pretrain", unit="step")
-        with stop_requested() as stop:
-            while True:
-                if stop:
-                    bar.close()
-                    log.warning("interrupted at step %d; saving a checkpoint to resume from", state["step"])
-                    checkpoint()
-                    raise KeyboardInterrupt
-                progress = max(state["step"] / cfg.max_steps, state["elapsed"] / budget_s)
-                if progress >= 1:
-                    budget_reached = state["step"] < cfg.max_steps
-                    if budget_reached:
-                        log.info("wall-clock budget of %.1f min spent at step %d of %d",
-                                 cfg.time_budget_minutes, state["step"], cfg.max_steps)
-                    break
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * learning_rate_factor(state["step"], progress, cfg.warmup_steps,
-                                                                cfg.lr_cooldown)
-                epoch, index = divmod(state["step"], per_epoch)
-                if epoch not in batches_by_epoch:
-                    batches_by_epoch = {epoch: epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)}
-                batch = collator([{"input_ids": pieces[i]} for i in batches_by_epoch[epoch][index]])
-                batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-                with autocast:
-                    loss, _, _ = mlm_loss(model, batch)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+        train(t, dev, held)
+        state = t.state
 
-                state["step"] += 1
-                real_tokens = int(batch["attention_mask"].sum())
-                state["tokens"] += real_tokens
-                state["elapsed"] = session_elapsed0 + time.perf_counter() - session_start
-                window_loss.append(float(loss.detach()))
-                window_tokens += real_tokens
-                bar.update(1)
-                step = state["step"]
-                evaluate = step % cfg.eval_every == 0
-                if step % cfg.log_every == 0 or evaluate or step == cfg.max_steps:
-                    rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                    point = {"step": step, "train_loss": float(np.mean(window_loss)), "tokens_per_s": rate,
-                             "lr": optimizer.param_groups[0]["lr"]}
-                    if evaluate:
-                        point["valid_accuracy"], point["valid_loss"] = masked_accuracy(model, quick_eval)
-                    state["curve"].append(point)
-                    mlflow.log_metrics({k: v for k, v in point.items() if k != "step"}, step=step)
-                    bar.set_postfix(loss=f"{point['train_loss']:.3f}", tok_s=f"{rate:.0f}")
-                    window_loss, window_tokens, window_start = [], 0, time.perf_counter()
-                if time.perf_counter() - last_ckpt >= cfg.checkpoint_every_minutes * 60:
-                    checkpoint()
-                    last_ckpt = time.perf_counter()
-        bar.close()
-
-        log.info("evaluating masked-token accuracy on %d held-out batches", len(eval_batches))
-        accuracy, valid_loss = masked_accuracy(model, eval_batches)
+        log.info("held-out measurements: %d masked-LM batches, %d retrieval queries",
+                 len(held.mlm), sum(len(b["input_ids"]) for b in held.comments))
+        trained = measure(t.model, held)
         set_seed(cfg.seed)
-        random_accuracy, random_loss = masked_accuracy(build_model(cfg, tokenizer).to(dev), eval_batches)
+        untrained = measure(build_model(cfg, t.tokenizer).to(dev), held)
+        per_epoch = math.ceil(len(t.batcher.corpus.pieces) / cfg.batch_size)
         metrics = {
-            "masked_token_accuracy": accuracy,
-            "valid_loss": valid_loss,
-            "random_init_masked_token_accuracy": random_accuracy,
-            "random_init_valid_loss": random_loss,
+            **trained,
+            **{f"random_init_{k}": v for k, v in untrained.items()},
             "steps": state["step"],
-            "epochs": state["step"] / per_epoch,
+            "objective_weights": cfg.objectives.model_dump(),  # the recipe, for the report
+            "ast_share": cfg.ast_share,
+            "objective_steps": {k: state["objective_steps"].get(k, 0) for k in data.OBJECTIVES},
+            "epochs": t.batcher.drawn.get("code", 0) / per_epoch,  # of the plain code pieces
             "train_tokens": state["tokens"],
             "train_seconds": state["elapsed"],
             "tokens_per_second": state["tokens"] / max(state["elapsed"], 1e-9),
-            "budget_reached": budget_reached,
+            "steps_per_second": state["step"] / max(state["elapsed"], 1e-9),
             "parameters": n_params,
-            "vocab_size": len(tokenizer),
-            "eval_masked_tokens": sum(int((b["labels"] != -100).sum()) for b in eval_batches),
+            "vocab_size": len(t.tokenizer),
+            "eval_masked_tokens": sum(int((b["labels"] != -100).sum()) for b in held.mlm),
+            "eval_next_tokens": sum(int((b["labels"] != -100).sum()) for b in held.ulm),
+            "eval_retrieval_queries": sum(len(b["input_ids"]) for b in held.comments),
             "stage_seconds": time.perf_counter() - started,
         }
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-
-        out = Path(cfg.out_dir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is shared
-        # Later stages fine-tune from this config: give them RoBERTa's dropout, whatever pre-training used.
-        model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = cfg.finetune_dropout
-        model.config.initializer_range = 0.02  # and RoBERTa's init for any head they add
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+        out = save_model(cfg, t.model, t.tokenizer)
         write_json(Path(cfg.metrics), metrics)
         write_json(Path(cfg.metrics).with_name("curve.json"), state["curve"])
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the next run starts afresh
-    log.info("masked-token accuracy on held-out code: %.1f%% (random init %.1f%%); saved %s",
-             100 * accuracy, 100 * random_accuracy, out)
+        shutil.rmtree(cfg.checkpoint_dir, ignore_errors=True)  # finished: the next run starts afresh
+    log.info("held-out: masked-token accuracy %.1f%% (untrained %.1f%%), next-token accuracy %.1f%% (%.1f%%), "
+             "retrieval MRR %.3f (%.3f); saved %s",
+             100 * trained["masked_token_accuracy"], 100 * untrained["masked_token_accuracy"],
+             100 * trained["next_token_accuracy"], 100 * untrained["next_token_accuracy"],
+             trained.get("retrieval_mrr", float("nan")), untrained.get("retrieval_mrr", float("nan")), out)
     return metrics

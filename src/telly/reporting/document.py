@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from telly.config import Params
-from telly.reporting import tables
+from telly.reporting import peft, tables
 from telly.reporting.claims import MAIN_METRIC, Claim, probe_peaks
 from telly.reporting.inputs import PROPERTIES, Inputs
 from telly.reporting.verdicts import INCONCLUSIVE, NOT_CHECKED, NOT_REPRODUCED, REPRODUCED
@@ -341,6 +341,7 @@ def build(
         rq1_section(inputs, paper, figures),
         rq2_section(inputs, paper, figures),
         rq3_section(inputs, paper, figures, claims),
+        peft.section(params, Path(params.report.out_dir) / "figures"),  # beyond the paper (reporting/peft.py)
         tuning_section(inputs, params, claims),
         method_section(params),
     ]

@@ -61,8 +61,9 @@ def trial_params(params: Params, task: str, choice: Choice, work_dir: Path) -> P
     if tune.valid_size:
         sizes["valid_size"] = tune.valid_size
     tasks = finetune.tasks.model_copy(update={task: task_cfg.model_copy(update=sizes)})
+    peft = finetune.peft.model_copy(update={"learning_rate_scale": 1.0})  # the searched lr is the method's own
     # Each trial saves its state apart, so parallel trials of one variant never share a folder.
-    finetune = finetune.model_copy(update={"tasks": tasks, "checkpoint_dir": work_dir / "state"})
+    finetune = finetune.model_copy(update={"tasks": tasks, "checkpoint_dir": work_dir / "state", "peft": peft})
     return params.model_copy(update={"finetune": finetune})
 
 
@@ -118,6 +119,7 @@ class Objective:
         logged = {
             "k": choice.k,
             "variant": choice.variant,
+            "method": choice.method,
             "lr": choice.lr,
             "epochs": choice.epochs,
             "batch_size": choice.batch_size,

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from telly.files import atomic_path
 from telly.jsonl import write_json
-from telly.tuning.space import SearchSpace, variant_name
+from telly.tuning.space import BASE, NO_METHOD, SearchSpace, variant_name
 from telly.tuning.study import counts
 
 log = logging.getLogger(__name__)
@@ -29,15 +29,16 @@ def _trial_row(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> dict[str,
     p = trial.params
     return {
         "trial": trial.number,
-        "variant": variant_name(p["k"]),
-        "k": p["k"],
+        "variant": variant_name(p.get("k", BASE), p.get("method", NO_METHOD)),
+        "k": p.get("k", BASE),
+        **({"method": p.get("method", NO_METHOD)} if space.methods else {}),
         "lr": p["lr"],
         "epochs": p.get("epochs", space.epochs[0]),
         "batch_size": p.get("batch_size", space.batch_sizes[0]),
         **dict(zip(space.objectives, trial.values)),
         **{
             k: trial.user_attrs[k]
-            for k in ("epochs_to_convergence", "time_to_convergence", "trainable_params")
+            for k in ("epochs_to_convergence", "time_to_convergence", "trainable_params", "epoch_seconds")
             if k in trial.user_attrs
         },
     }

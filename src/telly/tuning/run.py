@@ -117,7 +117,7 @@ def tune(
         summary = write_outputs(study, space, task, printable(url), cfg.results_dir, cfg.seed)
         mlflow.log_metrics({f"trials_{state}": n for state, n in summary["trials"].items()})
         if summary["best"] is not None:
-            mlflow.log_metrics({f"best_{k}": v for k, v in summary["best"].items() if k != "variant"})
+            mlflow.log_metrics({f"best_{k}": v for k, v in summary["best"].items() if k not in ("variant", "method")})
             mlflow.set_tag("best_variant", summary["best"]["variant"])
         mlflow.log_artifact(str(cfg.results_dir / f"{task}.json"))
         if (cfg.results_dir / task).is_dir():

@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from telly.config import Params
-from telly.tuning.space import SearchSpace
+from telly.tuning.space import NO_METHOD, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _enqueue_default(params: Params, task: str, space: SearchSpace, study: optun
     cfg = getattr(params.finetune.tasks, task)
     if not params.tune.enqueue_default or study.trials or not space.lr_min <= cfg.learning_rate <= space.lr_max:
         return
-    setting: dict[str, Any] = {"k": -1, "lr": cfg.learning_rate}
+    setting: dict[str, Any] = {"k": -1, "lr": cfg.learning_rate} | ({"method": NO_METHOD} if space.methods else {})
     if len(space.epochs) > 1 and cfg.epochs in space.epochs:
         setting["epochs"] = cfg.epochs
     if len(space.batch_sizes) > 1 and cfg.batch_size in space.batch_sizes:
