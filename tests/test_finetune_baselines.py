@@ -40,6 +40,20 @@ def test_code_search_baseline_ranks_each_query_among_the_test_codes():
     assert metrics["mrr"] == pytest.approx(1.0) and [r["rr"] for r in rows] == [1.0] * 4
 
 
+def test_code_search_baseline_ranks_against_the_codebase_when_there_is_one():
+    total = "def total(values):\n    return sum(values)"
+    test = [{"id": "a", "query": "sum values", "code": total}, {"id": "b", "query": "user name", "code": CODES[2]}]
+    codebase = [
+        {"id": "x", "code": "def sum_values(values):\n    return sum(values)"},  # outranks "a": more shared terms
+        {"id": "a", "code": total},
+        {"id": "b", "code": CODES[2]},
+    ]
+    metrics, rows = B.code_search([], [], test, codebase)
+    assert [r["rr"] for r in rows] == [0.5, 1.0] and metrics["mrr"] == pytest.approx(0.75)
+    with pytest.raises(TellyError, match="no code for test queries"):
+        B.code_search([], [], test, codebase[:2])
+
+
 def test_clone_threshold_is_chosen_on_valid_not_on_test():
     same = {"code1": "a b c d", "code2": "a b c d", "label": 1}  # Jaccard 1
     half = {"code1": "a b c d", "code2": "a b x y", "label": 1}  # 2 / 6
