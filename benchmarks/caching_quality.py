@@ -5,7 +5,7 @@ Two questions, answered with the real engine (``train_variant``) and the default
 
 1. **Regimes over seeds.** For each task and K, Telly-K is trained with frozen-prefix caching
    (frozen layers run once, in eval mode) and in the paper's regime (frozen layers run every
-   step in train mode, dropout on), each over several values of ``finetune.seed``. The rows
+   step in train mode, dropout on), each over several training seeds (``finetune.seeds``). The rows
    of every split are fixed once (the sample the default seed draws, the committed run's), so
    a seed changes only the training randomness: shuffle order and dropout masks. We report
    each regime's mean and standard deviation of the test metric over seeds, the per-seed
@@ -55,7 +55,7 @@ def fixed_rows(ft, task: str, folder: Path) -> Path:
     for split, size in (("train", cfg.train_size), ("valid", cfg.valid_size), ("test", cfg.test_size)):
         path = folder / task / f"{split}.jsonl"
         if not path.exists():
-            write_jsonl(path, load_split(ft.tasks_dir, task, split, size, ft.seed, min_rows=2))
+            write_jsonl(path, load_split(ft.tasks_dir, task, split, size, ft.data_seed, min_rows=2))
     return folder
 
 
@@ -79,11 +79,12 @@ def run(params, work: Path, task: str, k: int, regime: str, seed: int, tag: str 
         return json.loads(path.read_text())
     t0 = time.perf_counter()
     result = train_variant(
-        override(params, seed=seed, cache_frozen=REGIMES[regime]),
+        override(params, cache_frozen=REGIMES[regime]),
         task,
         f"telly-{k}",
         output_dir=work / "finetuned" / task / name,
         results_path=path,
+        seed=seed,
     )
     print(f"{task} {name}: {MAIN[task]} {result.test[MAIN[task]]:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return result.to_json()
@@ -194,7 +195,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=list(MAIN), choices=list(MAIN))
     ap.add_argument("--ks", nargs="+", type=int, default=[3, 4, 5])
-    ap.add_argument("--seeds", nargs="+", type=int, default=None, help="default: finetune.seed and two others")
+    ap.add_argument(
+        "--seeds", nargs="+", type=int, default=None, help="default: the first of finetune.seeds and two others"
+    )
     ap.add_argument("--exact-k", type=int, default=3, help="K of the no-dropout exactness check (-1 = skip it)")
     ap.add_argument("--work-dir", type=Path, default=None, help="default: a new temporary folder")
     args = ap.parse_args()
@@ -215,7 +218,7 @@ def main() -> None:
         update={"tracking": params.tracking.model_copy(update={"uri": uri, "artifacts_dir": str(work / "artifacts")})}
     )
     ft = params.finetune
-    seeds = args.seeds or [ft.seed, ft.seed + 111111, ft.seed + 222222]
+    seeds = args.seeds or [ft.first_seed, ft.first_seed + 111111, ft.first_seed + 222222]
     if len(seeds) < 2:
         sys.exit("--seeds: at least two seeds, to measure a spread")
     for task in args.tasks:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from telly.finetuning.examples import write_examples
 from telly.jsonl import write_json
 from telly.tasks import TASK_NAMES, TASKS
 
@@ -164,8 +165,51 @@ def run_json(task: str, variant: str, *, quality: float, epoch_s: float, cached:
             "time_to_convergence": 2 * epoch_s + (2.0 if cached and k is not None else 0.0),
             "peak_memory_mb": 100.0,
         },
-        "settings": {"cache_frozen": bool(cached and k is not None), "architecture": f"RobertaModel-L{L}-H8-V100"},
+        "settings": {
+            "cache_frozen": bool(cached and k is not None),
+            "architecture": f"RobertaModel-L{L}-H8-V100",
+            "seed": SEED,
+        },
     }
+
+
+SEED = 123456
+ROWS = 1000  # test rows of the synthetic per-example results
+
+
+def example_rows(task: str, quality: float) -> list[dict]:
+    """Per-example rows whose main metric follows ``quality`` (0.5 = Base): continuous scores scale with it
+    on every row (so a ratio of qualities is the ratio of metrics on every resample); 0/1 outcomes are right on
+    the first ``round(quality, 2) x ROWS`` rows (or clone pairs: the first ``2 x round(quality, 2)`` share)."""
+    weight = [0.5 + (i % 10) / 10 for i in range(ROWS)]
+    share = round(quality, 2)
+    if task == "code_search":
+        return [{"rr": quality * w} for w in weight]
+    if task == "code_summarization":
+        return [{"hyp": "x", "bleu": 100 * quality * w} for w in weight]
+    if task == "code_generation":
+        possible = [8, 7, 6, 5]
+        return [
+            {"hyp": "x", "bleu": 1.0, "em": 0.0, "bleu_counts": [quality * w * p for p in possible] + possible + [8, 8]}
+            for w in weight
+        ]
+    if task == "clone_detection":
+        right = round(2 * share * ROWS)
+        return [{"pred": (i % 2) if i < right else 1 - i % 2, "gold": i % 2} for i in range(ROWS)]
+    return [{"hyp": "x", "em": 100.0 if i < share * ROWS else 0.0, "edit_sim": 50.0} for i in range(ROWS)]
+
+
+def write_run(folder: Path, run: dict, quality: float) -> None:
+    path = folder / run["variant"] / f"seed{run['settings']['seed']}.json"
+    write_json(path, run)
+    write_examples(path, [f"row{i}" for i in range(ROWS)], example_rows(run["task"], quality))
+
+
+def write_baselines(root: Path, quality: float = 0.3) -> None:
+    for task in TASKS:
+        path = root / "results/baselines" / f"{task}.json"
+        write_json(path, {"task": task, "variant": "baseline", "test": {m: quality for m in METRICS[task]}})
+        write_examples(path, [f"row{i}" for i in range(ROWS)], example_rows(task, quality))
 
 
 def write_finetune(root: Path, holding: bool, *, paper_regime: bool = True) -> None:
@@ -174,15 +218,22 @@ def write_finetune(root: Path, holding: bool, *, paper_regime: bool = True) -> N
     for task in TASKS:
         for i, (variant, q) in enumerate(quality.items()):
             params = 1000 if variant == "base" else 800 - 200 * int(variant.split("-")[1])
-            write_json(
-                root / "results/finetune" / task / f"{variant}.json",
+            write_run(
+                root / "results/finetune" / task,
                 run_json(task, variant, quality=q, epoch_s=10.0 - 2 * i, cached=True, params=params),
+                q,
             )
+            if variant in ("base", "telly-0"):  # a second seed (same scores): tables show mean ± std over seeds
+                second = run_json(task, variant, quality=q, epoch_s=10.0 - 2 * i, cached=True, params=params)
+                second["settings"]["seed"] = 1
+                write_run(root / "results/finetune" / task, second, q)
             if paper_regime and variant != "base":
-                write_json(
-                    root / "results/finetune-paper-regime" / task / f"{variant}.json",
+                write_run(
+                    root / "results/finetune-paper-regime" / task,
                     run_json(task, variant, quality=q, epoch_s=10.0 - i, cached=False, params=params),
+                    q,
                 )
+    write_baselines(root)
 
 
 def write_tuning(root: Path) -> None:
@@ -201,6 +252,17 @@ def write_tuning(root: Path) -> None:
                     "epochs": 3,
                     "batch_size": 4,
                     "valid_score": 0.61,
+                },
+                "repeats": {
+                    "variant": "base",
+                    "lr": 3e-4,
+                    "seeds": [123456, 1, 2],
+                    "valid_scores": [0.5, 0.52, 0.54],
+                    "n": 3,
+                    "mean": 0.52,
+                    "std": 0.02,
+                    "range": 0.04,
+                    "best_above_mean_in_std": 4.5,
                 },
             },
         )

@@ -29,7 +29,7 @@ def test_sections_take_the_top_level_seed_unless_they_set_one(raw_params):
     raw_params["tune"]["seed"] = 3
     p = parse_params(raw_params)
     assert p.prepare.seed == p.pretrain.seed == p.tasks.seed == p.model.seed == 7
-    assert p.tune.seed == 3 and p.finetune.seed == 123456  # its own, and the paper's downstream seed
+    assert p.tune.seed == 3 and p.finetune.seeds[0] == 123456  # its own, and the paper's downstream seed first
 
 
 def test_unknown_key_is_rejected(raw_params):

@@ -27,6 +27,8 @@ ENTRY = {
     "tasks": "telly.data.datasets",
     "pretrain": "telly.models.pretrain",
     "finetune-run": "telly.finetuning.stage",
+    "finetune-run-deep": "telly.finetuning.stage",
+    "baseline": "telly.finetuning.baselines",
     "finetune-peft": "telly.finetuning.stage",
     "finetune": "telly.finetuning.table",
     "similarity-represent-base": "telly.similarity.represent",

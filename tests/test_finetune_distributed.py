@@ -114,25 +114,26 @@ def test_two_processes_give_the_one_process_result_written_once(setup, tmp_path,
 
         with pytest.raises(Stop):
             train_variant(params, task, variant, on_epoch=stop)
-        assert (ft.checkpoint_dir / task / variant / "last.pt").exists()
+        assert (ft.checkpoint_dir / task / variant / "seed7" / "last.pt").exists()
 
     uri = f"sqlite:///{tmp_path / 'ddp-mlflow.db'}"
     launch_two_processes(root, params_file, task, variant, uri)
 
     # one writer: one metrics json, one published model, one MLflow run, nothing half-written left
-    assert sorted(p.name for p in (ft.results_dir / task).iterdir()) == [f"{variant}.json"]
-    assert sorted(p.name for p in (ft.output_dir / task).iterdir()) == [variant]
-    assert not (ft.checkpoint_dir / task / variant).exists()
+    assert sorted(p.name for p in (ft.results_dir / task / variant).iterdir()) == ["seed7.examples.jsonl", "seed7.json"]
+    assert sorted(p.name for p in (ft.output_dir / task / variant).iterdir()) == ["seed7"]
+    assert not (ft.checkpoint_dir / task / variant / "seed7").exists()
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(f"{params.tracking.experiment_prefix}-finetune")
     runs = client.search_runs([experiment.experiment_id])
-    assert [(r.info.run_name, r.info.status) for r in runs] == [(f"{task}/{variant}", "FINISHED")]
+    assert [(r.info.run_name, r.info.status) for r in runs] == [(f"{task}/{variant}/seed7", "FINISHED")]
+    assert runs[0].data.tags["telly.seed"] == "7"
     assert runs[0].data.params["resumed_from_epoch"] == ("1" if resume else "0")
 
     # the one-process numbers
-    ddp = json.loads((ft.results_dir / task / f"{variant}.json").read_text())
+    ddp = json.loads((ft.results_dir / task / variant / "seed7.json").read_text())
     assert ddp["system"]["system.processes"] == "2" and reference.system["system.processes"] == "1"
     assert ddp["settings"] == reference.settings and ddp["best_epoch"] == reference.best_epoch
     assert ddp["test"] == pytest.approx(reference.test, rel=1e-5, abs=1e-6)
@@ -142,7 +143,7 @@ def test_two_processes_give_the_one_process_result_written_once(setup, tmp_path,
         assert [r[name] for r in ddp["epochs"]] == pytest.approx(expected, rel=1e-5, abs=1e-6), name
     if resume:
         assert ddp["epochs"][0] == first_epoch[0]  # epoch 1 came from the saved state, not trained again
-    assert max_weight_difference(ft.output_dir / task / variant, tmp_path / "one") < 1e-4
+    assert max_weight_difference(ft.output_dir / task / variant / "seed7", tmp_path / "one") < 1e-4
     assert max_weight_difference(tmp_path / "one", ft.model) > 1e-3  # training moved the weights
 
 

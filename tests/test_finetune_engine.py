@@ -9,11 +9,12 @@ import torch
 from mlflow import MlflowClient
 
 from finetune_fixture import make_setup
-from telly import variants
+from telly import tasks, variants
 from telly.config import parse_params
 from telly.errors import TellyError
 from telly.finetuning.caching import HiddenCache, bottom, top
-from telly.finetuning.data import Seq, Tokens, attention_mask, collate, make_example
+from telly.finetuning.data import Seq, Tokens, attention_mask, collate, load_split, make_example
+from telly.finetuning.examples import main_metric, read_examples, statistics
 from telly.finetuning.generation import beam_search
 from telly.finetuning.heads import SEARCH_SCALE, TaskModel
 from telly.finetuning.train import convergence_epoch, override, train_variant
@@ -144,9 +145,16 @@ def test_beam_of_one_is_greedy(encoder):
 @pytest.mark.parametrize("task", TASKS)
 def test_train_variant_writes_checkpoint_metrics_and_keeps_frozen_layers(setup, task, tracking_env):
     root, params, _ = setup
-    result = train_variant(params, task, "telly-1")
-    saved = json.loads((root / "results" / task / "telly-1.json").read_text())
+    result = train_variant(params, task, "telly-1")  # the first of finetune.seeds [7, 8]
+    saved = json.loads((root / "results" / task / "telly-1" / "seed7.json").read_text())
     assert saved["test"] == result.test and saved["k"] == 1 and len(saved["epochs"]) == 2
+    assert saved["settings"]["seed"] == 7
+    # the per-example test scores beside it, on the test rows in order, giving back the main metric
+    rows = read_examples(root / "results" / task / "telly-1" / "seed7.json")
+    test_rows = load_split(params.finetune.tasks_dir, task, "test", getattr(params.finetune.tasks, task).test_size, 7)
+    assert [r["id"] for r in rows] == [r["id"] for r in test_rows]
+    main = tasks.get(task).main_metric
+    assert main_metric(task, statistics(task, rows)) == pytest.approx(result.test[main], rel=1e-6, abs=1e-9)
     cost = saved["cost"]
     for key in (
         "trainable_params",
@@ -159,7 +167,7 @@ def test_train_variant_writes_checkpoint_metrics_and_keeps_frozen_layers(setup, 
     ):
         assert cost[key] >= 0
     assert cost["trainable_params"] < cost["total_params"] and cost["cache_seconds"] > 0
-    tuned = load_encoder(root / "finetuned" / task / "telly-1", device="cpu")
+    tuned = load_encoder(root / "finetuned" / task / "telly-1" / "seed7", device="cpu")
     pre = load_encoder(params.finetune_model, device="cpu")
     sd_t, sd_p = tuned.model.state_dict(), pre.model.state_dict()
     frozen = [k for k in sd_p if k.startswith(("embeddings.", "encoder.layer.0."))]
@@ -173,6 +181,24 @@ def test_same_config_same_metrics(setup, tracking_env, tmp_path):
     b = train_variant(params, "code_search", "base", results_path=tmp_path / "b.json", output_dir=tmp_path / "b")
     assert a.test == b.test
     assert [r["train_loss"] for r in a.epochs] == [r["train_loss"] for r in b.epochs]
+
+
+def test_each_seed_is_a_run_of_its_own_on_the_same_rows(setup, tracking_env):
+    root, params, _ = setup
+    first = train_variant(params, "clone_detection", "base")
+    second = train_variant(params, "clone_detection", "base", seed=8)
+    folder = root / "results" / "clone_detection" / "base"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "seed7.examples.jsonl",
+        "seed7.json",
+        "seed8.examples.jsonl",
+        "seed8.json",
+    ]
+    assert (first.settings["seed"], second.settings["seed"]) == (7, 8)
+    assert [r["train_loss"] for r in first.epochs] != [r["train_loss"] for r in second.epochs]
+    ids = [[r["id"] for r in read_examples(folder / f"seed{s}.json")] for s in (7, 8)]
+    assert ids[0] == ids[1]  # the seed changes the training, not the rows
+    assert (root / "finetuned" / "clone_detection" / "base" / "seed8" / "config.json").exists()
 
 
 @pytest.mark.parametrize("variant", ["base", "telly-0"])
@@ -225,16 +251,22 @@ def test_cached_and_uncached_runs_both_train(setup, tracking_env, tmp_path):
 
 def test_variants_and_convergence_rule():
     assert variants.k_of("base", 6) is None and variants.k_of("telly-5", 6) == 5
-    assert variants.k_of("base-seed2", 6) is None
-    assert variants.seed_of("base-seed2", 42) == 2 and variants.seed_of("base", 42) == 42
+    with pytest.raises(TellyError, match="seeds are finetune.seeds"):  # a seed is a run, not a variant
+        variants.k_of("base-seed2", 6)
+    assert variants.split_seed("base-seed2") == ("base", 2) and variants.split_seed("telly-3") == ("telly-3", None)
+    assert variants.split_seed("telly-3-seed1") == ("telly-3", 1) and variants.split_seed("x-seed1") == (
+        "x-seed1",
+        None,
+    )
+    assert str(variants.run_dir("m", "code_search", "base", 7)) == "m/code_search/base/seed7"
     with pytest.raises(TellyError, match="0 <= K <= 5"):
         variants.k_of("telly-6", 6)
     with pytest.raises(TellyError, match="expected 'base'"):
         variants.k_of("lora", 6)
     assert variants.all_for_depth(3) == ["base", "telly-0", "telly-1", "telly-2"]
-    names = ["telly-2", "base-seed2", "telly-10", "base"]
-    assert sorted(names, key=variants.sort_key) == ["base", "base-seed2", "telly-2", "telly-10"]
-    assert [variants.label(v) for v in ("base", "telly-3", "base-seed2")] == ["Base", "Telly-3", "Base (seed 2)"]
+    names = ["telly-2", "telly-10", "base"]
+    assert sorted(names, key=variants.sort_key) == ["base", "telly-2", "telly-10"]
+    assert [variants.label(v) for v in ("base", "telly-3")] == ["Base", "Telly-3"]
     with pytest.raises(TellyError, match="repeat"):
         variants.check_names(["base", "base"])
     assert convergence_epoch([0.5, 0.699, 0.7, 0.65], 0.01) == 2  # 0.699 >= 0.7 - 0.007
@@ -276,7 +308,7 @@ def test_resume_state_of_another_architecture_is_a_clear_error(setup, tracking_e
 
     with pytest.raises(KeyboardInterrupt):
         train_variant(params, "code_search", "telly-0", on_epoch=stop, output_dir=tmp_path / "x")
-    state = params.finetune.checkpoint_dir / "code_search" / "telly-0" / "last.pt"
+    state = params.finetune.checkpoint_dir / "code_search" / "telly-0" / "seed7" / "last.pt"
     saved = torch.load(state, weights_only=True)
     saved["model"] = {k + ".other": v for k, v in saved["model"].items()}  # same settings, foreign weights
     torch.save(saved, state)

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from telly.cli import app
 from telly.errors import TellyError
-from telly.finetuning.table import clock, task_table, write_table
+from telly.finetuning.table import clock, load_runs, task_table, write_table
 from telly.jsonl import write_json
 
 
@@ -37,6 +37,27 @@ def test_ratios_to_base():
     assert t["mrr_vs_base_pct"] == pytest.approx(10.0)
     with pytest.raises(TellyError, match="no Base run"):
         task_table("code_search", [run("telly-2", 40, 41, 4.0, 2, 0.55)])
+
+
+def test_seeds_are_averaged_with_their_spread_and_ratios_use_the_means(tmp_path):
+    runs = [
+        run("base", 100, 101, 10.0, 4, 0.5),
+        run("base", 100, 101, 12.0, 4, 0.7),
+        run("telly-2", 40, 41, 4.0, 2, 0.66),
+    ]
+    df = task_table("code_search", runs).set_index("variant")
+    base, t = df.loc["base"], df.loc["telly-2"]
+    assert (base["seeds"], t["seeds"]) == (2, 1)
+    assert base["mrr"] == pytest.approx(0.6) and base["mrr_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert t["mrr_std"] == 0.0 and t["mrr_vs_base_pct"] == pytest.approx(10.0)
+    assert t["epoch_reduction_pct"] == pytest.approx(100 * (1 - 4.0 / 11.0))
+    for i, r in enumerate(runs):  # the seeds' layout: <variant>/seed<S>.json
+        write_json(tmp_path / "code_search" / r["variant"] / f"seed{i}.json", r)
+    write_json(tmp_path / "code_search" / "base.json", run("base", 1, 1, 1.0, 1, 0.0))  # stale, from before seeds
+    assert len(load_runs(tmp_path / "code_search")) == 3  # the seed runs only: the two layouts never mix
+    write_table("code_search", tmp_path / "code_search", tmp_path / "tables")
+    md = (tmp_path / "tables" / "code_search.md").read_text()
+    assert "| 2 | 0.6 ± 0.14 |" in md and "| 1 | 0.66 |" in md  # Base: 2 seeds, mean ± std; Telly-2: one seed
 
 
 def test_clock():

@@ -117,7 +117,11 @@ def test_dvc_matrix_of_methods_tracks_what_finetune_run_does():
         "finetune.peft.lora_dropout",
         "finetune.peft.results_dir",
     }
-    assert peft["matrix"] == {"task": "${finetune.peft.tasks}", "variant": "${finetune.peft.variants}"}
+    assert peft["matrix"] == {
+        "task": "${finetune.peft.tasks}",
+        "variant": "${finetune.peft.variants}",
+        "seed": "${finetune.deep_seeds}",  # the first seed
+    }
     for profile in ("params.yaml", "tests/fixtures/params-tiny.yaml", "profiles/paper-unixcoder.yaml"):
         raw = yaml.safe_load((REPO / profile).read_text())
         layers = raw["pretrain"]["layers"] if profile != "profiles/paper-unixcoder.yaml" else 12
@@ -262,10 +266,10 @@ def test_method_run_saves_loadable_adapters_and_its_own_results(setup):
     root, params = setup
     params = override(params, "code_search", epochs=1, train_size=8, valid_size=4)
     result = train_variant(params, "code_search", "lora-r4")
-    saved = json.loads((root / "results-peft" / "code_search" / "lora-r4.json").read_text())
+    saved = json.loads((root / "results-peft" / "code_search" / "lora-r4" / "seed7.json").read_text())
     assert saved["cost"]["trainable_params"] == 2 * 2 * 4 * (32 + 32) == result.cost["trainable_params"]
     assert saved["settings"]["method"] == "lora-r4" and saved["cost"]["total_params"] > 100 * 256
-    assert not (root / "results" / "code_search" / "lora-r4.json").exists()  # not in the RQ3 tables' folder
+    assert not (root / "results" / "code_search" / "lora-r4").exists()  # not in the RQ3 tables' folder
     import mlflow
 
     (tracked,) = mlflow.search_runs(  # the session's store (conftest): the latest run of this variant
@@ -278,7 +282,7 @@ def test_method_run_saves_loadable_adapters_and_its_own_results(setup):
     assert tracked.data.tags["telly.family"] == "lora" and tracked.data.params["method"] == "lora-r4"
     assert tracked.data.params["trainable_params"] == str(result.cost["trainable_params"])
 
-    folder = root / "finetuned" / "code_search" / "lora-r4"
+    folder = root / "finetuned" / "code_search" / "lora-r4" / "seed7"
     merged = load_encoder(str(folder), device="cpu")  # the folder is a plain encoder (adapters merged)
     start = load_encoder(params.finetune_model, device="cpu")
     adapted = peft_methods.load_adapter(start.model, folder / peft_methods.ADAPTER_DIR)

@@ -13,8 +13,9 @@ def test_paper_profile_is_valid_and_targets_unixcoder_on_real_data():
     assert p.finetune_model == "microsoft/unixcoder-base"
     assert p.model.device == p.finetune.device == "cuda"
     # Base and every Telly-K of the 12-layer model, with and without caching
-    assert p.finetune.variants == ["base"] + [f"telly-{k}" for k in range(12)]
-    assert p.report.paper_regime.variants == p.finetune.variants[1:]
+    every = p.finetune.variants + p.finetune.deep_variants  # deep: K > L/2, the first seed only
+    assert every == ["base"] + [f"telly-{k}" for k in range(12)] and p.finetune.variants[-1] == "telly-6"
+    assert p.report.paper_regime.variants == every[1:]
     assert p.report.paper_regime.tasks == p.finetune.task_names == p.similarity.tasks
     # every task and probing set reads the paper's dataset, not the corpus stand-in
     for name in (
@@ -38,7 +39,7 @@ def test_paper_profile_is_valid_and_targets_unixcoder_on_real_data():
         256,
         128,
     )
-    assert p.finetune.tasks.code_generation.epochs == 30 and p.finetune.seed == 123456
+    assert p.finetune.tasks.code_generation.epochs == 30 and p.finetune.seeds[0] == 123456
 
 
 def test_paper_profile_inputs_fit_unixcoder_positions():

@@ -37,8 +37,8 @@ def workspace(tmp_path, monkeypatch, raw_params, tracking_env):
     monkeypatch.chdir(tmp_path)
     tiny = make_tiny_roberta(tmp_path / "models" / "pretrained")
     # code search: only the top layer (hidden state 2) changes; clone detection: both layers.
-    _finetuned(tiny, tmp_path / "models/finetuned/code_search/base", [1], seed=1)
-    _finetuned(tiny, tmp_path / "models/finetuned/clone_detection/base", [0, 1], seed=2)
+    _finetuned(tiny, tmp_path / "models/finetuned/code_search/base/seed123456", [1], seed=1)
+    _finetuned(tiny, tmp_path / "models/finetuned/clone_detection/base/seed123456", [0, 1], seed=2)
     rng = np.random.default_rng(0)
     words = ["def", "return", "self", "x", "(", ")", ":", "+", "items", "append", "for", "in", "range", "print"]
     rows = [{"id": f"f{i}", "code_tokens": list(rng.choice(words, size=rng.integers(3, 20)))} for i in range(N + 5)]
@@ -128,7 +128,7 @@ def test_missing_inputs_are_named(workspace):
     ):
         run(params)
     bad = params.model_copy(update={"similarity": params.similarity.model_copy(update={"tasks": ["code_generation"]})})
-    with pytest.raises(TellyError, match=r"models/finetuned/code_generation/base: no fine-tuned checkpoint"):
+    with pytest.raises(TellyError, match=r"models/finetuned/code_generation/base/seed123456: no fine-tuned checkpoint"):
         represent(bad, "finetuned-code_generation-base")
     with pytest.raises(TellyError, match="model tag 'finetuned'"):
         represent(params, "finetuned")
@@ -137,9 +137,9 @@ def test_missing_inputs_are_named(workspace):
 def test_a_checkpoint_without_its_tokenizer_is_caught(workspace, tmp_path):
     params = workspace
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        (tmp_path / "models/finetuned/code_search/base" / name).unlink(missing_ok=True)
+        (tmp_path / "models/finetuned/code_search/base/seed123456" / name).unlink(missing_ok=True)
     # Caught when the checkpoint is loaded, before any representation is written for it.
-    with pytest.raises(TellyError, match=r"models/finetuned/code_search/base.*has no tokenizer"):
+    with pytest.raises(TellyError, match=r"models/finetuned/code_search/base/seed123456.*has no tokenizer"):
         represent(params, "finetuned-code_search-base")
     assert not (tmp_path / "data/representations/finetuned-code_search-base").exists()
 
@@ -168,13 +168,13 @@ def test_seed_baseline_is_planned_and_its_absence_explained(workspace, tmp_path)
     for tag in ("pretrained", "random", "finetuned-code_search-base", "finetuned-clone_detection-base"):
         represent(params, tag)
     with_seed = params.model_copy(update={"similarity": sp})
-    with pytest.raises(TellyError, match=r"models/finetuned/<task>/base-seed2/.*seed_variant: null"):
+    with pytest.raises(TellyError, match=r"models/finetuned/<task>/<variant>/seed<S>/.*seed_variant: null"):
         run(with_seed)
 
     # Once the finetune stage has written the second seeds, both baselines appear.
     tiny = tmp_path / "models/pretrained"
-    _finetuned(tiny, tmp_path / "models/finetuned/code_search/base-seed2", [1], seed=3)
-    _finetuned(tiny, tmp_path / "models/finetuned/clone_detection/base-seed2", [0, 1], seed=4)
+    _finetuned(tiny, tmp_path / "models/finetuned/code_search/base/seed2", [1], seed=3)
+    _finetuned(tiny, tmp_path / "models/finetuned/clone_detection/base/seed2", [0, 1], seed=4)
     for task in ("code_search", "clone_detection"):
         represent(with_seed, f"finetuned-{task}-base-seed2")
     run(with_seed)

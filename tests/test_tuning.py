@@ -230,3 +230,17 @@ def test_cli_names_an_unknown_task(tmp_path, raw_params):
     )
     assert proc.returncode == 2
     assert "unknown task 'code_review'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_repeats_of_the_default_setting_measure_the_objective_spread(tmp_path, raw_params, tracking):
+    params, _ = make_params(raw_params, tmp_path, n_trials=6, repeats=2, pruner="median", warmup_epochs=0)
+    summary = tune(params, TASK, train_fn=fake_train, layers=LAYERS)
+    study = _study(params)
+    repeats = [t for t in study.trials if "repeat" in t.user_attrs]
+    assert [t.user_attrs["seed"] for t in repeats] == [7, 8, 9]  # finetune.seeds [7, 8], then first + 2
+    assert all(t.params == {"k": -1, "lr": 1e-4} and t.state == TrialState.COMPLETE for t in repeats)
+    rep = summary["repeats"]
+    assert rep["n"] == 3 and rep["seeds"] == [7, 8, 9] and rep["variant"] == "base"
+    assert rep["valid_scores"] == pytest.approx([t.value for t in repeats])
+    assert rep["range"] == pytest.approx(0.002) and rep["std"] == pytest.approx(0.001)  # fake_train: -0.001 per seed
+    assert rep["best_above_mean_in_std"] == pytest.approx((summary["best"]["valid_score"] - rep["mean"]) / rep["std"])

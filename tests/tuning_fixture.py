@@ -27,7 +27,7 @@ def quality(variant: str, lr: float) -> float:
     return 1.0 - (math.log10(lr) + 4.0) ** 2 / 4.0 - 0.05 * abs(k - 1)
 
 
-def fake_train(params, task, variant, *, on_epoch=None, output_dir=None, results_path=None, **_):
+def fake_train(params, task, variant, *, on_epoch=None, output_dir=None, results_path=None, seed=None, **_):
     task_cfg = getattr(params.finetune.tasks, task)
     lr, epochs = task_cfg.learning_rate, task_cfg.epochs
     state = Path(params.finetune.checkpoint_dir)
@@ -40,7 +40,7 @@ def fake_train(params, task, variant, *, on_epoch=None, output_dir=None, results
             record = {"pid": os.getpid(), "variant": variant, "lr": lr, "state": str(state), "resumed": resumed}
             fh.write(json.dumps(record) + "\n")
     delay = float(os.environ.get("TELLY_FAKE_DELAY", "0"))
-    q = quality(variant, lr)
+    q = quality(variant, lr) - 0.001 * ((seed or 7) - 7)  # another training seed moves the score a little
     records = []
     for epoch in range(1, epochs + 1):
         time.sleep(delay)
@@ -100,6 +100,7 @@ def tune_section(root: Path, **overrides) -> dict:
         "warmup_epochs": 1,
         "startup_trials": 2,
         "enqueue_default": True,
+        "repeats": 1,
         "seed": 3,
     }
     section.update(overrides)
@@ -127,7 +128,9 @@ def make_params(raw_params: dict, root: Path, *, finetune: dict | None = None, *
         "task_names": NAMES,
         "variants": ["base"],
         "cache_frozen": True,
-        "seed": 7,
+        "data_seed": 7,
+        "seeds": [7, 8],
+        "deep_seeds": [7],
         "device": "cpu",
         "bf16": False,
         "weight_decay": 0.0,

@@ -220,6 +220,7 @@ def finetune(
         str | None,
         typer.Option(help="base, telly-<K>, lora-r<r>, lora-all-r<r>, ia3, bitfit or telly-<K>+<method>"),
     ] = None,
+    seed: Annotated[int | None, typer.Option(help="training seed (one of finetune.seeds; default: the first)")] = None,
     table: Annotated[bool, typer.Option("--table", help="aggregate the task's runs into its table instead")] = False,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
@@ -234,7 +235,18 @@ def finetune(
     else:
         from telly.finetuning.stage import run
 
-        run(p, task, variant)
+        run(p, task, variant, seed)
+
+
+@app.command()
+def baseline(
+    task: Annotated[str, typer.Argument(help=", ".join(TASK_NAMES))],
+    params: ParamsOption = DEFAULT_PARAMS,
+) -> None:
+    """RQ3: the task's no-training baseline on the fine-tuning test rows (results/baselines/<task>.json)."""
+    from telly.finetuning.baselines import run
+
+    print(run(_params(params), task))
 
 
 @app.command()

@@ -225,7 +225,9 @@ class SimilarityParams(Section):
     tasks: list[TaskName] = Field(min_length=1)
     variant: str = Field(description="fine-tuned variant compared with the pre-trained model (paper: base)")
     seed_variant: str | None = Field(
-        default=None, description="a second fine-tuning seed of each task (the noise baseline); null = not run"
+        default=None,
+        description="the noise baseline: `variant` of another seed, `<variant>-seed<S>` (S in finetune.seeds); "
+        "null = not run",
     )
     block_rows: int = Field(ge=1, description="rows of the similarity matrix computed at once")
     rsa_bootstrap_rounds: int = Field(ge=0, description="half-samples for RSA intervals (0 = none)")
@@ -254,7 +256,7 @@ class FinetuneTaskParams(Section):
 
     train_size: int = Field(ge=2, description="training rows used (a seeded sample); 0 is not allowed")
     valid_size: int = Field(ge=2)
-    test_size: int = Field(ge=2)
+    test_size: int | None = Field(ge=2, description="test rows (a seeded sample); null = the whole test split")
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=2, description="search needs >= 2 for in-batch negatives")
     learning_rate: float = Field(gt=0)
@@ -318,7 +320,12 @@ class FinetuneParams(Section):
     results_dir: Path = Field(description="metrics json per run and the per-task tables")
     checkpoint_dir: Path = Field(description="last-epoch state for resuming (not a DVC output)")
     task_names: list[TaskName] = Field(min_length=1, description="tasks of the DVC matrix")
-    variants: list[str] = Field(min_length=1, description="base and telly-<K> names of the DVC matrix")
+    variants: list[str] = Field(
+        min_length=1, description="base and telly-<K> names run with every seed of `seeds` (DVC matrix)"
+    )
+    deep_variants: list[str] = Field(
+        default_factory=list, description="deeper telly-<K> names, run with `deep_seeds` only (DVC matrix)"
+    )
     cache_frozen: bool = Field(
         description="frozen-prefix caching; false = the paper's regime (frozen layers run, dropout on)"
     )
@@ -340,7 +347,13 @@ class FinetuneParams(Section):
         default=1e9, gt=0, description="a frozen-prefix cache larger than this runs uncached instead (one warning)"
     )
     cache_on_device: bool = Field(default=False, description="copy the frozen-prefix cache to the GPU (when on CUDA)")
-    seed: int
+    data_seed: int = Field(
+        description="samples the train/valid/test rows: every seed of every variant sees the same rows"
+    )
+    seeds: list[int] = Field(
+        min_length=1, description="training seeds of `variants`; the first is the run probe, similarity and tuning read"
+    )
+    deep_seeds: list[int] = Field(min_length=1, description="training seeds of `deep_variants`: the first of `seeds`")
     device: Literal["auto", "cpu", "cuda"]
     bf16: bool = Field(description="bf16 autocast on CUDA (ignored on CPU)")
     weight_decay: float = Field(ge=0)
@@ -353,19 +366,47 @@ class FinetuneParams(Section):
     tasks: FinetuneTasks
     peft: FinetunePeftParams = Field(default_factory=FinetunePeftParams)
 
-    @field_validator("variants")
+    @field_validator("variants", "deep_variants")
     @classmethod
     def _variant_names(cls, v: list[str]) -> list[str]:
         from telly import variants
 
         try:
-            variants.check_names(v)
+            variants.check_names(v) if v else v
         except TellyError as err:
             raise ValueError(str(err)) from None
         if methods := [name for name in v if variants.parse(name).method is not None]:
             # their results go to finetune.peft.results_dir, beside (not inside) the RQ3 tables
             raise ValueError(f"{methods}: parameter-efficient variants belong in finetune.peft.variants")
         return v
+
+    @field_validator("seeds", "deep_seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds repeat: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _seed_policy(self) -> FinetuneParams:
+        if self.deep_seeds != self.seeds[: len(self.deep_seeds)]:
+            raise ValueError(
+                f"deep_seeds {self.deep_seeds} must be the first seeds of `seeds` {self.seeds} "
+                "(the deep variants' runs pair with the others' on the same seeds)"
+            )
+        both = set(self.variants) & set(self.deep_variants)
+        if both:
+            raise ValueError(f"variants and deep_variants share {sorted(both)}")
+        return self
+
+    @property
+    def first_seed(self) -> int:
+        """The seed of the run that stands for a variant where one model is needed (probe, similarity, tuning)."""
+        return self.seeds[0]
+
+    def seeds_of(self, variant: str) -> list[int]:
+        """The training seeds a variant runs with."""
+        return self.deep_seeds if variant in self.deep_variants else self.seeds
 
 
 # -------------------------------------------------------------------------- probe
@@ -453,6 +494,11 @@ class TuneParams(Section):
     warmup_epochs: int = Field(ge=0, description="median pruner: never prune before this many epochs")
     startup_trials: int = Field(ge=0, description="random trials before TPE (and the median pruner) start")
     enqueue_default: bool = Field(description="first trial = Base at finetune's learning rate (a reference point)")
+    repeats: int = Field(
+        ge=0,
+        description="trials of that default setting with other training seeds (finetune.seeds, then first + i): "
+        "the objective's own spread; 0 = none",
+    )
     seed: int
     methods: list[str] = Field(
         default_factory=list,
@@ -664,11 +710,17 @@ class ReportParams(Section):
         gt=0, le=1, description="a lower hidden state is preserved at this similarity or above"
     )
     within_base_tolerance: float = Field(
-        ge=0, lt=1, description="Telly-K keeps Base quality: main metric >= (1 - this) x Base"
+        ge=0,
+        lt=1,
+        description="non-inferiority margin: Telly-K keeps Base quality when the interval of "
+        "(K / Base - 1) stays above -this",
     )
     within_base_min_depth: float = Field(
         gt=0, le=1, description="claim holds when the first K = ceil(depth x L) - 1 layers can be frozen"
     )
+    ci_level: float = Field(gt=0.5, lt=1.0, description="paired bootstrap intervals of the RQ3 claims (0.95)")
+    bootstrap_resamples: int = Field(ge=100, description="resamples per interval (scipy.stats.bootstrap, BCa)")
+    bootstrap_seed: int
     paper_regime: PaperRegimeParams
     track: bool = Field(description="log the report and the claim verdicts to MLflow (experiment <prefix>-report)")
 

@@ -4,7 +4,6 @@ A variant says what of the encoder trains:
 
 - ``base``: everything (the paper's full fine-tuning);
 - ``telly-<K>``: the embeddings and the bottom K layers frozen, K = 0..L-1 (the paper's Telly-K);
-- ``base-seed<S>``: Base with only the seed changed (the RQ2 noise baseline);
 - parameter-efficient methods (beyond the paper; applied by :mod:`telly.models.peft_methods`):
   ``lora-r<r>`` (LoRA of rank r on attention query/value), ``lora-all-r<r>`` (LoRA on every
   linear layer of the transformer layers), ``ia3`` ((IA)3), ``bitfit`` (biases only);
@@ -20,12 +19,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from telly.errors import TellyError
 
 BASE = "base"
 _TELLY = re.compile(r"telly-(0|[1-9][0-9]*)")
-_BASE_SEED = re.compile(r"base-seed([0-9]+)")
+_SEEDED = re.compile(r"(?P<variant>.+)-seed(?P<seed>[0-9]+)")
 # registry: the PEFT families (their application lives in telly.models.peft_methods.METHODS, same keys)
 PEFT_FAMILIES = ("lora", "lora-all", "ia3", "bitfit")
 _PEFT = re.compile(r"(lora|lora-all)-r([1-9][0-9]*)|(ia3|bitfit)")
@@ -34,13 +34,12 @@ _FAMILY_LABELS = {"lora": "LoRA", "lora-all": "LoRA-all", "ia3": "(IA)3", "bitfi
 
 @dataclass(frozen=True)
 class Variant:
-    """A parsed variant name: ``k`` is None for Base, else the number of frozen layers;
-    ``seed`` is set only where the name fixes it (``base-seed<S>``); ``method`` is the PEFT family
-    (None for Base and Telly-K) and ``rank`` its LoRA rank (None for rank-free families)."""
+    """A parsed variant name: ``k`` is None for Base, else the number of frozen layers; ``method`` is the PEFT
+    family (None for Base and Telly-K) and ``rank`` its LoRA rank (None for rank-free families). Seeds are not
+    part of a variant: each (task, variant, seed) is a run (``finetune.seeds``; model tags: :func:`split_seed`)."""
 
     name: str
     k: int | None
-    seed: int | None = None
     method: str | None = None
     rank: int | None = None
 
@@ -62,17 +61,16 @@ def parse(variant: str, num_layers: int | None = None) -> Variant:
     rank=8), ``telly-3+ia3`` -> Variant(k=3, method="ia3"); with ``num_layers`` also checks 0 <= K < L."""
     if variant == BASE:
         return Variant(variant, None)
-    if seeded := _BASE_SEED.fullmatch(variant):
-        return Variant(variant, None, int(seeded.group(1)))
     frozen, plus, method_part = variant.partition("+")
     if not plus and (peft := _PEFT.fullmatch(variant)):
-        return Variant(variant, None, None, *_method(peft))
+        return Variant(variant, None, *_method(peft))
     match = _TELLY.fullmatch(frozen)
     peft = _PEFT.fullmatch(method_part) if plus else None
     if not match or (plus and not peft):
+        hint = " (seeds are finetune.seeds, not variants)" if _SEEDED.fullmatch(variant) else ""
         raise TellyError(
-            f"variant {variant!r}: expected 'base', 'base-seed<S>', 'telly-<K>' (K = 0, 1, ...), a method "
-            f"('lora-r<r>', 'lora-all-r<r>', 'ia3', 'bitfit') or 'telly-<K>+<method>'"
+            f"variant {variant!r}: expected 'base', 'telly-<K>' (K = 0, 1, ...), a method "
+            f"('lora-r<r>', 'lora-all-r<r>', 'ia3', 'bitfit') or 'telly-<K>+<method>'{hint}"
         )
     k = int(match.group(1))
     if num_layers is not None and k >= num_layers:
@@ -80,7 +78,7 @@ def parse(variant: str, num_layers: int | None = None) -> Variant:
             f"variant {variant!r}: K = {k} but the model has {num_layers} layers; "
             f"Telly-K needs 0 <= K <= {num_layers - 1}"
         )
-    return Variant(variant, k, None, *_method(peft)) if peft else Variant(variant, k)
+    return Variant(variant, k, *_method(peft)) if peft else Variant(variant, k)
 
 
 def _method(match: re.Match) -> tuple[str, int | None]:
@@ -93,10 +91,21 @@ def k_of(variant: str, num_layers: int | None = None) -> int | None:
     return parse(variant, num_layers).k
 
 
-def seed_of(variant: str, default: int) -> int:
-    """The seed a run of ``variant`` uses: the one its name fixes, else ``default``."""
-    seed = parse(variant).seed
-    return default if seed is None else seed
+def split_seed(text: str) -> tuple[str, int | None]:
+    """``base-seed1`` -> (``base``, 1); ``telly-3`` -> (``telly-3``, None): the seed suffix of a model tag's variant."""
+    match = _SEEDED.fullmatch(text)
+    if match:
+        try:
+            parse(match["variant"])
+        except TellyError:
+            return text, None
+        return match["variant"], int(match["seed"])
+    return text, None
+
+
+def run_dir(root: str | Path, task: str, variant: str, seed: int) -> Path:
+    """``<root>/<task>/<variant>/seed<S>``: the folder of one run's model (and its results' stem)."""
+    return Path(root) / task / variant / f"seed{seed}"
 
 
 def name(k: int | None, method: str | None = None) -> str:
@@ -108,11 +117,9 @@ def name(k: int | None, method: str | None = None) -> str:
 
 
 def label(variant: str) -> str:
-    """How tables and figures print a variant: ``Base``, ``Telly-3``, ``Base (seed 2)``, ``LoRA r=8``,
+    """How tables and figures print a variant: ``Base``, ``Telly-3``, ``LoRA r=8``,
     ``Telly-3 + LoRA r=8``, ``BitFit``."""
     v = parse(variant)
-    if v.seed is not None:
-        return f"Base (seed {v.seed})"
     if v.method is None:
         return "Base" if v.k is None else f"Telly-{v.k}"
     method = _FAMILY_LABELS[v.method] + (f" r={v.rank}" if v.rank is not None else "")
@@ -120,7 +127,7 @@ def label(variant: str) -> str:
 
 
 def sort_key(variant: str) -> tuple[int, int, int, int]:
-    """Base first (its seeded copies after it), then Telly-K by K, then the methods (by family, rank),
+    """Base first, then Telly-K by K, then the methods (by family, rank),
     then the combinations (by family, rank, K)."""
     v = parse(variant)
     if v.method is not None:
@@ -128,7 +135,7 @@ def sort_key(variant: str) -> tuple[int, int, int, int]:
         rank = -1 if v.rank is None else v.rank
         return (2, family, rank, -1) if v.k is None else (3, family, rank, v.k)
     if v.k is None:
-        return (0, -1 if v.seed is None else v.seed, 0, 0)
+        return (0, 0, 0, 0)
     return (1, v.k, 0, 0)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from telly import tasks
+from telly.finetuning import examples as E
 from telly.finetuning import metrics as M
 from telly.finetuning.caching import HiddenCache
 from telly.finetuning.data import DatasetError, Seq, Tokens, collate, encoder_only, token_ids
@@ -36,6 +37,15 @@ Gather = Callable[..., Any]  # every process's outputs of one batch, in example 
 
 def _same(outputs: Any, **_: Any) -> Any:
     return outputs
+
+
+class Evaluation(dict):
+    """The aggregate metrics (a plain ``{name: value}`` dict, ``score`` included) with ``.examples``: one row of
+    per-example scores per evaluated example, in order (:mod:`telly.finetuning.examples`)."""
+
+    def __init__(self, metrics: Any = (), examples: list[dict] | None = None):
+        super().__init__(metrics)  # copies (dataclasses.asdict, copy) keep the metrics only
+        self.examples = examples or []
 
 
 @dataclass(frozen=True)
@@ -111,7 +121,7 @@ def evaluate(
     gather: Gather = _same,
     codebase: Codebase | None = None,
     codebase_batch_size: int = 64,
-) -> dict[str, float]:
+) -> Evaluation:
     """Metrics of ``model`` on ``examples``, read in ``batches`` of example indices. Clone
     detection picks its threshold on these examples unless ``threshold`` (chosen on valid) is given.
 
@@ -124,7 +134,9 @@ def evaluate(
     caches = caches or {}
     spec = tasks.get(model.task)
     if spec.head == "lm":
-        out = generation_metrics(spec, model, examples, tok, tokenizer, batches, beam_size, max_new_tokens, gather)
+        out, rows = generation_metrics(
+            spec, model, examples, tok, tokenizer, batches, beam_size, max_new_tokens, gather
+        )
     else:
         a, b = spec.sequence_fields
         va = embed_all(model, examples, a, tok.pad, batches, caches.get(a), gather)
@@ -139,14 +151,15 @@ def evaluate(
                 rows = [{"code": seq} for seq in codebase.codes]
                 codes = embed_all(model, rows, "code", tok.pad, [range(i, min(i + size, n)) for i in range(0, n, size)])
                 gold = codebase.gold
-            out = M.metrics_from_ranks(M.gold_ranks(va, codes, list(gold), device=device))
+            ranks = M.gold_ranks(va, codes, list(gold), device=device)
+            out, rows = M.metrics_from_ranks(ranks), E.search_rows(ranks)
         else:  # clone: cosine against a threshold chosen on valid
             vb = embed_all(model, examples, b, tok.pad, batches, caches.get(b), gather)
             cos = (va * vb).sum(-1).numpy()
             labels = np.array([ex["label"] for ex in examples])
             chosen = M.best_threshold(cos, labels) if threshold is None else threshold
-            out = M.classification_metrics(cos, labels, chosen)
-    return {**out, "score": spec.score(out)}
+            out, rows = M.classification_metrics(cos, labels, chosen), E.clone_rows(cos >= chosen, labels)
+    return Evaluation({**out, "score": spec.score(out)}, rows)
 
 
 def generation_metrics(
@@ -159,7 +172,7 @@ def generation_metrics(
     beam_size: int,
     max_new_tokens: int,
     gather: Gather,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], list[dict]]:
     """Decode every prompt (beam search) and score the texts with the task's metrics."""
 
     hyps: list[str] = []
@@ -177,4 +190,5 @@ def generation_metrics(
         texts = [" ".join(tokenizer.decode(g, skip_special_tokens=True).split()) for g in generated]
         hyps += gather(texts, use_gather_object=True)  # python objects, not tensors
     refs = [" ".join(ex["reference"].split()) for ex in examples]
-    return {name: getattr(M, function)(refs, hyps) for name, function in spec.text_metrics.items()}
+    rows = E.generation_rows(spec.name, refs, hyps)  # the per-example scores, beside the corpus metrics
+    return {name: getattr(M, function)(refs, hyps) for name, function in spec.text_metrics.items()}, rows

@@ -186,27 +186,38 @@ def smoothed_bleu4(references: Sequence[str], hypotheses: Sequence[str]) -> floa
 # ------------------------------------------ smoothed corpus BLEU-4 (CodeXGLUE)
 
 
+def bleu_counts(reference: str, hypothesis: str, max_order: int = 4) -> list[int]:
+    """One pair's share of CodeXGLUE's corpus BLEU: clipped n-gram matches and possible n-grams for
+    n = 1..max_order, then reference and hypothesis lengths (whitespace tokens). Summed over pairs,
+    :func:`bleu_from_counts` of them is the corpus BLEU, so a resample of pairs needs no re-tokenising."""
+    ref, hyp = reference.split(), hypothesis.split()
+    matches = [0] * max_order
+    for gram, count in (_ngrams(hyp, max_order) & _ngrams(ref, max_order)).items():
+        matches[len(gram) - 1] += count
+    possible = [max(len(hyp) - k + 1, 0) for k in range(1, max_order + 1)]
+    return [*matches, *possible, len(ref), len(hyp)]
+
+
+def bleu_from_counts(totals: np.ndarray) -> np.ndarray:
+    """CodeXGLUE's smoothed corpus BLEU x 100 from summed :func:`bleu_counts` (``totals[0..2n+1]``, any
+    trailing batch shape): add-one smoothing on every order, brevity penalty exp(1 - ref/hyp) when shorter."""
+    totals = np.asarray(totals, dtype=float)
+    order = (totals.shape[0] - 2) // 2
+    matches, possible = totals[:order], totals[order : 2 * order]
+    ref_len, hyp_len = totals[2 * order], totals[2 * order + 1]
+    geo_mean = np.exp(np.mean(np.log((matches + 1.0) / (possible + 1.0)), axis=0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(ref_len > 0, hyp_len / np.where(ref_len > 0, ref_len, 1), 0.0)
+        brevity = np.where(ratio > 1.0, 1.0, np.where(ratio > 0, np.exp(1 - 1.0 / np.where(ratio > 0, ratio, 1)), 0.0))
+    return 100.0 * geo_mean * brevity
+
+
 def corpus_bleu_codexglue(references: Sequence[str], hypotheses: Sequence[str], max_order: int = 4) -> float:
     """CodeXGLUE text-to-code ``_bleu``: whitespace tokens, corpus n-gram counts, add-one
     smoothing on every order (unigrams too, unlike sacrebleu's add-k), x 100."""
     _same_length(references, hypotheses)
-    matches = [0] * max_order
-    possible = [0] * max_order
-    ref_len = hyp_len = 0
-    for ref_text, hyp_text in zip(references, hypotheses):
-        ref, hyp = ref_text.split(), hyp_text.split()
-        ref_len += len(ref)
-        hyp_len += len(hyp)
-        overlap = _ngrams(hyp, max_order) & _ngrams(ref, max_order)
-        for gram, count in overlap.items():
-            matches[len(gram) - 1] += count
-        for k in range(1, max_order + 1):
-            possible[k - 1] += max(len(hyp) - k + 1, 0)
-    precisions = [(matches[i] + 1.0) / (possible[i] + 1.0) for i in range(max_order)]
-    geo_mean = math.exp(sum(math.log(p) for p in precisions) / max_order)
-    ratio = hyp_len / ref_len if ref_len else 0.0
-    brevity = 1.0 if ratio > 1.0 else (math.exp(1 - 1.0 / ratio) if ratio > 0 else 0.0)
-    return 100.0 * geo_mean * brevity
+    totals = np.sum([bleu_counts(r, h, max_order) for r, h in zip(references, hypotheses)], axis=0)
+    return float(bleu_from_counts(totals))
 
 
 # --------------------------------------------------------------------- METEOR

@@ -11,6 +11,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from telly import tasks, variants
@@ -32,44 +33,81 @@ def clock(seconds: float) -> str:
 
 
 def load_runs(folder: Path) -> list[dict]:
+    """Every run json of one task: ``<variant>/seed<S>.json`` (one per seed); a folder without any holds one run
+    per variant, ``<variant>.json`` (the paper-regime runs, results from before seeds). Sorted by variant, then
+    seed; each with ``results_path`` (where it was read). The two layouts never mix: stale ``<variant>.json``
+    files beside seed runs are ignored."""
     runs = []
-    for path in sorted(Path(folder).glob("*.json")):
+    folder = Path(folder)
+    for path in sorted(folder.glob("*/seed*.json")) or sorted(folder.glob("*.json")):
         try:
-            runs.append(json.loads(path.read_text(encoding="utf-8")))
+            run = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise TellyError(f"{path}: not valid JSON ({err.msg})") from None
-    return sorted(runs, key=lambda r: variants.sort_key(r["variant"]))
+        runs.append({**run, "results_path": str(path)})
+    return sorted(runs, key=lambda r: (variants.sort_key(r["variant"]), r.get("settings", {}).get("seed", 0)))
 
 
 def task_table(task: str, runs: list[dict]) -> pd.DataFrame:
-    """The numeric table (one row per variant); ratios need a Base run among ``runs``."""
-    base = next((r for r in runs if r["variant"] == "base"), None)
-    if base is None:
-        raise TellyError(f"{task}: no Base run among {[r['variant'] for r in runs]}; ratios need one")
-    main = tasks.get(task).main_metric
-    rows = []
+    """The numeric table, one row per variant: the mean over its seeds (``seeds`` = how many), each test metric's
+    standard deviation over seeds in ``<metric>_std`` (0 with one seed), ratios of the means against Base."""
+    spec = tasks.get(task)
+    by_variant: dict[str, list[dict]] = {}
     for r in runs:
-        c, b = r["cost"], base["cost"]
+        by_variant.setdefault(r["variant"], []).append(r)
+    if "base" not in by_variant:
+        raise TellyError(f"{task}: no Base run among {sorted(by_variant)}; ratios need one")
+
+    def mean(group: list[dict], get) -> float:
+        return float(np.mean([get(r) for r in group]))
+
+    base = by_variant["base"]
+    b = {
+        key: mean(base, lambda r, key=key: r["cost"][key])
+        for key in ("paper_params", "epoch_seconds", "time_to_convergence")
+    }
+    base_main = mean(base, lambda r: r["test"][spec.main_metric])
+    rows = []
+    for variant, group in by_variant.items():
+        cost = {
+            key: mean(group, lambda r, key=key: r["cost"][key])
+            for key in group[0]["cost"]
+            if _numeric(group[0]["cost"][key])
+        }
+        test = {m: [r["test"][m] for r in group] for m in spec.metrics}
         rows.append(
             {
-                "variant": r["variant"],
-                "paper_params_m": c["paper_params"] / 1e6,
-                "params_reduction_pct": 100 * (1 - c["paper_params"] / b["paper_params"]),
-                "trainable_params_m": c["trainable_params"] / 1e6,
-                "epoch_seconds": c["epoch_seconds"],
-                "epoch_reduction_pct": 100 * (1 - c["epoch_seconds"] / b["epoch_seconds"]),
-                "epochs_to_convergence": c["epochs_to_convergence"],
-                "convergence_seconds": c["time_to_convergence"],
-                "convergence_reduction_pct": 100 * (1 - c["time_to_convergence"] / b["time_to_convergence"]),
-                "cache_seconds": c["cache_seconds"],
-                "peak_memory_mb": c["peak_memory_mb"],
-                **{m: r["test"][m] for m in tasks.get(task).metrics},
-                f"{main}_vs_base_pct": 100 * (r["test"][main] / base["test"][main] - 1)
-                if base["test"][main]
+                "variant": variant,
+                "seeds": len(group),
+                "paper_params_m": cost["paper_params"] / 1e6,
+                "params_reduction_pct": 100 * (1 - cost["paper_params"] / b["paper_params"]),
+                "trainable_params_m": cost["trainable_params"] / 1e6,
+                "epoch_seconds": cost["epoch_seconds"],
+                "epoch_reduction_pct": 100 * (1 - cost["epoch_seconds"] / b["epoch_seconds"]),
+                "epochs_to_convergence": cost["epochs_to_convergence"],
+                "convergence_seconds": cost["time_to_convergence"],
+                "convergence_reduction_pct": 100 * (1 - cost["time_to_convergence"] / b["time_to_convergence"]),
+                "cache_seconds": cost["cache_seconds"],
+                "peak_memory_mb": cost["peak_memory_mb"],
+                **{m: float(np.mean(v)) for m, v in test.items()},
+                **{f"{m}_std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for m, v in test.items()},
+                f"{spec.main_metric}_vs_base_pct": 100 * (float(np.mean(test[spec.main_metric])) / base_main - 1)
+                if base_main
                 else float("nan"),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _numeric(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def mean_std(row: dict, metric: str) -> str:
+    """``0.512 ± 0.013`` over seeds, or the one value of a single seed."""
+    if row.get("seeds", 1) > 1:
+        return f"{row[metric]:.4g} ± {row[f'{metric}_std']:.2g}"
+    return f"{row[metric]:.4g}"
 
 
 def to_markdown(task: str, df: pd.DataFrame) -> str:
@@ -85,6 +123,7 @@ def to_markdown(task: str, df: pd.DataFrame) -> str:
         "Conv. time",
         "↓%",
         "Peak mem (MB)",
+        "Seeds",
         *tasks.get(task).metrics,
         f"{main} Δ% vs Base",
     ]
@@ -101,7 +140,8 @@ def to_markdown(task: str, df: pd.DataFrame) -> str:
             clock(r["convergence_seconds"]),
             f"{r['convergence_reduction_pct']:.1f}",
             f"{r['peak_memory_mb']:.0f}",
-            *(f"{r[m]:.4g}" for m in tasks.get(task).metrics),
+            str(r["seeds"]),
+            *(mean_std(r, m) for m in tasks.get(task).metrics),
             f"{r[f'{main}_vs_base_pct']:+.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")

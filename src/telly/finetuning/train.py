@@ -57,6 +57,7 @@ from telly.finetuning.data import (
     load_split,
 )
 from telly.finetuning.evaluate import Codebase, codebase_path, evaluate, load_codebase
+from telly.finetuning.examples import write_examples
 from telly.finetuning.heads import TaskModel
 from telly.jsonl import write_json
 from telly.tracking import resume_tags, start_run
@@ -97,12 +98,21 @@ def train_variant(
     on_epoch: OnEpoch | None = None,
     output_dir: str | Path | None = None,
     results_path: str | Path | None = None,
+    seed: int | None = None,
 ) -> RunResult:
     """Fine-tune ``variant`` on ``task`` with the settings of ``params`` (change them with :func:`override`);
-    ``output_dir`` and ``results_path`` move where the model and the metrics file go."""
-    run = setup(params, task, variant, output_dir, results_path)
+    ``output_dir`` and ``results_path`` move where the model and the metrics file go; ``seed`` is the training
+    seed (default: the first of ``finetune.seeds``), each seed a run of its own on the same rows."""
+    run = setup(params, task, variant, output_dir, results_path, seed)
     tracking = (
-        start_run(params, "finetune", f"{task}/{variant}", nested=_mlflow_active(), tags=run.tags, log_params=run.log)
+        start_run(
+            params,
+            "finetune",
+            f"{task}/{variant}/seed{run.seed}",
+            nested=_mlflow_active(),
+            tags=run.tags,
+            log_params=run.log,
+        )
         if run.main
         else nullcontext()
     )
@@ -174,6 +184,7 @@ class Run:
     output_dir: Path
     results_path: Path
     state_dir: Path
+    test_ids: list[str]  # row ids of ``test``, for the per-example scores
     fingerprint: str
     log: dict[str, Any]  # the settings of the run, logged and saved
     tags: dict[str, str]
@@ -182,6 +193,7 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"score": float("-inf"), "epoch": 0})
     start_epoch: int = 1
+    test_examples: list[dict[str, Any]] = field(default_factory=list)  # per-example test scores, in test order
 
     @property
     def main(self) -> bool:
@@ -212,7 +224,12 @@ class Run:
 
 
 def setup(
-    params: Params, task: str, variant: str, output_dir: str | Path | None, results_path: str | Path | None
+    params: Params,
+    task: str,
+    variant: str,
+    output_dir: str | Path | None,
+    results_path: str | Path | None,
+    seed: int | None = None,
 ) -> Run:
     """Seed, load and freeze the encoder, tokenize the splits, cache the frozen prefix, build the
     optimiser and schedule, and pick up a saved state of the same settings."""
@@ -228,7 +245,7 @@ def setup(
     settings = _settings(params)
     cfg = _task_settings(settings, task)
     spec = tasks.get(task)
-    seed = variants.seed_of(variant, settings.seed)
+    seed = settings.first_seed if seed is None else seed
     set_seed(seed)
     accelerator = Accelerator(  # one process: plain PyTorch on the chosen device
         cpu=pick_device(settings.device).type == "cpu",
@@ -261,7 +278,7 @@ def setup(
             task,
             split,
             size,
-            settings.seed,
+            settings.data_seed,
             encoder.tokenizer,
             tok,
             cfg.max_source_length,
@@ -270,11 +287,12 @@ def setup(
             min_rows=2,
         )
     train, valid, test_examples = splits["train"], splits["valid"], splits["test"]
+    test_rows = load_split(settings.tasks_dir, task, "test", cfg.test_size, settings.data_seed, min_rows=2)
+    test_ids = [r["id"] for r in test_rows]  # the per-example scores' keys (the same rows as test_examples)
     if spec.head == "search" and codebase_path(settings.tasks_dir, task).exists():
         # the paper's protocol: test queries ranked against the codebase (valid: among its own codes)
-        rows = load_split(settings.tasks_dir, task, "test", cfg.test_size, settings.seed, min_rows=2)
         path = codebase_path(settings.tasks_dir, task)
-        codebase = load_codebase(path, rows, encoder.tokenizer, tok, cfg.max_source_length)
+        codebase = load_codebase(path, test_rows, encoder.tokenizer, tok, cfg.max_source_length)
     # Frozen-prefix caching (caching.py): hidden state K of every training (and, for the encoder tasks,
     # valid) sequence, reused from finetune.cache_dir when built before; None over the budget -> uncached.
     caches = frozen_caches(encoder.model, k, train, valid, task, tok.pad, settings) if cached else None
@@ -322,10 +340,13 @@ def setup(
     total_steps = len(train_loader) * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_fraction * total_steps), total_steps)
 
-    output_dir = Path(output_dir) if output_dir else settings.output_dir / task / variant
+    # one folder per seed: <root>/<task>/<variant>/seed<S>[.json]
+    output_dir = Path(output_dir) if output_dir else variants.run_dir(settings.output_dir, task, variant, seed)
     results_dir = settings.results_dir if parsed.method is None else settings.peft.results_dir
-    results_path = Path(results_path) if results_path else results_dir / task / f"{variant}.json"
-    state_dir = settings.checkpoint_dir / task / variant
+    results_path = (
+        Path(results_path) if results_path else variants.run_dir(results_dir, task, variant, seed).with_suffix(".json")
+    )
+    state_dir = variants.run_dir(settings.checkpoint_dir, task, variant, seed)
     with accelerator.main_process_first():  # it discards a stale state before the others look
         resumed = _resume(state_dir, fingerprint, task_model, optimizer, scheduler, device)
     model, optimizer, train_loader, valid_loader, test_loader = accelerator.prepare(
@@ -361,11 +382,13 @@ def setup(
         output_dir=output_dir,
         results_path=results_path,
         state_dir=state_dir,
+        test_ids=test_ids,
         fingerprint=fingerprint,
         log=log_settings,
         tags={
             "telly.task": task,
             "telly.variant": variant,
+            "telly.seed": str(seed),
             "telly.family": variants.family(variant),
             "telly.cache_frozen": str(cached),
             **system,
@@ -460,6 +483,7 @@ def test(run: Run) -> RunResult:
         codebase_batch_size=run.settings.eval_batch_size,
     )
     test_metrics.pop("score")
+    run.test_examples = test_metrics.examples
     history = run.history
     conv_epoch = convergence_epoch([r["valid_score"] for r in history], run.settings.convergence_tolerance)
     train_times = [r["train_seconds"] for r in history]
@@ -512,6 +536,7 @@ def publish(run: Run, result: RunResult) -> None:
             model.save_pretrained(tmp)
             run.encoder.tokenizer.save_pretrained(tmp)
         write_json(run.results_path, result.to_json())
+        write_examples(run.results_path, run.test_ids, run.test_examples)
         shutil.rmtree(run.state_dir, ignore_errors=True)  # finished: nothing left to resume
     run.accelerator.wait_for_everyone()  # every process returns once the results exist
 

@@ -31,8 +31,13 @@ def resolve_model(params: Params, model: str, tag: str | None = None) -> tuple[s
         return tag or "random", f"random:{configured}"
     found = FINETUNED.fullmatch(model)
     if found:
+        from telly import variants
+
         root = Path(params.finetune.output_dir) if params.finetune is not None else Path("models/finetuned")
-        return tag or model, str(root / found["task"] / found["variant"])
+        variant, seed = variants.split_seed(found["variant"])  # no seed suffix: the first seed's run
+        if seed is None:
+            seed = params.finetune.first_seed if params.finetune is not None else 123456
+        return tag or model, str(variants.run_dir(root, found["task"], variant, seed))
     return tag or Path(model.rstrip("/")).name, model
 
 

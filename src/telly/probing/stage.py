@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,9 @@ def model_state(params: Params, name: str) -> tuple[ModelState | None, str]:
     folder = Path(_section(params).finetuned_model)
     for candidate in (folder, folder / "encoder"):
         if (candidate / "config.json").exists():
-            parts = folder.parts[-2:] if len(folder.parts) >= 2 else (folder.name,)
+            # <task>/<variant>[/seed<S>] -> finetuned-<task>-<variant>[-seed<S>], as the model tags elsewhere
+            seeded = re.fullmatch(r"seed\d+", folder.name) and len(folder.parts) >= 3
+            parts = folder.parts[-3:] if seeded else folder.parts[-2:] if len(folder.parts) >= 2 else (folder.name,)
             return ModelState("finetuned", "finetuned-" + "-".join(parts), str(candidate), pretrained), ""
     return None, (
         f"probe.finetuned_model = {str(folder)!r} does not exist yet (no config.json): the fine-tuned state "

@@ -1,161 +1,348 @@
-"""The paper's qualitative claims as explicit rules, checked on this run and on the published numbers.
-
-Each rule is a pure function of plain numbers (curves, peaks, metrics per K), so the same
-rule says whether the paper's own numbers support the claim and whether this run does.
-A verdict is ``reproduced``, ``not reproduced`` or ``not checked`` (inputs missing), always
-with the numbers that decided it.
-"""
+"""The paper's claims, each checked on this run's results and on the published numbers."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
-REPRODUCED, NOT_REPRODUCED, NOT_CHECKED = "reproduced", "not reproduced", "not checked"
+import numpy as np
+
+from telly import variants
+from telly.config import ReportParams
+from telly.errors import TellyError
+from telly.finetuning import examples as E
+from telly.reporting import evidence as ev
+from telly.reporting import verdicts as vd
+from telly.reporting.inputs import Inputs, Regime
+from telly.reporting.paper import paper_variant_metrics
+from telly.tasks import TASKS
+
+MAIN_METRIC = {name: task.main_metric for name, task in TASKS.items()}  # the paper's headline metric per task
 
 
 @dataclass
-class Verdict:
-    verdict: str
-    evidence: str
-    details: dict = field(default_factory=dict)
-
-    @property
-    def holds(self) -> bool | None:
-        return {REPRODUCED: True, NOT_REPRODUCED: False}.get(self.verdict)
-
-
-def not_checked(why: str) -> Verdict:
-    return Verdict(NOT_CHECKED, why)
+class Claim:
+    id: str
+    text: str
+    rq: str
+    run: vd.Verdict
+    paper: vd.Verdict
+    firm: bool = False  # this run's verdict survives the noise it can measure (seeds, intervals)
+    firmness: str = ""  # why (not) firm, for the report
 
 
-def _decide(ok: bool, evidence: str, **details) -> Verdict:
-    return Verdict(REPRODUCED if ok else NOT_REPRODUCED, evidence, details)
+def seed_peaks(inputs: Inputs, state: str = "pretrained") -> dict[str, list[int]]:
+    """Peak hidden state of each probe seed's layer-wise curve, per property (empty without per-seed curves)."""
+    if inputs.probing is None:
+        return {}
+    out = {}
+    for prop, d in inputs.probing.details.get(state, {}).items():
+        curves = (d.get("layer-wise") or {}).get(f"per_seed_{d.get('metric')}")
+        if curves:
+            out[prop] = [max(range(len(c)), key=c.__getitem__) for c in curves]
+    return out
 
 
-# ------------------------------------------------------------------ RQ1: where properties live
-
-
-def centre_of_mass(weights: Sequence[float]) -> float:
-    """Mean hidden state under the (normalised) layer weights: a tie-free 'where does it sit'."""
-    total = sum(weights)
-    return sum(h * w for h, w in enumerate(weights)) / total
-
-
-def peaks_lower(peaks: Mapping[str, int], lower: str, higher: str, *, how: str) -> Verdict:
-    """``lower`` peaks at a strictly lower hidden state than ``higher``."""
-    if lower not in peaks or higher not in peaks:
-        return not_checked(f"needs {lower} and {higher} probe results ({how}); have {sorted(peaks)}")
-    a, b = peaks[lower], peaks[higher]
-    return _decide(a < b, f"{lower} peaks at h{a}, {higher} at h{b} ({how})", lower=a, higher=b)
-
-
-def spread_entropy(weights: Sequence[float]) -> float:
-    """Normalised entropy of layer weights: 1 = spread evenly over all hidden states, 0 = one state."""
-    total = sum(weights)
-    p = [w / total for w in weights if w > 0]
-    return -sum(x * math.log(x) for x in p) / math.log(len(weights))
-
-
-def semantic_spread(weights: Mapping[str, Sequence[float]]) -> Verdict:
-    """Semantic information is spread over the layers: its weights are the most even of all properties."""
-    if "semantic" not in weights or len(weights) < 2:
-        return not_checked(f"needs weighted-layer-wise probes of semantic and another property; have {sorted(weights)}")
-    spread = {p: spread_entropy(w) for p, w in weights.items()}
-    widest = all(spread["semantic"] > s for p, s in spread.items() if p != "semantic")  # a tie is no evidence
-    text = ", ".join(f"{p} {s:.4f}" for p, s in spread.items())
-    return _decide(widest, f"normalised entropy of the layer weights (1 = even): {text}", spread=spread)
-
-
-# ------------------------------------------------------------------ RQ2: what fine-tuning changes
-
-
-def lower_states(num_layers: int, fraction: float) -> int:
-    """Top index of the 'lower layers': hidden states 0..floor(fraction x L)."""
-    return math.floor(fraction * num_layers)
-
-
-def lower_layers_preserved(curves: Mapping[str, Sequence[float]], fraction: float, threshold: float) -> Verdict:
-    """Every task keeps similarity >= threshold on hidden states 0..floor(fraction x L)."""
-    if not curves:
-        return not_checked("needs the similarity curves (RQ2)")
-    worst = {}
-    for task, curve in curves.items():
-        top = lower_states(len(curve) - 1, fraction)
-        h = min(range(top + 1), key=lambda i: curve[i])
-        worst[task] = (h, curve[h], top)
-    text = "; ".join(f"{t}: lowest h{h} = {v:.3f} among h0..h{top}" for t, (h, v, top) in worst.items())
-    ok = all(v >= threshold for _, v, _ in worst.values())
-    return _decide(ok, f"{text} (threshold {threshold})", worst={t: v for t, (_, v, _) in worst.items()})
-
-
-def top_two_change_most(curves: Mapping[str, Sequence[float]]) -> Verdict:
-    """For every task the two least similar hidden states are the top two (L-1 and L)."""
-    if not curves:
-        return not_checked("needs the similarity curves (RQ2)")
-    parts, per_task = [], {}
-    for task, curve in curves.items():
-        top = len(curve) - 1
-        changed = sorted(range(len(curve)), key=lambda h: curve[h])[:2]
-        total = sum(1 - s for s in curve)
-        share = (2 - curve[top] - curve[top - 1]) / total if total > 0 else float("nan")
-        per_task[task] = set(changed) == {top, top - 1}
-        parts.append(f"{task}: most changed h{changed[0]}, h{changed[1]}; top two carry {share:.0%} of Σ(1 - s)")
-    return _decide(all(per_task.values()), "; ".join(parts), per_task=per_task)
-
-
-# ------------------------------------------------------------------ RQ3: Telly-K vs Base
-
-
-def deepest_within(metrics: Mapping[int | None, float], tolerance: float) -> tuple[int | None, list[int]]:
-    """Largest run K with every run K' <= K keeping ``metric >= (1 - tolerance) x Base``; and the Ks that fail."""
-    base = metrics[None]
-    bar = base - tolerance * abs(base)
-    ks = sorted(k for k in metrics if k is not None)
-    failing = [k for k in ks if metrics[k] < bar]
-    deepest = None
-    for k in ks:
-        if metrics[k] < bar:
-            break
-        deepest = k
-    return deepest, failing
-
-
-def within_base(metrics: Mapping[int | None, float], num_layers: int, tolerance: float, min_depth: float) -> Verdict:
-    """Telly-K keeps Base quality (within ``tolerance``) for every K up to ceil(min_depth x L) - 1."""
-    if None not in metrics or len(metrics) < 2:
-        return not_checked(f"needs Base and at least one Telly-K run; have {sorted(metrics, key=str)}")
-    need = max(math.ceil(min_depth * num_layers) - 1, 0)
-    deepest, failing = deepest_within(metrics, tolerance)
-    ran = sorted(k for k in metrics if k is not None)
-    text = (
-        f"within {tolerance:.0%} of Base up to K = {deepest if deepest is not None else 'none'} "
-        f"(ran K = {_ks(ran)}, outside: {_ks(failing) if failing else 'none'}; needs K = 0..{need})"
+def firm_peaks(claim: Claim, per_seed: dict[str, list[int]], lower: str, higher: str) -> Claim:
+    """A peak order is firm when every probe seed's own peaks give the same verdict."""
+    if claim.run.verdict == vd.NOT_CHECKED:
+        return claim
+    if lower not in per_seed or higher not in per_seed:
+        claim.firmness = "no per-seed probe curves: stability across seeds unknown"
+        return claim
+    seeds = [
+        vd.peaks_lower({lower: a, higher: b}, lower, higher, how="").verdict
+        for a, b in zip(per_seed[lower], per_seed[higher])
+    ]
+    claim.firm = all(v == claim.run.verdict for v in seeds)
+    claim.firmness = f"per probe seed: {lower} h{per_seed[lower]}, {higher} h{per_seed[higher]}: " + (
+        "same verdict for every seed" if claim.firm else "the seeds disagree"
     )
-    details = {"deepest_k": deepest, "needed_k": need, "failing": failing}
-    if any(k <= need for k in failing):
-        return Verdict(NOT_REPRODUCED, text, details)
-    if not any(k >= need for k in ran):
-        return Verdict(NOT_CHECKED, text + f": no run with K >= {need}", details)
-    return Verdict(REPRODUCED, text, details)
+    return claim
 
 
-def _ks(ks: Sequence[int]) -> str:
-    """[0, 1, 2, 5] -> '0..2, 5'."""
-    spans: list[list[int]] = []
-    for k in ks:
-        if spans and k == spans[-1][1] + 1:
-            spans[-1][1] = k
-        else:
-            spans.append([k, k])
-    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in spans)
+def firm_similarity(claim: Claim, inputs: Inputs, rule) -> Claim:
+    """A similarity verdict is firm when the rule gives the same verdict on the intervals' low and high curves."""
+    sim = inputs.similarity
+    if claim.run.verdict == vd.NOT_CHECKED or sim is None:
+        return claim
+    ends = {}
+    for end, curves in (("low", sim.low), ("high", sim.high)):
+        usable = {t: c for t, c in curves.items() if c and all(x is not None for x in c)}
+        if len(usable) != len(sim.curves):
+            claim.firmness = "no similarity intervals: firmness unknown"
+            return claim
+        ends[end] = rule(usable).verdict
+    claim.firm = all(v == claim.run.verdict for v in ends.values())
+    claim.firmness = (
+        "same verdict at both ends of the similarity intervals"
+        if claim.firm
+        else (f"the intervals' ends disagree (low: {ends['low']}, high: {ends['high']})")
+    )
+    return claim
 
 
-def all_tasks(verdicts: Mapping[str, Verdict]) -> Verdict:
-    """One verdict from per-task verdicts: reproduced when every checked task is."""
-    checked = {t: v for t, v in verdicts.items() if v.verdict != NOT_CHECKED}
-    text = "; ".join(f"{t}: {v.evidence} ({v.verdict})" for t, v in verdicts.items())
-    if not checked:
-        return Verdict(NOT_CHECKED, text or "no task results")
-    return _decide(all(v.holds for v in checked.values()), text, per_task={t: v.verdict for t, v in verdicts.items()})
+def firm_rq3(claim: Claim) -> Claim:
+    """RQ3 rests on paired intervals: firm when reproduced or not reproduced (not inconclusive, not checked)."""
+    claim.firm = claim.run.verdict in (vd.REPRODUCED, vd.NOT_REPRODUCED)
+    claim.firmness = (
+        "decided by paired bootstrap intervals"
+        if claim.firm
+        else "inconclusive or not checked: see the per-task evidence"
+    )
+    return claim
+
+
+# ------------------------------------------------------------------ this run's numbers
+
+
+def probe_peaks(inputs: Inputs, state: str = "pretrained") -> tuple[dict[str, int], str]:
+    """Peak hidden state per property: the layer-wise probe's best layer, else the largest layer weight."""
+    if inputs.probing is None:
+        return {}, "layer-wise probe"
+    found = inputs.probing.details.get(state, {})
+    if all("peak" in d for d in found.values()):
+        return {p: d["peak"]["layer"] for p, d in found.items()}, f"best layer of the layer-wise probes, {state} model"
+    return (
+        {p: d["weighted_peak_layer"] for p, d in found.items() if "weighted_peak_layer" in d},
+        f"largest weight of the weighted-layer-wise probes, {state} model",
+    )
+
+
+def probe_weights(inputs: Inputs, state: str = "pretrained") -> dict[str, list[float]]:
+    if inputs.probing is None:
+        return {}
+    return {
+        p: d["weighted-layer-wise"]["layer_weights"]["mean"]
+        for p, d in inputs.probing.details.get(state, {}).items()
+        if "weighted-layer-wise" in d
+    }
+
+
+def similarity_curves(inputs: Inputs) -> dict[str, list[float]]:
+    if inputs.similarity is None:
+        return {}
+    return {t: v for t, v in inputs.similarity.curves.items() if all(x is not None for x in v)}
+
+
+def variant_k(variant: str) -> int | None:
+    return variants.k_of(variant)
+
+
+def num_layers(runs: list[dict[str, Any]]) -> int | None:
+    for r in runs:
+        m = re.search(r"-L(\d+)-", str(r.get("settings", {}).get("architecture", "")))
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def task_metrics(regime: Regime | None, task: str) -> dict[int | None, float]:
+    """Main test metric per K (None = Base), the mean over the variant's seeds."""
+    if regime is None:
+        return {}
+    values: dict[int | None, list[float]] = {}
+    for r in regime.runs.get(task, []):
+        values.setdefault(variant_k(r["variant"]), []).append(r["test"][MAIN_METRIC[task]])
+    return {k: float(np.mean(v)) for k, v in values.items()}
+
+
+# ------------------------------------------------------------------ RQ3 evidence
+
+
+@dataclass
+class TaskEvidence:
+    """One task's RQ3 evidence: does Base learn (vs its baseline), and is each Telly-K non-inferior to Base."""
+
+    task: str
+    verdict: vd.Verdict  # the task's verdict on the claim
+    learns: vd.Verdict | None = None  # Base vs the no-training baseline (None: no baseline result)
+    per_k: dict[int, vd.Verdict] = field(default_factory=dict)  # K -> non-inferiority verdict
+    deepest_k: int | None = None  # deepest K with every K' <= K non-inferior (reproduced)
+    needed_k: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict.verdict,
+            "evidence": self.verdict.evidence,
+            "learns": None if self.learns is None else {"verdict": self.learns.verdict, **self.learns.details},
+            "per_k": {str(k): {"verdict": v.verdict, **v.details} for k, v in self.per_k.items()},
+            "deepest_k": self.deepest_k,
+            "needed_k": self.needed_k,
+        }
+
+
+def per_seed_statistics(task: str, runs: list[dict[str, Any]], baseline: dict[str, Any] | None) -> tuple:
+    """``({K: [stats per seed]}, baseline stats or None)`` on the same test rows; runs without per-example rows
+    are left out."""
+    named = {f"{r['variant']}/seed{r.get('settings', {}).get('seed', i)}": r for i, r in enumerate(runs)}
+    rows = {n: r["examples"] for n, r in named.items() if r.get("examples")}
+    if baseline is not None and baseline.get("examples"):
+        rows["baseline"] = baseline["examples"]
+    if not rows:
+        return {}, None
+    stats = E.aligned(task, rows)
+    by_k: dict[int | None, list[np.ndarray]] = {}
+    for name, r in named.items():
+        if name in stats:
+            by_k.setdefault(variant_k(r["variant"]), []).append(stats[name])
+    return by_k, stats.get("baseline")
+
+
+def task_evidence(
+    task: str,
+    runs: list[dict[str, Any]],
+    baseline: dict[str, Any] | None,
+    num_layers: int | None,
+    settings: ReportParams,
+) -> TaskEvidence:
+    """The non-inferiority of every Telly-K up to ceil(min_depth x L) - 1 against Base, on a task that learns."""
+    conf = {"level": settings.ci_level, "resamples": settings.bootstrap_resamples, "seed": settings.bootstrap_seed}
+    try:
+        by_k, base_line = per_seed_statistics(task, runs, baseline)
+    except TellyError as err:
+        return TaskEvidence(task, vd.not_checked(str(err)))
+    if None not in by_k or num_layers is None:
+        return TaskEvidence(task, vd.not_checked("needs Base runs with per-example test scores (rerun finetune)"))
+    need = max(math.ceil(settings.within_base_min_depth * num_layers) - 1, 0)
+    out = TaskEvidence(task, vd.not_checked(""), needed_k=need)
+    if base_line is None:
+        out.verdict = vd.not_checked("no no-training baseline with per-example scores: run `dvc repro baseline`")
+        return out
+    out.learns = ev.check_learns(task, by_k[None], base_line, **conf)
+    if out.learns.verdict != vd.REPRODUCED:
+        out.verdict = vd.not_checked(f"the task does not learn here: {out.learns.evidence}")
+        return out
+    ks = sorted(k for k in by_k if k is not None and k <= need)
+    if need not in by_k:
+        out.verdict = vd.not_checked(
+            f"needs Telly-K runs for K = 0..{need}; have K = {sorted(k for k in by_k if k is not None)}"
+        )
+        return out
+    # degenerate when nothing separates any two variants run (not only the needed ones)
+    why = ev.degenerate(task, by_k[None], [by_k[k] for k in by_k if k is not None])
+    if why:
+        out.verdict = vd.not_checked(why)
+        return out
+    for k in sorted(k for k in by_k if k is not None):
+        interval = ev.relative_difference(task, by_k[None], by_k[k], **conf)
+        out.per_k[k] = ev.non_inferiority(interval, settings.within_base_tolerance, f"Telly-{k} vs Base")
+    for k in sorted(out.per_k):
+        if out.per_k[k].verdict != vd.REPRODUCED:
+            break
+        out.deepest_k = k
+    needed = {k: out.per_k[k] for k in ks}
+    text = "; ".join(
+        f"K={k}: {v.details['interval']['estimate']:+.1f}% [{v.details['interval']['low']:+.1f}, "
+        f"{v.details['interval']['high']:+.1f}] {v.verdict}"
+        for k, v in needed.items()
+    )
+    text += f" (needs K = 0..{need} within {settings.within_base_tolerance:.0%})"
+    if any(v.verdict == vd.NOT_REPRODUCED for v in needed.values()):
+        out.verdict = vd.Verdict(vd.NOT_REPRODUCED, text)
+    elif all(v.verdict == vd.REPRODUCED for v in needed.values()):
+        out.verdict = vd.Verdict(vd.REPRODUCED, text)
+    else:
+        widest = max(v.details["interval"]["half_width"] for v in needed.values())
+        out.verdict = vd.Verdict(vd.INCONCLUSIVE, text + f"; smallest detectable difference up to ±{widest:.1f}%")
+    return out
+
+
+def rq3_evidence(inputs: Inputs, settings: ReportParams) -> dict[str, TaskEvidence]:
+    main = inputs.regimes[0] if inputs.regimes else None
+    if main is None:
+        return {}
+    layers = num_layers([r for runs in main.runs.values() for r in runs])
+    return {
+        task: task_evidence(task, runs, inputs.baselines.get(task), layers, settings)
+        for task, runs in main.runs.items()
+        if task in MAIN_METRIC
+    }
+
+
+# ------------------------------------------------------------------ the claims
+
+
+def check_claims(inputs: Inputs, settings: ReportParams, paper: dict[str, Any]) -> list[Claim]:
+    paper_weights = {p: w["pretrained"] for p, w in paper["rq1"]["layer_weights"].items()}
+    paper_peaks = {p: max(range(len(w)), key=w.__getitem__) for p, w in paper_weights.items()}
+    paper_how = "largest layer weight, pre-trained UniXcoder (no layer-wise results published)"
+    peaks, how = probe_peaks(inputs)
+    paper_curves = paper["rq2"]["similarity"]
+    curves = similarity_curves(inputs)
+    layers_paper = paper["model"]["layers"]
+
+    def within(metrics_of, layers):  # the paper's numbers: a point rule (no per-example scores published)
+        verdicts = {}
+        for task in MAIN_METRIC:
+            metrics = metrics_of(task)
+            verdicts[task] = (
+                vd.within_base(metrics, layers, settings.within_base_tolerance, settings.within_base_min_depth)
+                if layers and metrics
+                else vd.not_checked("no runs")
+            )
+        return vd.all_tasks(verdicts)
+
+    evidence = rq3_evidence(inputs, settings)
+    run_within = vd.all_tasks({t: e.verdict for t, e in evidence.items()})
+    run_within.details["tasks"] = {t: e.to_json() for t, e in evidence.items()}
+    sim_why = "; ".join(filter(None, [inputs.missing.get("rq2")]))
+    per_seed = seed_peaks(inputs)
+    preserved = lambda cs: vd.lower_layers_preserved(cs, settings.lower_layers_fraction, settings.preserve_threshold)  # noqa: E731
+    claims = [
+        Claim(
+            "lexical_below_syntactic",
+            "Lexical properties peak in lower layers than syntactic ones",
+            "RQ1",
+            vd.peaks_lower(peaks, "lexical", "syntactic", how=how),
+            vd.peaks_lower(paper_peaks, "lexical", "syntactic", how=paper_how),
+        ),
+        Claim(
+            "syntactic_below_structural",
+            "Syntactic properties peak in lower layers than structural ones",
+            "RQ1",
+            vd.peaks_lower(peaks, "syntactic", "structural", how=how),
+            vd.peaks_lower(paper_peaks, "syntactic", "structural", how=paper_how),
+        ),
+        Claim(
+            "semantic_spread",
+            "Semantic information is spread over all layers",
+            "RQ1",
+            vd.semantic_spread(probe_weights(inputs)),
+            vd.semantic_spread(paper_weights),
+        ),
+        Claim(
+            "lower_layers_preserved",
+            "Fine-tuning preserves the lower layers",
+            "RQ2",
+            vd.lower_layers_preserved(curves, settings.lower_layers_fraction, settings.preserve_threshold)
+            if curves
+            else vd.not_checked(sim_why or "no similarity curves"),
+            vd.lower_layers_preserved(paper_curves, settings.lower_layers_fraction, settings.preserve_threshold),
+        ),
+        Claim(
+            "top_two_change_most",
+            "The top two layers change most in fine-tuning",
+            "RQ2",
+            vd.top_two_change_most(curves) if curves else vd.not_checked(sim_why or "no similarity curves"),
+            vd.top_two_change_most(paper_curves),
+        ),
+        Claim(
+            "telly_within_base",
+            f"Telly-K stays within {settings.within_base_tolerance:.0%} of Base while freezing "
+            f"the bottom {settings.within_base_min_depth:.0%} of the layers",
+            "RQ3",
+            run_within if evidence else vd.not_checked(inputs.missing.get("rq3", "no runs")),
+            within(lambda t: paper_variant_metrics(paper, t, MAIN_METRIC[t]), layers_paper),
+        ),
+    ]
+    by_id = {c.id: c for c in claims}
+    firm_peaks(by_id["lexical_below_syntactic"], per_seed, "lexical", "syntactic")
+    firm_peaks(by_id["syntactic_below_structural"], per_seed, "syntactic", "structural")
+    by_id["semantic_spread"].firmness = "layer weights: mean over probe seeds (no per-seed rule applied)"
+    firm_similarity(by_id["lower_layers_preserved"], inputs, preserved)
+    firm_similarity(by_id["top_two_change_most"], inputs, vd.top_two_change_most)
+    firm_rq3(by_id["telly_within_base"])
+    return claims

@@ -9,20 +9,26 @@ from typing import Any
 
 from telly.config import Params
 from telly.reporting import peft, tables
-from telly.reporting.claims import NOT_CHECKED, NOT_REPRODUCED, REPRODUCED, deepest_within
+from telly.reporting.claims import MAIN_METRIC, Claim, probe_peaks
 from telly.reporting.inputs import PROPERTIES, Inputs
-from telly.reporting.verdicts import MAIN_METRIC, Claim, probe_peaks, task_metrics
+from telly.reporting.verdicts import INCONCLUSIVE, NOT_CHECKED, NOT_REPRODUCED, REPRODUCED
 from telly.runtime import git_commit
 
 # Verdict marks: text symbols every common font has (emoji such as ✅/❌ show as empty boxes on a
 # machine without an emoji font); report.html draws them as coloured badges (html.VERDICT_CLASS).
-MARK = {REPRODUCED: "✓ reproduced", NOT_REPRODUCED: "✗ not reproduced", NOT_CHECKED: "– not checked"}
+MARK = {
+    REPRODUCED: "✓ reproduced",
+    NOT_REPRODUCED: "✗ not reproduced",
+    INCONCLUSIVE: "? inconclusive",
+    NOT_CHECKED: "– not checked",
+}
 STAGE_OF = {
     "rq1": "RQ1 probing",
     "rq2": "RQ2 similarity",
     "rq3": "RQ3 fine-tuning",
     "rq3-paper-regime": "RQ3 without caching",
     "tuning": "tuning",
+    "baselines": "no-training baselines",
 }
 
 
@@ -42,14 +48,15 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def deepest_per_task(inputs: Inputs, tolerance: float) -> dict[str, int | None]:
-    main = inputs.regimes[0] if inputs.regimes else None
-    out = {}
-    for task in MAIN_METRIC:
-        metrics = task_metrics(main, task)
-        if None in metrics and len(metrics) > 1:
-            out[task] = deepest_within(metrics, tolerance)[0]
-    return out
+def rq3_tasks(claims: list[Claim]) -> dict[str, dict[str, Any]]:
+    """Per task the RQ3 evidence of the ``telly_within_base`` claim (claims.TaskEvidence.to_json)."""
+    claim = next((c for c in claims if c.id == "telly_within_base"), None)
+    return claim.run.details.get("tasks", {}) if claim else {}
+
+
+def deepest_per_task(claims: list[Claim]) -> dict[str, int | None]:
+    """Deepest Telly-K with every K' <= K non-inferior to Base, per task that learns."""
+    return {t: e["deepest_k"] for t, e in rq3_tasks(claims).items() if e["per_k"]}
 
 
 def answers(inputs: Inputs, claims: list[Claim], params: Params) -> str:
@@ -85,25 +92,39 @@ def answers(inputs: Inputs, claims: list[Claim], params: Params) -> str:
     else:
         out.append(f"**RQ2 — what does fine-tuning change?** {inputs.missing.get('rq2', 'no similarity results')}.\n")
     if inputs.regimes:
-        deepest = deepest_per_task(inputs, s.within_base_tolerance)
         parts = []
-        for task, k in deepest.items():
-            if k is None:
-                parts.append(f"{task}: no Telly-K within {s.within_base_tolerance:.0%}")
-                continue
-            row = _row(inputs.regimes[0].runs[task], f"telly-{k}")
-            parts.append(
-                f"{task}: up to Telly-{k} ({tables.millions(row['paper_params_m'])} M trainable, "
-                f"{-row['params_reduction_pct']:+.0f}% parameters and {-row['epoch_reduction_pct']:+.0f}% "
-                "epoch time vs Base)"
-            )
+        for task, e in rq3_tasks(claims).items():
+            if e["learns"] is not None and e["learns"]["verdict"] != REPRODUCED:
+                parts.append(
+                    f"{task}: **does not learn here** (Base does not beat its no-training baseline): no verdict"
+                )
+            elif not e["per_k"]:
+                parts.append(f"{task}: not checked ({e['evidence']})")
+            elif e["deepest_k"] is None:
+                parts.append(f"{task}: no Telly-K non-inferior to Base ({MARK[e['verdict']]})")
+            else:
+                k = e["deepest_k"]
+                row = _row(inputs.regimes[0].runs[task], f"telly-{k}")
+                parts.append(
+                    f"{task}: non-inferior up to Telly-{k} ({tables.millions(row['paper_params_m'])} M trainable, "
+                    f"{-row['params_reduction_pct']:+.0f}% parameters and {-row['epoch_reduction_pct']:+.0f}% "
+                    f"epoch time vs Base; {MARK[e['verdict']]})"
+                )
         out.append(
-            f"**RQ3 — can the bottom layers be frozen?** Telly-K within {s.within_base_tolerance:.0%} of Base: "
+            f"**RQ3 — can the bottom layers be frozen?** Telly-K within {s.within_base_tolerance:.0%} of Base "
+            "(non-inferiority, paired bootstrap interval): "
             + "; ".join(parts)
             + f". Claim: {MARK[by_id['telly_within_base'].run.verdict]}.\n"
         )
     else:
         out.append(f"**RQ3 — can the bottom layers be frozen?** {inputs.missing.get('rq3', 'no runs')}.\n")
+    firm = [c.id for c in claims if c.firm]
+    loose = [c.id for c in claims if not c.firm and c.run.verdict != NOT_CHECKED]
+    out.append(
+        "**Which answers are firm.** Firm (the verdict survives the noise this run measures: probe seeds, "
+        f"similarity intervals, paired bootstrap intervals): {', '.join(firm) or 'none'}. "
+        f"Not firm: {', '.join(loose) or 'none'} (see the claims table).\n"
+    )
     return "\n".join(out)
 
 
@@ -119,6 +140,7 @@ def claims_section(claims: list[Claim]) -> str:
             c.text,
             c.rq,
             MARK[c.run.verdict],
+            "yes" if c.firm else ("–" if c.run.verdict == NOT_CHECKED else f"no: {_escape(c.firmness)}"),
             _escape(c.run.evidence),
             f"{MARK[c.paper.verdict]}: {_escape(c.paper.evidence)}",
         ]
@@ -128,7 +150,7 @@ def claims_section(claims: list[Claim]) -> str:
         "## The paper's claims, checked on this run\n\n"
         "Each claim is an explicit rule (see *How the claims are checked* below); the last column applies the "
         "same rule to the paper's published numbers.\n\n"
-        + tables.table(["claim", "RQ", "this run", "evidence (this run)", "paper's numbers, same rule"], rows)
+        + tables.table(["claim", "RQ", "this run", "firm", "evidence (this run)", "paper's numbers, same rule"], rows)
     )
 
 
@@ -179,7 +201,54 @@ def rq2_section(inputs: Inputs, paper: dict[str, Any], figures: dict[str, Path |
     return "\n".join(filter(None, out))
 
 
-def rq3_section(inputs: Inputs, paper: dict[str, Any], figures: dict[str, Path | None]) -> str:
+def rq3_evidence(task: str, inputs: Inputs, evidence: dict[str, Any] | None) -> str:
+    """The task's no-training baseline beside Base, and each Telly-K's interval and verdict."""
+    out = []
+    baseline = inputs.baselines.get(task)
+    main = MAIN_METRIC[task]
+    if baseline is None:
+        out.append(f"*No-training baseline*: {inputs.missing.get('baselines', 'not run')}.\n")
+    else:
+        learns = (evidence or {}).get("learns")
+        line = f"*No-training baseline* ({baseline.get('method', '?')}): {main} {tables.num(baseline['test'][main], 4)}"
+        if learns:
+            i = learns["interval"]
+            line += (
+                f"; Base − baseline {i['estimate']:+.4g} [{i['low']:+.4g}, {i['high']:+.4g}] "
+                f"({i['level']:.0%} paired bootstrap, {i['rows']} rows): "
+                + (
+                    "Base learns the task."
+                    if learns["verdict"] == REPRODUCED
+                    else "**Base does not beat it: the task does not learn here, and no RQ3 verdict is drawn.**"
+                )
+            )
+        out.append(line + "\n")
+    if evidence and evidence["per_k"]:
+        rows = [
+            [
+                f"Telly-{k}",
+                f"{v['interval']['estimate']:+.2f}",
+                f"[{v['interval']['low']:+.2f}, {v['interval']['high']:+.2f}]",
+                f"±{v['interval']['half_width']:.2f}",
+                v["interval"]["method"],
+                MARK[v["verdict"]] + (" (needed)" if int(k) <= evidence["needed_k"] else ""),
+            ]
+            for k, v in evidence["per_k"].items()
+        ]
+        out.append(
+            f"Non-inferiority of each Telly-K to Base on {main} "
+            f"(margin {next(iter(evidence['per_k'].values()))['margin_pct']:+.0f}%): "
+            "relative difference in percent, paired over the test rows, each variant averaged over its seeds.\n"
+        )
+        out.append(tables.table(["variant", "Δ% vs Base", "interval", "detectable", "method", "verdict"], rows))
+    elif evidence:
+        out.append(f"RQ3 verdict: {MARK[evidence['verdict']]}: {_escape(evidence['evidence'])}\n")
+    return "\n".join(out)
+
+
+def rq3_section(
+    inputs: Inputs, paper: dict[str, Any], figures: dict[str, Path | None], claims: list[Claim] | None = None
+) -> str:
     out = [
         "## RQ3: Telly-K — freezing the embeddings and the bottom K layers\n",
         "Columns as the paper's section 3.3: trainable parameters (the paper's convention), epoch time (training "
@@ -189,8 +258,11 @@ def rq3_section(inputs: Inputs, paper: dict[str, Any], figures: dict[str, Path |
         _missing(inputs, "rq3", "rq3-paper-regime"),
         _figure(figures, "quality_vs_cost", "quality vs cost"),
     ]
+    evidence = rq3_tasks(claims or [])
     for task in MAIN_METRIC:
         out.append(f"### {task}\n")
+        if inputs.regimes and inputs.regimes[0].runs.get(task):
+            out.append(rq3_evidence(task, inputs, evidence.get(task)))
         for regime in inputs.regimes:
             runs = regime.runs.get(task)
             if not runs:
@@ -198,14 +270,15 @@ def rq3_section(inputs: Inputs, paper: dict[str, Any], figures: dict[str, Path |
             elif not any(r["variant"] == "base" for r in runs):
                 out.append(f"*{regime.label}*: no Base run yet (`dvc repro finetune-run`), so no ratios.\n")
             else:
-                out += [f"**This run, {regime.label}**\n", tables.telly_table(task, runs)]
+                baseline = inputs.baselines.get(task) if regime is inputs.regimes[0] else None
+                out += [f"**This run, {regime.label}**\n", tables.telly_table(task, runs, baseline)]
         out += [f"**Paper: {paper['rq3'][task]['title']}**\n", tables.paper_telly_table(task, paper)]
     return "\n".join(filter(None, out))
 
 
-def tuning_section(inputs: Inputs, params: Params) -> str:
+def tuning_section(inputs: Inputs, params: Params, claims: list[Claim]) -> str:
     suggested = inputs.similarity.suggested if inputs.similarity else {}
-    deepest = deepest_per_task(inputs, params.report.within_base_tolerance)
+    deepest = deepest_per_task(claims)
     base_lr = {t: getattr(params.finetune.tasks, t).learning_rate for t in MAIN_METRIC} if params.finetune else {}
     return "\n".join(
         filter(
@@ -214,6 +287,7 @@ def tuning_section(inputs: Inputs, params: Params) -> str:
                 "## Tuning: the freeze depth and learning rate Optuna chose, beside the similarity's suggestion\n",
                 _missing(inputs, "tuning"),
                 tables.tuning_table(inputs.tuning, suggested, deepest, base_lr, params.report.within_base_tolerance),
+                tables.tuning_agreement(inputs.tuning, suggested, deepest),
             ],
         )
     )
@@ -231,10 +305,17 @@ def method_section(params: Params) -> str:
 - **Lower layers preserved** (RQ2): every task keeps `{s.similarity_metric}` ≥ {s.preserve_threshold} on hidden
   states 0..floor({s.lower_layers_fraction} x L).
 - **Top two change most** (RQ2): for every task, the two least similar hidden states are L-1 and L.
-- **Telly-K within {s.within_base_tolerance:.0%} of Base** (RQ3): the task's main test metric
-  ({", ".join(f"{t}: {m}" for t, m in MAIN_METRIC.items())}) of every Telly-K up to
-  K = ceil({s.within_base_min_depth} x L) - 1 is ≥ (1 - {s.within_base_tolerance}) x Base; the report names the deepest
-  such K. Runs with caching are used when both regimes exist.
+- **Telly-K within {s.within_base_tolerance:.0%} of Base** (RQ3), a non-inferiority test on the task's main
+  test metric ({", ".join(f"{t}: {m}" for t, m in MAIN_METRIC.items())}): the relative difference
+  100 x (Telly-K / Base - 1), each variant's per-example scores averaged over its seeds, gets a
+  {s.ci_level:.0%} paired bootstrap interval over the test rows (scipy, BCa, {s.bootstrap_resamples} resamples;
+  docs/report.md). Reproduced when its lower end is ≥ -{s.within_base_tolerance:.0%}, not reproduced when its upper
+  end is < -{s.within_base_tolerance:.0%}, else inconclusive, with the smallest detectable difference (the
+  interval's half-width). Every Telly-K up to K = ceil({s.within_base_min_depth} x L) - 1 must be reproduced.
+  A task enters only when Base beats its no-training baseline (interval of Base - baseline above 0);
+  a degenerate metric (Base at 0, every variant identical) is not checked. The paper's numbers, without
+  per-example scores, get the point rule (≥ (1 - {s.within_base_tolerance}) x Base). Runs with caching are used
+  when both regimes exist.
 
 Settings: `report` in params.yaml. The paper's numbers: `src/telly/reporting/paper_numbers.yaml`
 (from telly-paper.md, i.e. the replication repository's result files).
@@ -261,9 +342,9 @@ def build(
         claims_section(claims),
         rq1_section(inputs, paper, figures),
         rq2_section(inputs, paper, figures),
-        rq3_section(inputs, paper, figures),
+        rq3_section(inputs, paper, figures, claims),
         peft.section(params, Path(params.report.out_dir) / "figures"),  # beyond the paper (reporting/peft.py)
-        tuning_section(inputs, params),
+        tuning_section(inputs, params, claims),
         method_section(params),
     ]
     return "\n\n".join(p.strip("\n") for p in parts) + "\n"

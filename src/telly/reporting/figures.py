@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from telly.files import atomic_path
+from telly.reporting.claims import MAIN_METRIC, variant_k
 from telly.reporting.inputs import PROPERTIES, STATES, Inputs
-from telly.reporting.verdicts import MAIN_METRIC, variant_k
 
 STATE_COLORS = {"random": "tab:gray", "pretrained": "tab:blue", "finetuned": "tab:orange"}
 
@@ -200,16 +200,27 @@ def quality_vs_cost(inputs: Inputs, paper: dict[str, Any], path: Path) -> Path |
 
 
 def _relative(runs: list[dict[str, Any]], metric: str) -> list[tuple[int | None, float, float]]:
-    """(K, epoch time % of Base, metric % of Base) per run, Base first then K ascending."""
-    base = next((r for r in runs if r["variant"] == "base"), None)
-    if base is None or not base["test"].get(metric) or not base["cost"]["epoch_seconds"]:
+    """(K, epoch time % of Base, metric % of Base) per variant (the means over its seeds), Base first then K
+    ascending."""
+    grouped: dict[int | None, list[dict[str, Any]]] = {}
+    for r in runs:
+        grouped.setdefault(variant_k(r["variant"]), []).append(r)
+    if None not in grouped:
+        return []
+
+    def mean(group: list[dict[str, Any]], get) -> float:
+        return sum(get(r) for r in group) / len(group)
+
+    base_metric = mean(grouped[None], lambda r: r["test"].get(metric) or 0.0)
+    base_seconds = mean(grouped[None], lambda r: r["cost"]["epoch_seconds"])
+    if not base_metric or not base_seconds:
         return []
     points = [
         (
-            variant_k(r["variant"]),
-            100 * r["cost"]["epoch_seconds"] / base["cost"]["epoch_seconds"],
-            100 * r["test"][metric] / base["test"][metric],
+            k,
+            100 * mean(group, lambda r: r["cost"]["epoch_seconds"]) / base_seconds,
+            100 * mean(group, lambda r: r["test"][metric]) / base_metric,
         )
-        for r in runs
+        for k, group in grouped.items()
     ]
     return sorted(points, key=lambda p: -1 if p[0] is None else p[0])

@@ -22,10 +22,11 @@ code { background: #f3f3f3; padding: 0 0.2em; }
 .verdict.yes { background: #1a7f37; }
 .verdict.no { background: #cf222e; }
 .verdict.unchecked { background: #6e7781; }
+.verdict.open { background: #9a6700; }
 """
 
-# registry: verdict -> badge class (the verdicts are telly.reporting.claims's)
-VERDICT_CLASS = {"reproduced": "yes", "not reproduced": "no", "not checked": "unchecked"}
+# registry: verdict -> badge class (the verdicts are telly.reporting.verdicts's)
+VERDICT_CLASS = {"reproduced": "yes", "not reproduced": "no", "inconclusive": "open", "not checked": "unchecked"}
 
 
 def _badges(body: str) -> str:

@@ -57,6 +57,7 @@ class Inputs:
     similarity: Similarity | None = None
     regimes: list[Regime] = field(default_factory=list)
     tuning: dict[str, dict[str, Any]] = field(default_factory=dict)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> the no-training baseline's result
     missing: dict[str, str] = field(default_factory=dict)  # section -> what is missing and what to run
 
 
@@ -114,10 +115,13 @@ def read_similarity(params: Params, metric: str) -> tuple[Similarity | None, str
 
 
 def read_runs(folder: Path) -> list[dict[str, Any]]:
-    """Every ``<variant>.json`` of one task (the finetune stage's per-run results)."""
+    """Every run of one task (each seed of each variant, ``<variant>/seed<S>.json``), each with its per-example
+    rows under ``examples`` when it saved them (None otherwise)."""
+    from telly.finetuning.examples import read_examples
     from telly.finetuning.table import load_runs
 
-    return load_runs(folder) if folder.is_dir() else []
+    runs = load_runs(folder) if folder.is_dir() else []
+    return [{**r, "examples": read_examples(Path(r["results_path"]))} for r in runs]
 
 
 def read_regimes(params: Params) -> tuple[list[Regime], dict[str, str]]:
@@ -166,6 +170,20 @@ def read_tuning(params: Params) -> tuple[dict[str, dict[str, Any]], str]:
     return found, ""
 
 
+def read_baselines(folder: Path = Path("results/baselines")) -> tuple[dict[str, dict[str, Any]], str]:
+    """The no-training baselines (``<task>.json`` with ``<task>.examples.jsonl``) of the ``baseline`` stage."""
+    from telly.finetuning.examples import read_examples
+
+    found = {}
+    for task in TASKS:
+        path = folder / f"{task}.json"
+        if path.exists():
+            found[task] = {**_read_json(path), "examples": read_examples(path)}
+    if not found:
+        return {}, f"no baselines under {folder}/<task>.json: run `dvc repro baseline`"
+    return found, ""
+
+
 def read_inputs(params: Params) -> Inputs:
     """Everything the report needs that exists now; the rest is listed in ``missing``."""
     metric = params.report.similarity_metric if params.report else "rsa_spearman"
@@ -181,6 +199,9 @@ def read_inputs(params: Params) -> Inputs:
     inputs.tuning, why = read_tuning(params)
     if why:
         inputs.missing["tuning"] = why
+    inputs.baselines, why = read_baselines()
+    if why:
+        inputs.missing["baselines"] = why
     for section, why in inputs.missing.items():
         log.warning("report: %s: %s", section, why)
     return inputs

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from telly import variants
 from telly.config import read_yaml
 from telly.errors import TellyError
 from telly.tasks import TASK_NAMES
@@ -41,6 +42,6 @@ def paper_variant_metrics(numbers: dict[str, Any], task: str, metric: str) -> di
     """``{None: Base, 0: Telly-0, ...}`` of one metric of one task's published table."""
     out: dict[int | None, float] = {}
     for row in numbers["rq3"][task]["rows"]:
-        k = None if row["variant"] == "base" else int(row["variant"].split("-")[1])
+        k = variants.k_of(row["variant"])
         out[k] = row["metrics"][metric]
     return out

@@ -6,8 +6,8 @@ time, one figure with two panels, the Pareto front (cheaper and at least as good
 then, at the budget of each method's run, the best Telly-K (or Base) that fits the same budget
 and which of the two is better.
 
-Intervals: where a variant has runs with several seeds (``settings.seed`` differs, e.g.
-``base-seed<S>``), its quality is the mean with a 95% t-interval over the seeds; two runs are
+Intervals: where a variant has runs with several seeds (``settings.seed`` differs: ``finetune.seeds``,
+``<variant>/seed<S>.json``), its quality is the mean with a 95% t-interval over the seeds; two runs are
 then called apart only when their intervals do not overlap, otherwise "inconclusive". With a
 single seed there is no interval and every comparison is "inconclusive (single seed)" with the
 higher point estimate named. Cost is identical for every method: ``trainable_params`` (what the
@@ -26,8 +26,8 @@ from typing import Any
 from telly import variants
 from telly.config import Params
 from telly.errors import TellyError
+from telly.reporting.claims import MAIN_METRIC
 from telly.reporting.tables import num, table
-from telly.reporting.verdicts import MAIN_METRIC
 
 AXES = {"trainable_params": "trainable parameters", "epoch_seconds": "epoch time (s)"}
 FAMILY_COLORS = {  # registry: a colour per variant family (telly.variants.family)
@@ -61,9 +61,8 @@ class Point:
 
 
 def _canonical(variant: str) -> str:
-    """``base-seed<S>`` is Base with another seed: one point, several seeds."""
-    v = variants.parse(variant)
-    return variants.BASE if v.seed is not None else variant
+    """One point per variant: its seeds are runs of their own (``<variant>/seed<S>.json``), read together."""
+    return variant
 
 
 def read_points(folders: list[Path], task: str) -> list[Point]:

@@ -7,15 +7,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from telly import variants
 from telly.config import Params
 from telly.errors import TellyError
 from telly.files import atomic_path, write_text
 from telly.jsonl import write_json
 from telly.reporting import document, figures
+from telly.reporting.claims import MAIN_METRIC, Claim, check_claims
 from telly.reporting.html import to_html
 from telly.reporting.inputs import Inputs, read_inputs
 from telly.reporting.paper import load_paper
-from telly.reporting.verdicts import MAIN_METRIC, Claim, check_claims
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ def plots_data(inputs: Inputs, folder: Path) -> list[Path]:
         for cached, df in frames.items():
             suffix = "_cached" if cached else "_uncached"
             for r in df.to_dict("records"):
-                k = -1 if r["variant"] == "base" else int(r["variant"].split("-")[1])
+                k = variants.k_of(r["variant"])
+                k = -1 if k is None else k
                 row = rows.setdefault(k, {"k": k, "params_reduction_pct": round(r["params_reduction_pct"], 3)})
                 row[f"epoch_reduction_pct{suffix}"] = round(r["epoch_reduction_pct"], 3)
                 row[f"convergence_reduction_pct{suffix}"] = round(r["convergence_reduction_pct"], 3)
@@ -65,11 +67,12 @@ def plots_data(inputs: Inputs, folder: Path) -> list[Path]:
     return written
 
 
-def dvc_metrics(claims: list[Claim], inputs: Inputs, tolerance: float) -> dict[str, Any]:
-    """Numbers only, for ``dvc metrics diff``: 1 = reproduced, 0 = not, null = not checked; deepest K per task."""
+def dvc_metrics(claims: list[Claim]) -> dict[str, Any]:
+    """Numbers only, for ``dvc metrics diff``: 1 = reproduced, 0 = not, null = inconclusive or not checked;
+    deepest non-inferior K per task."""
     return {
         "claims": {c.id: None if c.run.holds is None else int(c.run.holds) for c in claims},
-        "deepest_k_within_base": document.deepest_per_task(inputs, tolerance),
+        "deepest_k_within_base": document.deepest_per_task(claims),
     }
 
 
@@ -79,7 +82,10 @@ def claims_json(claims: list[Claim]) -> dict[str, Any]:
             "claim": c.text,
             "rq": c.rq,
             "this_run": c.run.verdict,
+            "firm": c.firm,
+            "firmness": c.firmness,
             "evidence": c.run.evidence,
+            **({"per_task": c.run.details["tasks"]} if "tasks" in c.run.details else {}),
             "paper": c.paper.verdict,
             "paper_evidence": c.paper.evidence,
         }
@@ -102,7 +108,7 @@ def run(params: Params) -> Path:
     write_text(out / "report.md", markdown)
     write_text(out / "report.html", to_html(markdown, out))
     write_json(out / "claims.json", claims_json(claims))
-    write_json(out / "metrics.json", dvc_metrics(claims, inputs, settings.within_base_tolerance))
+    write_json(out / "metrics.json", dvc_metrics(claims))
     for c in claims:
         print(f"{c.run.verdict:>15}  {c.text}  (paper's numbers: {c.paper.verdict})")
     if inputs.missing:

@@ -6,10 +6,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from telly import tasks
-from telly.finetuning.table import clock, task_table
+from telly import tasks, variants
+from telly.finetuning.table import clock, mean_std, task_table
+from telly.reporting.claims import MAIN_METRIC
 from telly.reporting.inputs import PROPERTIES, STATES, Probing, Similarity
-from telly.reporting.verdicts import MAIN_METRIC
 
 STATE_LABEL = {"random": "random", "pretrained": "pre-trained", "finetuned": "fine-tuned"}
 
@@ -132,10 +132,12 @@ def paper_similarity_table(paper: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ RQ3
 
 
-def telly_table(task: str, runs: list[dict[str, Any]]) -> str:
-    """One task's runs in the layout of telly-paper.md section 3.3 (↓% = reduction against Base)."""
+def telly_table(task: str, runs: list[dict[str, Any]], baseline: dict[str, Any] | None = None) -> str:
+    """One task's runs in the layout of telly-paper.md section 3.3 (↓% = reduction against Base): test metrics as
+    mean ± std over each variant's seeds, and the no-training baseline's metrics in the first row when given."""
     df = task_table(task, runs)
-    main = MAIN_METRIC[task]
+    spec = tasks.get(task)
+    main = spec.main_metric
     header = [
         "Variant",
         "Train params (M)",
@@ -145,20 +147,31 @@ def telly_table(task: str, runs: list[dict[str, Any]]) -> str:
         "#Ep→conv",
         "Conv. time",
         "↓%",
-        *tasks.get(task).metrics,
+        "seeds",
+        *spec.metrics,
         f"{main} Δ% vs Base",
     ]
-    rows = [
+    rows = []
+    if baseline is not None:
+        base_main = float(df[df["variant"] == "base"][main].iloc[0])
+        value = baseline["test"][main]
+        rows.append(
+            ["no-training baseline", "0", "–", "–", "–", "–", "–", "–", "–"]
+            + [num(baseline["test"].get(m), 4) for m in spec.metrics]
+            + [f"{100 * (value / base_main - 1):+.1f}" if base_main else "–"]
+        )
+    rows += [
         [
-            r["variant"].replace("telly-", "Telly-").replace("base", "Base"),
+            variants.label(r["variant"]),
             millions(r["paper_params_m"]),
             f"{r['params_reduction_pct']:.1f}",
             clock(r["epoch_seconds"]),
             f"{r['epoch_reduction_pct']:.1f}",
-            r["epochs_to_convergence"],
+            f"{r['epochs_to_convergence']:.3g}",
             clock(r["convergence_seconds"]),
             f"{r['convergence_reduction_pct']:.1f}",
-            *(f"{r[m]:.4g}" for m in tasks.get(task).metrics),
+            r["seeds"],
+            *(mean_std(r, m) for m in spec.metrics),
             f"{r[f'{main}_vs_base_pct']:+.1f}",
         ]
         for r in df.to_dict("records")
@@ -203,6 +216,46 @@ def paper_telly_table(task: str, paper: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ tuning
 
 
+def _spread(rep: dict[str, Any] | None) -> str:
+    if not rep:
+        return "–"
+    std = f" ± {rep['std']:.4f}" if rep.get("std") is not None else ""
+    return f"{rep['mean']:.4f}{std} (n = {rep['n']}, range {rep['range']:.4f})"
+
+
+def tuning_agreement(
+    tuning: dict[str, dict[str, Any]], suggested: dict[str, dict[str, Any]], deepest: dict[str, int | None]
+) -> str:
+    """One line: does Optuna's K agree with the similarity's suggested K and with RQ3's deepest non-inferior K?"""
+    parts, same_sim, same_rq3, n_sim, n_rq3 = [], 0, 0, 0, 0
+    for task in MAIN_METRIC:
+        best = (tuning.get(task) or {}).get("best")
+        if not best:
+            continue
+        tuned = None if best["k"] == -1 else best["k"]
+        bits = [f"tuned {'Base' if tuned is None else f'K = {tuned}'}"]
+        if task in suggested:
+            n_sim += 1
+            sk = suggested[task].get("suggested_k")
+            same_sim += sk == tuned
+            bits.append(f"similarity {'Base' if sk is None else f'K = {sk}'}")
+        if task in deepest:
+            n_rq3 += 1
+            same_rq3 += deepest[task] == tuned
+            bits.append(f"RQ3 {'none' if deepest[task] is None else f'K = {deepest[task]}'}")
+        rep = (tuning.get(task) or {}).get("repeats") or {}
+        if rep.get("std"):
+            bits.append(f"best {rep['best_above_mean_in_std']:+.1f} repeat std above the default")
+        parts.append(f"{task}: " + ", ".join(bits))
+    if not parts:
+        return ""
+    return (
+        f"**Agreement.** Optuna's K equals the similarity's suggestion on {same_sim} of {n_sim} tasks and RQ3's "
+        f"deepest non-inferior K on {same_rq3} of {n_rq3} ({'; '.join(parts)}). A best trial less than about two "
+        "repeat standard deviations above the default setting is within the objective's own noise.\n"
+    )
+
+
 def tuning_table(
     tuning: dict[str, dict[str, Any]],
     suggested: dict[str, dict[str, Any]],
@@ -222,6 +275,7 @@ def tuning_table(
                 best.get("variant", "–"),
                 f"{best['lr']:.2e}" if "lr" in best else "–",
                 num(best.get("valid_score"), 4),
+                _spread((study or {}).get("repeats")),
                 ", ".join(f"{k} {v}" for k, v in trials.items() if v) or "–",
                 ("Base" if sk.get("suggested_k") is None else f"Telly-{sk['suggested_k']}") if sk else "–",
                 "–" if task not in deepest else ("none" if deepest[task] is None else f"Telly-{deepest[task]}"),
@@ -234,9 +288,10 @@ def tuning_table(
             "tuned variant (Optuna)",
             "tuned lr",
             "valid score",
+            "same setting repeated (default, other seeds)",
             "trials",
             "suggested by similarity (RQ2)",
-            f"deepest within {tolerance:.0%} of Base (RQ3)",
+            f"deepest non-inferior K, margin {tolerance:.0%} (RQ3)",
             "finetune lr",
         ],
         rows,

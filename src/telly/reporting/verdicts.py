@@ -1,149 +1,163 @@
-"""The paper's claims, each checked on this run's results and on the published numbers."""
+"""The paper's qualitative claims as explicit rules, checked on this run and on the published numbers.
+
+Each rule is a pure function of plain numbers (curves, peaks, metrics per K), so the same
+rule says whether the paper's own numbers support the claim and whether this run does.
+A verdict is ``reproduced``, ``not reproduced``, ``inconclusive`` (an interval that spans the
+margin: :mod:`telly.reporting.evidence`) or ``not checked`` (inputs missing, or a degenerate
+metric), always with the numbers that decided it.
+"""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Any
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from telly.config import ReportParams
-from telly.reporting import claims as c
-from telly.reporting.inputs import Inputs, Regime
-from telly.reporting.paper import paper_variant_metrics
-from telly.tasks import TASKS
-
-MAIN_METRIC = {name: task.main_metric for name, task in TASKS.items()}  # the paper's headline metric per task
+REPRODUCED, NOT_REPRODUCED, NOT_CHECKED = "reproduced", "not reproduced", "not checked"
+INCONCLUSIVE = "inconclusive"
 
 
 @dataclass
-class Claim:
-    id: str
-    text: str
-    rq: str
-    run: c.Verdict
-    paper: c.Verdict
+class Verdict:
+    verdict: str
+    evidence: str
+    details: dict = field(default_factory=dict)
+
+    @property
+    def holds(self) -> bool | None:
+        return {REPRODUCED: True, NOT_REPRODUCED: False}.get(self.verdict)
 
 
-# ------------------------------------------------------------------ this run's numbers
+def not_checked(why: str) -> Verdict:
+    return Verdict(NOT_CHECKED, why)
 
 
-def probe_peaks(inputs: Inputs, state: str = "pretrained") -> tuple[dict[str, int], str]:
-    """Peak hidden state per property: the layer-wise probe's best layer, else the largest layer weight."""
-    if inputs.probing is None:
-        return {}, "layer-wise probe"
-    found = inputs.probing.details.get(state, {})
-    if all("peak" in d for d in found.values()):
-        return {p: d["peak"]["layer"] for p, d in found.items()}, f"best layer of the layer-wise probes, {state} model"
-    return (
-        {p: d["weighted_peak_layer"] for p, d in found.items() if "weighted_peak_layer" in d},
-        f"largest weight of the weighted-layer-wise probes, {state} model",
+def _decide(ok: bool, evidence: str, **details) -> Verdict:
+    return Verdict(REPRODUCED if ok else NOT_REPRODUCED, evidence, details)
+
+
+# ------------------------------------------------------------------ RQ1: where properties live
+
+
+def peaks_lower(peaks: Mapping[str, int], lower: str, higher: str, *, how: str) -> Verdict:
+    """``lower`` peaks at a strictly lower hidden state than ``higher``."""
+    if lower not in peaks or higher not in peaks:
+        return not_checked(f"needs {lower} and {higher} probe results ({how}); have {sorted(peaks)}")
+    a, b = peaks[lower], peaks[higher]
+    return _decide(a < b, f"{lower} peaks at h{a}, {higher} at h{b} ({how})", lower=a, higher=b)
+
+
+def spread_entropy(weights: Sequence[float]) -> float:
+    """Normalised entropy of layer weights: 1 = spread evenly over all hidden states, 0 = one state."""
+    total = sum(weights)
+    p = [w / total for w in weights if w > 0]
+    return -sum(x * math.log(x) for x in p) / math.log(len(weights))
+
+
+def semantic_spread(weights: Mapping[str, Sequence[float]]) -> Verdict:
+    """Semantic information is spread over the layers: its weights are the most even of all properties."""
+    if "semantic" not in weights or len(weights) < 2:
+        return not_checked(f"needs weighted-layer-wise probes of semantic and another property; have {sorted(weights)}")
+    spread = {p: spread_entropy(w) for p, w in weights.items()}
+    widest = all(spread["semantic"] > s for p, s in spread.items() if p != "semantic")  # a tie is no evidence
+    text = ", ".join(f"{p} {s:.4f}" for p, s in spread.items())
+    return _decide(widest, f"normalised entropy of the layer weights (1 = even): {text}", spread=spread)
+
+
+# ------------------------------------------------------------------ RQ2: what fine-tuning changes
+
+
+def lower_states(num_layers: int, fraction: float) -> int:
+    """Top index of the 'lower layers': hidden states 0..floor(fraction x L)."""
+    return math.floor(fraction * num_layers)
+
+
+def lower_layers_preserved(curves: Mapping[str, Sequence[float]], fraction: float, threshold: float) -> Verdict:
+    """Every task keeps similarity >= threshold on hidden states 0..floor(fraction x L)."""
+    if not curves:
+        return not_checked("needs the similarity curves (RQ2)")
+    worst = {}
+    for task, curve in curves.items():
+        top = lower_states(len(curve) - 1, fraction)
+        h = min(range(top + 1), key=lambda i: curve[i])
+        worst[task] = (h, curve[h], top)
+    text = "; ".join(f"{t}: lowest h{h} = {v:.3f} among h0..h{top}" for t, (h, v, top) in worst.items())
+    ok = all(v >= threshold for _, v, _ in worst.values())
+    return _decide(ok, f"{text} (threshold {threshold})", worst={t: v for t, (_, v, _) in worst.items()})
+
+
+def top_two_change_most(curves: Mapping[str, Sequence[float]]) -> Verdict:
+    """For every task the two least similar hidden states are the top two (L-1 and L)."""
+    if not curves:
+        return not_checked("needs the similarity curves (RQ2)")
+    parts, per_task = [], {}
+    for task, curve in curves.items():
+        top = len(curve) - 1
+        changed = sorted(range(len(curve)), key=lambda h: curve[h])[:2]
+        total = sum(1 - s for s in curve)
+        share = (2 - curve[top] - curve[top - 1]) / total if total > 0 else float("nan")
+        per_task[task] = set(changed) == {top, top - 1}
+        parts.append(f"{task}: most changed h{changed[0]}, h{changed[1]}; top two carry {share:.0%} of Σ(1 - s)")
+    return _decide(all(per_task.values()), "; ".join(parts), per_task=per_task)
+
+
+# ------------------------------------------------------------------ RQ3: Telly-K vs Base
+
+
+def deepest_within(metrics: Mapping[int | None, float], tolerance: float) -> tuple[int | None, list[int]]:
+    """Largest run K with every run K' <= K keeping ``metric >= (1 - tolerance) x Base``; and the Ks that fail."""
+    base = metrics[None]
+    bar = base - tolerance * abs(base)
+    ks = sorted(k for k in metrics if k is not None)
+    failing = [k for k in ks if metrics[k] < bar]
+    deepest = None
+    for k in ks:
+        if metrics[k] < bar:
+            break
+        deepest = k
+    return deepest, failing
+
+
+def within_base(metrics: Mapping[int | None, float], num_layers: int, tolerance: float, min_depth: float) -> Verdict:
+    """Telly-K keeps Base quality (within ``tolerance``) for every K up to ceil(min_depth x L) - 1."""
+    if None not in metrics or len(metrics) < 2:
+        return not_checked(f"needs Base and at least one Telly-K run; have {sorted(metrics, key=str)}")
+    need = max(math.ceil(min_depth * num_layers) - 1, 0)
+    deepest, failing = deepest_within(metrics, tolerance)
+    ran = sorted(k for k in metrics if k is not None)
+    text = (
+        f"within {tolerance:.0%} of Base up to K = {deepest if deepest is not None else 'none'} "
+        f"(ran K = {_ks(ran)}, outside: {_ks(failing) if failing else 'none'}; needs K = 0..{need})"
     )
+    details = {"deepest_k": deepest, "needed_k": need, "failing": failing}
+    if any(k <= need for k in failing):
+        return Verdict(NOT_REPRODUCED, text, details)
+    if not any(k >= need for k in ran):
+        return Verdict(NOT_CHECKED, text + f": no run with K >= {need}", details)
+    return Verdict(REPRODUCED, text, details)
 
 
-def probe_weights(inputs: Inputs, state: str = "pretrained") -> dict[str, list[float]]:
-    if inputs.probing is None:
-        return {}
-    return {
-        p: d["weighted-layer-wise"]["layer_weights"]["mean"]
-        for p, d in inputs.probing.details.get(state, {}).items()
-        if "weighted-layer-wise" in d
-    }
+def _ks(ks: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> '0..2, 5'."""
+    spans: list[list[int]] = []
+    for k in ks:
+        if spans and k == spans[-1][1] + 1:
+            spans[-1][1] = k
+        else:
+            spans.append([k, k])
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in spans)
 
 
-def similarity_curves(inputs: Inputs) -> dict[str, list[float]]:
-    if inputs.similarity is None:
-        return {}
-    return {t: v for t, v in inputs.similarity.curves.items() if all(x is not None for x in v)}
-
-
-def variant_k(variant: str) -> int | None:
-    return None if variant == "base" else int(variant.split("-")[1])
-
-
-def num_layers(runs: list[dict[str, Any]]) -> int | None:
-    for r in runs:
-        m = re.search(r"-L(\d+)-", str(r.get("settings", {}).get("architecture", "")))
-        if m:
-            return int(m.group(1))
-    return None
-
-
-def task_metrics(regime: Regime | None, task: str) -> dict[int | None, float]:
-    if regime is None:
-        return {}
-    return {variant_k(r["variant"]): r["test"][MAIN_METRIC[task]] for r in regime.runs.get(task, [])}
-
-
-# ------------------------------------------------------------------ the claims
-
-
-def check_claims(inputs: Inputs, settings: ReportParams, paper: dict[str, Any]) -> list[Claim]:
-    paper_weights = {p: w["pretrained"] for p, w in paper["rq1"]["layer_weights"].items()}
-    paper_peaks = {p: max(range(len(w)), key=w.__getitem__) for p, w in paper_weights.items()}
-    paper_how = "largest layer weight, pre-trained UniXcoder (no layer-wise results published)"
-    peaks, how = probe_peaks(inputs)
-    paper_curves = paper["rq2"]["similarity"]
-    curves = similarity_curves(inputs)
-    main = inputs.regimes[0] if inputs.regimes else None
-    layers_paper = paper["model"]["layers"]
-
-    def within(metrics_of, layers):
-        verdicts = {}
-        for task in MAIN_METRIC:
-            metrics = metrics_of(task)
-            verdicts[task] = (
-                c.within_base(metrics, layers, settings.within_base_tolerance, settings.within_base_min_depth)
-                if layers and metrics
-                else c.not_checked("no runs")
-            )
-        return c.all_tasks(verdicts)
-
-    run_layers = num_layers([r for runs in main.runs.values() for r in runs]) if main else None
-    sim_why = "; ".join(filter(None, [inputs.missing.get("rq2")]))
-    return [
-        Claim(
-            "lexical_below_syntactic",
-            "Lexical properties peak in lower layers than syntactic ones",
-            "RQ1",
-            c.peaks_lower(peaks, "lexical", "syntactic", how=how),
-            c.peaks_lower(paper_peaks, "lexical", "syntactic", how=paper_how),
-        ),
-        Claim(
-            "syntactic_below_structural",
-            "Syntactic properties peak in lower layers than structural ones",
-            "RQ1",
-            c.peaks_lower(peaks, "syntactic", "structural", how=how),
-            c.peaks_lower(paper_peaks, "syntactic", "structural", how=paper_how),
-        ),
-        Claim(
-            "semantic_spread",
-            "Semantic information is spread over all layers",
-            "RQ1",
-            c.semantic_spread(probe_weights(inputs)),
-            c.semantic_spread(paper_weights),
-        ),
-        Claim(
-            "lower_layers_preserved",
-            "Fine-tuning preserves the lower layers",
-            "RQ2",
-            c.lower_layers_preserved(curves, settings.lower_layers_fraction, settings.preserve_threshold)
-            if curves
-            else c.not_checked(sim_why or "no similarity curves"),
-            c.lower_layers_preserved(paper_curves, settings.lower_layers_fraction, settings.preserve_threshold),
-        ),
-        Claim(
-            "top_two_change_most",
-            "The top two layers change most in fine-tuning",
-            "RQ2",
-            c.top_two_change_most(curves) if curves else c.not_checked(sim_why or "no similarity curves"),
-            c.top_two_change_most(paper_curves),
-        ),
-        Claim(
-            "telly_within_base",
-            f"Telly-K stays within {settings.within_base_tolerance:.0%} of Base while freezing "
-            f"the bottom {settings.within_base_min_depth:.0%} of the layers",
-            "RQ3",
-            within(lambda t: task_metrics(main, t), run_layers),
-            within(lambda t: paper_variant_metrics(paper, t, MAIN_METRIC[t]), layers_paper),
-        ),
-    ]
+def all_tasks(verdicts: Mapping[str, Verdict]) -> Verdict:
+    """One verdict from per-task verdicts, over the checked tasks: not reproduced when one is not,
+    reproduced when every one is, else inconclusive."""
+    checked = {t: v for t, v in verdicts.items() if v.verdict != NOT_CHECKED}
+    text = "; ".join(f"{t}: {v.evidence} ({v.verdict})" for t, v in verdicts.items())
+    details = {"per_task": {t: v.verdict for t, v in verdicts.items()}}
+    if not checked:
+        return Verdict(NOT_CHECKED, text or "no task results", details)
+    if any(v.verdict == NOT_REPRODUCED for v in checked.values()):
+        return Verdict(NOT_REPRODUCED, text, details)
+    if all(v.verdict == REPRODUCED for v in checked.values()):
+        return Verdict(REPRODUCED, text, details)
+    return Verdict(INCONCLUSIVE, text, details)

@@ -75,7 +75,7 @@ def represent(params: Params, tag: str) -> Path:
     if tag.startswith("finetuned-") and not Path(source).exists():
         raise TellyError(
             f"{source}: no fine-tuned checkpoint for model tag {tag!r}; run `dvc repro finetune` "
-            f"(the finetune stage writes <finetune.output_dir>/<task>/<variant>/)"
+            f"(the finetune stage writes <finetune.output_dir>/<task>/<variant>/seed<S>/)"
         )
     texts, ids = rsa_inputs(params)
     encoder = load_encoder(source, device=device(params.model.device), seed=params.model.seed)

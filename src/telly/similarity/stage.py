@@ -56,8 +56,9 @@ def open_representations(tags: Sequence[str], sp: SimilarityParams) -> dict[str,
             hint = ""
             if tag.endswith(f"-{sp.seed_variant}") and sp.seed_variant:
                 hint = (
-                    f" The seed baseline needs the finetune stage to write models/finetuned/<task>/{sp.seed_variant}/ "
-                    "(same settings, another seed); set similarity.seed_variant: null to skip it."
+                    " The seed baseline needs the finetune stage's run of that seed, "
+                    "models/finetuned/<task>/<variant>/seed<S>/ (S in finetune.seeds); "
+                    "set similarity.seed_variant: null to skip it."
                 )
             raise TellyError(f"{where}: no representations; run `telly similarity represent {tag}`.{hint}")
         rep = Representations.open(where)

@@ -95,7 +95,8 @@ class Objective:
         choice = self.space.suggest(trial)
         work = self.work_dir(trial)
         curve: list[tuple[int, float]] = []
-        prune = not self.space.multi_objective
+        report = not self.space.multi_objective
+        repeat = "repeat" in trial.user_attrs  # a repeat of the default setting measures the spread: never pruned
 
         def on_epoch(epoch: int, record: dict[str, Any]) -> None:
             score = float(record["valid_score"])
@@ -103,9 +104,9 @@ class Objective:
             loss = float(record.get("train_loss", 0.0))
             if not (math.isfinite(score) and math.isfinite(loss)):
                 raise NonFiniteScore(f"epoch {epoch}: valid score {score}, train loss {loss}")
-            if prune:
+            if report:
                 trial.report(score, epoch)
-                if trial.should_prune():
+                if not repeat and trial.should_prune():
                     raise optuna.TrialPruned(f"at epoch {epoch} (valid score {score:.4f})")
 
         tags = {
@@ -140,6 +141,7 @@ class Objective:
                     on_epoch=on_epoch,
                     output_dir=work / "model",
                     results_path=work / "result.json",
+                    seed=trial.user_attrs.get("seed"),  # set on the repeats of the default setting
                 )
                 values = objective_values(result, self.space.objectives)
             except optuna.TrialPruned as err:

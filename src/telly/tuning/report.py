@@ -60,6 +60,31 @@ def importances(study: optuna.Study, space: SearchSpace, seed: int) -> dict[str,
     return {k: float(v) for k, v in found.items()}
 
 
+REPEAT_ATTR = "repeat"  # trial user attr: the i-th repeat of finetune's default setting (another training seed)
+
+
+def repeats(study: optuna.Study) -> dict[str, Any] | None:
+    """The spread of the objective over the repeats of the default setting (trials tagged ``repeat``): how far
+    apart two trials of the *same* setting land, the yardstick for the differences between settings."""
+    import numpy as np
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if REPEAT_ATTR in t.user_attrs]
+    if not done:
+        return None
+    scores = [float(t.values[0]) for t in done]
+    first = done[0].params
+    return {
+        "variant": variant_name(first["k"]),
+        "lr": first["lr"],
+        "seeds": [t.user_attrs.get("seed") for t in done],
+        "valid_scores": scores,
+        "n": len(scores),
+        "mean": float(np.mean(scores)),
+        "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+        "range": float(max(scores) - min(scores)),
+    }
+
+
 def summarize(study: optuna.Study, space: SearchSpace, task: str, storage: str, seed: int) -> dict[str, Any]:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     front = [_trial_row(t, space) for t in study.best_trials] if complete else []
@@ -68,6 +93,10 @@ def summarize(study: optuna.Study, space: SearchSpace, task: str, storage: str, 
         best = max(front, key=lambda r: (r["valid_score"], -r[space.objectives[1]]), default=None)
     else:
         best = front[0] if front else None
+    spread = repeats(study)
+    if best is not None and spread is not None and spread["std"]:
+        # how many repeat standard deviations the best trial sits above the default setting's mean
+        spread["best_above_mean_in_std"] = (best["valid_score"] - spread["mean"]) / spread["std"]
     return {
         "task": task,
         "study_name": study.study_name,
@@ -77,6 +106,7 @@ def summarize(study: optuna.Study, space: SearchSpace, task: str, storage: str, 
         "best": best,
         "pareto_front": sorted(front, key=lambda r: -r["valid_score"]) if space.multi_objective else None,
         "importances": importances(study, space, seed),
+        "repeats": spread,
         "search_space": space.describe(),
     }
 

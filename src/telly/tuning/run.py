@@ -32,7 +32,7 @@ def num_layers(params: Params) -> int:
     """L of the model every trial starts from."""
     from telly.models.loading import load_encoder
 
-    return load_encoder(params.finetune_model, device="cpu", seed=params.finetune.seed).num_layers
+    return load_encoder(params.finetune_model, device="cpu", seed=params.finetune.first_seed).num_layers
 
 
 def _on_gpu() -> bool:

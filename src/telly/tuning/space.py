@@ -79,7 +79,7 @@ class SearchSpace:
         fixed = {
             "task": task,
             "model": params.finetune_model,
-            "seed": finetune.seed,
+            "seed": finetune.data_seed,
             "cache_frozen": finetune.cache_frozen,
             "train_size": tune.train_size or task_cfg.train_size,
             "valid_size": tune.valid_size or task_cfg.valid_size,

@@ -173,12 +173,28 @@ def open_study(params: Params, task: str, space: SearchSpace, url: str) -> optun
     return study
 
 
+def repeat_seeds(params: Params) -> list[int]:
+    """Training seeds of the repeats of the default setting: finetune.seeds after the first, then first + i."""
+    finetune, n = params.finetune, params.tune.repeats
+    return [finetune.seeds[i] if i < len(finetune.seeds) else finetune.first_seed + i for i in range(1, n + 1)]
+
+
 def _enqueue_default(params: Params, task: str, space: SearchSpace, study: optuna.Study) -> None:
-    """Trial 0 of a new study: Base at finetune's learning rate, a reference the search must beat."""
-    lr = getattr(params.finetune.tasks, task).learning_rate
-    if params.tune.enqueue_default and not study.trials and space.lr_min <= lr <= space.lr_max:
-        reference = {"k": -1, "lr": lr} | ({"method": NO_METHOD} if space.methods else {})
-        study.enqueue_trial(reference, user_attrs={"reference": "finetune default"})
+    """Trial 0 of a new study: Base at finetune's settings, a reference the search must beat; then ``tune.repeats``
+    trials of the same setting with other training seeds (never pruned): how far the objective moves when only the
+    seed does, the yardstick for the differences between trials (``repeats`` in results/tune/<task>.json)."""
+    cfg = getattr(params.finetune.tasks, task)
+    if not params.tune.enqueue_default or study.trials or not space.lr_min <= cfg.learning_rate <= space.lr_max:
+        return
+    setting: dict[str, Any] = {"k": -1, "lr": cfg.learning_rate} | ({"method": NO_METHOD} if space.methods else {})
+    if len(space.epochs) > 1 and cfg.epochs in space.epochs:
+        setting["epochs"] = cfg.epochs
+    if len(space.batch_sizes) > 1 and cfg.batch_size in space.batch_sizes:
+        setting["batch_size"] = cfg.batch_size
+    first = params.finetune.first_seed
+    study.enqueue_trial(setting, user_attrs={"reference": "finetune default", "repeat": 0, "seed": first})
+    for i, seed in enumerate(repeat_seeds(params), start=1):
+        study.enqueue_trial(setting, user_attrs={"reference": "finetune default", "repeat": i, "seed": seed})
 
 
 def counts(study: optuna.Study) -> dict[str, int]:

@@ -8,69 +8,64 @@ import pytest
 import yaml
 
 from telly.errors import TellyError
-from telly.reporting import claims as c
+from telly.reporting import verdicts as vd
 from telly.reporting.paper import PACKAGED, load_paper, paper_variant_metrics
 
 
 def test_spread_entropy_is_one_for_even_weights_and_zero_for_one_state():
-    assert c.spread_entropy([0.25] * 4) == pytest.approx(1.0)
-    assert c.spread_entropy([1.0, 0.0, 0.0, 0.0]) == pytest.approx(0.0)
-    assert c.spread_entropy([0.5, 0.5, 0.0, 0.0]) == pytest.approx(math.log(2) / math.log(4))
+    assert vd.spread_entropy([0.25] * 4) == pytest.approx(1.0)
+    assert vd.spread_entropy([1.0, 0.0, 0.0, 0.0]) == pytest.approx(0.0)
+    assert vd.spread_entropy([0.5, 0.5, 0.0, 0.0]) == pytest.approx(math.log(2) / math.log(4))
 
 
 def test_semantic_spread_needs_the_strictly_most_even_weights():
     even, peaked = [0.25] * 4, [0.7, 0.1, 0.1, 0.1]
-    assert c.semantic_spread({"semantic": even, "lexical": peaked}).verdict == c.REPRODUCED
-    assert c.semantic_spread({"semantic": peaked, "lexical": even}).verdict == c.NOT_REPRODUCED
-    assert c.semantic_spread({"semantic": even, "lexical": even}).verdict == c.NOT_REPRODUCED  # a tie
-    assert c.semantic_spread({"lexical": even}).verdict == c.NOT_CHECKED
-
-
-def test_centre_of_mass():
-    assert c.centre_of_mass([0.0, 1.0, 0.0]) == 1.0
-    assert c.centre_of_mass([1, 1, 1, 1]) == 1.5
+    assert vd.semantic_spread({"semantic": even, "lexical": peaked}).verdict == vd.REPRODUCED
+    assert vd.semantic_spread({"semantic": peaked, "lexical": even}).verdict == vd.NOT_REPRODUCED
+    assert vd.semantic_spread({"semantic": even, "lexical": even}).verdict == vd.NOT_REPRODUCED  # a tie
+    assert vd.semantic_spread({"lexical": even}).verdict == vd.NOT_CHECKED
 
 
 def test_peaks_lower_is_strict_and_not_checked_without_both():
-    assert c.peaks_lower({"lexical": 1, "syntactic": 3}, "lexical", "syntactic", how="x").verdict == c.REPRODUCED
-    assert c.peaks_lower({"lexical": 3, "syntactic": 3}, "lexical", "syntactic", how="x").verdict == c.NOT_REPRODUCED
-    assert c.peaks_lower({"lexical": 3}, "lexical", "syntactic", how="x").verdict == c.NOT_CHECKED
+    assert vd.peaks_lower({"lexical": 1, "syntactic": 3}, "lexical", "syntactic", how="x").verdict == vd.REPRODUCED
+    assert vd.peaks_lower({"lexical": 3, "syntactic": 3}, "lexical", "syntactic", how="x").verdict == vd.NOT_REPRODUCED
+    assert vd.peaks_lower({"lexical": 3}, "lexical", "syntactic", how="x").verdict == vd.NOT_CHECKED
 
 
 def test_lower_layers_use_floor_of_the_fraction_and_the_threshold_inclusive():
-    assert c.lower_states(12, 0.5) == 6 and c.lower_states(5, 0.5) == 2
+    assert vd.lower_states(12, 0.5) == 6 and vd.lower_states(5, 0.5) == 2
     curve = [1.0, 0.95, 0.9, 0.2, 0.1, 0.0]  # L = 5: lower = h0..h2, h2 exactly at the threshold
-    assert c.lower_layers_preserved({"t": curve}, 0.5, 0.9).verdict == c.REPRODUCED
-    assert c.lower_layers_preserved({"t": curve}, 0.5, 0.91).verdict == c.NOT_REPRODUCED
+    assert vd.lower_layers_preserved({"t": curve}, 0.5, 0.9).verdict == vd.REPRODUCED
+    assert vd.lower_layers_preserved({"t": curve}, 0.5, 0.91).verdict == vd.NOT_REPRODUCED
 
 
 def test_top_two_and_their_share_of_the_change():
-    v = c.top_two_change_most({"a": [1.0, 0.9, 0.5, 0.0], "b": [1.0, 0.5, 0.9, 0.8]})
-    assert v.verdict == c.NOT_REPRODUCED and v.details["per_task"] == {"a": True, "b": False}
+    v = vd.top_two_change_most({"a": [1.0, 0.9, 0.5, 0.0], "b": [1.0, 0.5, 0.9, 0.8]})
+    assert v.verdict == vd.NOT_REPRODUCED and v.details["per_task"] == {"a": True, "b": False}
     assert "a: most changed h3, h2; top two carry 94% of Σ(1 - s)" in v.evidence  # (1 + 0.5) / 1.6
 
 
 def test_deepest_within_stops_at_the_first_failure():
     metrics = {None: 1.0, 0: 1.0, 1: 0.995, 2: 0.98, 3: 1.0}
-    assert c.deepest_within(metrics, 0.01) == (1, [2])
-    assert c.deepest_within({None: 1.0, 0: 0.5}, 0.01) == (None, [0])
+    assert vd.deepest_within(metrics, 0.01) == (1, [2])
+    assert vd.deepest_within({None: 1.0, 0: 0.5}, 0.01) == (None, [0])
 
 
 def test_within_base_verdicts():
     # L = 4 needs K = 0..1
-    assert c.within_base({None: 1.0, 0: 1.0, 1: 0.995, 3: 0.5}, 4, 0.01, 0.5).verdict == c.REPRODUCED
-    assert c.within_base({None: 1.0, 0: 0.98, 1: 1.0}, 4, 0.01, 0.5).verdict == c.NOT_REPRODUCED
-    assert c.within_base({None: 1.0, 0: 1.0}, 4, 0.01, 0.5).verdict == c.NOT_CHECKED  # no run reaches K = 1
-    assert c.within_base({0: 1.0}, 4, 0.01, 0.5).verdict == c.NOT_CHECKED  # no Base
+    assert vd.within_base({None: 1.0, 0: 1.0, 1: 0.995, 3: 0.5}, 4, 0.01, 0.5).verdict == vd.REPRODUCED
+    assert vd.within_base({None: 1.0, 0: 0.98, 1: 1.0}, 4, 0.01, 0.5).verdict == vd.NOT_REPRODUCED
+    assert vd.within_base({None: 1.0, 0: 1.0}, 4, 0.01, 0.5).verdict == vd.NOT_CHECKED  # no run reaches K = 1
+    assert vd.within_base({0: 1.0}, 4, 0.01, 0.5).verdict == vd.NOT_CHECKED  # no Base
     # a metric where lower is not better than Base still uses |Base|
-    assert c.within_base({None: 0.0, 0: 0.0, 1: 0.0}, 4, 0.01, 0.5).verdict == c.REPRODUCED
+    assert vd.within_base({None: 0.0, 0: 0.0, 1: 0.0}, 4, 0.01, 0.5).verdict == vd.REPRODUCED
 
 
 def test_all_tasks_ignores_unchecked_ones():
-    ok, bad, na = c.Verdict(c.REPRODUCED, "a"), c.Verdict(c.NOT_REPRODUCED, "b"), c.not_checked("c")
-    assert c.all_tasks({"x": ok, "y": na}).verdict == c.REPRODUCED
-    assert c.all_tasks({"x": ok, "y": bad}).verdict == c.NOT_REPRODUCED
-    assert c.all_tasks({"y": na}).verdict == c.NOT_CHECKED
+    ok, bad, na = vd.Verdict(vd.REPRODUCED, "a"), vd.Verdict(vd.NOT_REPRODUCED, "b"), vd.not_checked("c")
+    assert vd.all_tasks({"x": ok, "y": na}).verdict == vd.REPRODUCED
+    assert vd.all_tasks({"x": ok, "y": bad}).verdict == vd.NOT_REPRODUCED
+    assert vd.all_tasks({"y": na}).verdict == vd.NOT_CHECKED
 
 
 def test_paper_numbers_as_transcribed_from_telly_paper_md():

@@ -1,0 +1,106 @@
+"""The no-training baselines: each on a tiny case worked out by hand, then the stage on the fine-tuning fixture."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from finetune_fixture import make_setup
+from telly.errors import TellyError
+from telly.finetuning import baselines as B
+from telly.finetuning import examples as E
+from telly.finetuning.data import load_split
+from telly.jsonl import read_jsonl
+
+CODES = [
+    "def add(a, b):\n    return a + b",
+    "def push(self, item):\n    self.items.append(item)",
+    "def getUserName(user):\n    return user.name",
+    "for i in range(10):\n    print(i * 2)",
+]
+
+
+def test_bm25_terms_add_identifier_parts():
+    assert B.bm25_terms("getUserName(user_id)") == ["getusername", "get", "user", "name", "user_id", "user", "id"]
+
+
+def test_bm25_ranks_the_exact_duplicate_first():
+    bm25 = B.BM25(CODES)
+    assert bm25.nearest(CODES) == [0, 1, 2, 3]
+    assert bm25.nearest(["return the user name"]) == [2]  # the query's words meet getUserName's parts
+
+
+def test_code_search_baseline_ranks_each_query_among_the_test_codes():
+    test = [
+        {"id": str(i), "query": q, "code": c}
+        for i, (q, c) in enumerate(zip(["add a b", "push item", "user name", "print range"], CODES))
+    ]
+    metrics, rows = B.code_search([], [], test)
+    assert metrics["mrr"] == pytest.approx(1.0) and [r["rr"] for r in rows] == [1.0] * 4
+
+
+def test_code_search_baseline_ranks_against_the_codebase_when_there_is_one():
+    total = "def total(values):\n    return sum(values)"
+    test = [{"id": "a", "query": "sum values", "code": total}, {"id": "b", "query": "user name", "code": CODES[2]}]
+    codebase = [
+        {"id": "x", "code": "def sum_values(values):\n    return sum(values)"},  # outranks "a": more shared terms
+        {"id": "a", "code": total},
+        {"id": "b", "code": CODES[2]},
+    ]
+    metrics, rows = B.code_search([], [], test, codebase)
+    assert [r["rr"] for r in rows] == [0.5, 1.0] and metrics["mrr"] == pytest.approx(0.75)
+    with pytest.raises(TellyError, match="no code for test queries"):
+        B.code_search([], [], test, codebase[:2])
+
+
+def test_clone_threshold_is_chosen_on_valid_not_on_test():
+    same = {"code1": "a b c d", "code2": "a b c d", "label": 1}  # Jaccard 1
+    half = {"code1": "a b c d", "code2": "a b x y", "label": 1}  # 2 / 6
+    other = {"code1": "a b c d", "code2": "p q r s", "label": 0}  # 0
+    valid = [same, other, same, other]  # threshold 1.0 on valid
+    test = [same, half, other]  # a threshold chosen on test would be 1/3 and catch `half`
+    metrics, rows = B.clone_detection([], valid, test)
+    assert metrics["threshold"] == pytest.approx(1.0)
+    assert [r["pred"] for r in rows] == [1, 0, 0] and [r["gold"] for r in rows] == [1, 1, 0]
+    assert metrics["recall"] == pytest.approx(0.5) and metrics["f1"] == pytest.approx(2 / 3)
+
+
+def test_summarization_and_generation_copy_the_nearest_training_row():
+    train = [{"id": str(i), "source": c, "target": f"doc {i}"} for i, c in enumerate(CODES)]
+    test = [{"id": "t", "source": CODES[2], "target": "doc 2"}]
+    metrics, rows = B.code_summarization(train, [], test)
+    assert rows[0]["hyp"] == "doc 2" and metrics["bleu"] == pytest.approx(100.0)
+    metrics, rows = B.code_generation(train, [], [{"id": "t", "source": CODES[3], "target": "doc 0"}])
+    assert rows[0]["hyp"] == "doc 3" and rows[0]["em"] == 0.0
+
+
+def test_ngram_predicts_a_repeated_line():
+    train = [{"id": str(i), "source": f"def f{i}(x):\n    y = x + 1\n", "target": "return y * 2"} for i in range(5)]
+    model = B.NgramLines([r["source"] + r["target"] for r in train])
+    assert model.complete("def g(x):\n    y = x + 1\n") == "return y * 2"
+    assert model.complete("def g(x):\n") == "y = x + 1"  # backs off from an unseen name to the seen context
+    metrics, rows = B.line_completion(
+        train, [], [{"id": "t", "source": "def h(x):\n    y = x + 1\n", "target": "return  y * 2"}]
+    )
+    assert metrics["em"] == 100.0 and rows[0]["hyp"] == "return y * 2"
+
+
+def test_line_tokens_drop_indentation_and_keep_inner_spaces():
+    assert B.line_tokens("    return a  +b\n\n") == ["return", " ", "a", " ", "+", "b", B.EOL]
+
+
+def test_stage_scores_exactly_the_fine_tuning_test_rows(tmp_path, raw_params):
+    params, _ = make_setup(tmp_path, raw_params, n_train=16, test_size=6)
+    settings = params.finetune
+    for task in settings.task_names:
+        path = B.run(params, task, tmp_path / "baselines")
+        result = json.loads(path.read_text())
+        rows = read_jsonl(E.examples_path(path))
+        test = load_split(settings.tasks_dir, task, "test", 6, settings.data_seed)
+        assert [r["id"] for r in rows] == [r["id"] for r in test]
+        assert result["variant"] == "baseline" and result["settings"]["test_size"] == 6
+        main = E.STATISTICS[task].metric
+        assert E.main_metric(task, E.statistics(task, rows)) == pytest.approx(result["test"][main])
+    with pytest.raises(TellyError, match="unknown task"):
+        B.run(params, "nope", tmp_path / "baselines")
