@@ -220,7 +220,7 @@ def test_interrupted_run_resumes_to_the_same_result(setup, tracking_env, tmp_pat
     client = MlflowClient(tracking_env)
     (interrupted,) = client.search_runs(
         [client.get_experiment_by_name("telly-finetune").experiment_id],
-        filter_string=f"attributes.run_name = 'code_summarization/{variant}' and attributes.status = 'FAILED'",
+        filter_string=f"attributes.run_name LIKE 'code_summarization/{variant}/seed%' and attributes.status = 'FAILED'",
     )
     client.update_run(interrupted.info.run_id, status="RUNNING")
     seen = []

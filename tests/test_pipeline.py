@@ -59,6 +59,9 @@ def test_dvc_repro_on_tiny_profile(tmp_path):
         assert (corpus / f"{split}.jsonl").stat().st_size > 0
     metrics = json.loads((corpus / "metrics.json").read_text())
     assert metrics["functions"]["train"] > 0
+    run = json.loads((repo / "results/finetune/code_search/base/seed123456.json").read_text())  # one run per seed
+    assert run["variant"] == "base" and run["settings"]["seed"] == 123456
+    assert (repo / "results/baselines/code_search.json").exists()  # the no-training baseline beside it
 
     status = _run(["dvc", "status"], repo, env)
     assert "up to date" in status, status

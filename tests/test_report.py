@@ -159,3 +159,23 @@ def test_cli_report(raw_params, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "reports/report.html").exists()
     assert L == 4
+
+
+def test_report_names_the_pretraining_recipe_of_the_embedded_model(tmp_path, raw_params):
+    import json
+
+    from telly.config import parse_params
+    from telly.reporting.document import pretraining_line
+
+    raw_params["pretrain"]["metrics"] = str(tmp_path / "metrics.json")
+    raw_params["model"]["name_or_path"] = raw_params["pretrain"]["out_dir"]
+    params = parse_params(raw_params)
+    assert "recipe unknown" in pretraining_line(params)
+    metrics = {"objective_weights": {"mlm": 0.5, "ulm": 0.2, "denoise": 0.2, "contrastive": 0.1}, "ast_share": 0.5}
+    metrics |= {"steps": 5000, "masked_token_accuracy": 0.361, "next_token_accuracy": 0.2, "retrieval_mrr": 0.31}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    line = pretraining_line(params)
+    assert "mlm 0.5, ulm 0.2, denoise 0.2, contrastive 0.1" in line and "50% of steps" in line
+    assert "masked-token accuracy 36.1%" in line and "5000 steps" in line
+    raw_params["model"]["name_or_path"] = "microsoft/unixcoder-base"  # not trained here: nothing to name
+    assert pretraining_line(parse_params(raw_params)) == ""

@@ -15,7 +15,7 @@ from tuning_fixture import LAYERS, TASK, fake_train, make_params
 
 
 def test_an_interrupted_trial_is_queued_again_and_resumes_from_its_state(tmp_path, raw_params, tracking_env):
-    params, _ = make_params(raw_params, tmp_path, n_trials=2, pruner="none")
+    params, _ = make_params(raw_params, tmp_path, n_trials=2, pruner="none", repeats=0)
     seen = []
 
     def interrupted_once(p, *args, **kwargs):
@@ -67,7 +67,7 @@ def test_a_later_session_retries_a_dead_workers_trial_even_when_the_budget_is_re
 
     from telly.tuning.study import open_storage
 
-    params, _ = make_params(raw_params, tmp_path, n_trials=2, pruner="none")
+    params, _ = make_params(raw_params, tmp_path, n_trials=2, pruner="none", repeats=0)
     tune(params, TASK, train_fn=fake_train, layers=LAYERS)
     url = f"sqlite:///{params.tune.results_dir / TASK}.db"
     study = optuna.load_study(study_name=TASK, storage=open_storage(url, params))
@@ -95,7 +95,7 @@ def test_a_later_session_retries_a_dead_workers_trial_even_when_the_budget_is_re
 def test_settle_stops_when_the_session_may_not_run_the_queued_trial(tmp_path, raw_params):
     from telly.tuning.study import settle
 
-    params, _ = make_params(raw_params, tmp_path)
+    params, _ = make_params(raw_params, tmp_path, repeats=0)
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
     study.enqueue_trial({"x": 1.0})
     calls = []

@@ -43,7 +43,9 @@ def run_workers_and_kill_one(
 ) -> tuple[optuna.Study, list[dict], int, list[str]]:
     """``workers`` processes fill one study; the first is killed in its first trial. Returns the study,
     what each worker ran (the fake trainer's log), the killed pid and the survivors' outputs."""
-    params, raw = make_params(raw_params, tmp_path, n_trials=n_trials, pruner="none", epochs=[2], storage=storage)
+    params, raw = make_params(
+        raw_params, tmp_path, n_trials=n_trials, pruner="none", epochs=[2], storage=storage, repeats=0
+    )
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw))
     log = tmp_path / "ran.jsonl"

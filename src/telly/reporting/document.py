@@ -322,6 +322,32 @@ Settings: `report` in params.yaml. The paper's numbers: `src/telly/reporting/pap
 """
 
 
+def pretraining_line(params: Params) -> str:
+    """The pre-training recipe of the model studied, when it is the embedded one (results/pretrain/metrics.json)."""
+    if params.pretrain is None or params.model is None:
+        return ""
+    if Path(params.model.name_or_path) != Path(params.pretrain.out_dir):
+        return ""
+    path = Path(params.pretrain.metrics)
+    if not path.exists():
+        return f"\nThe model was pre-trained here (`telly pretrain`), but `{path}` is missing: recipe unknown.\n"
+    import json
+
+    m = json.loads(path.read_text(encoding="utf-8"))
+    weights = m.get("objective_weights") or {"mlm": 1.0}  # runs before the UniXcoder-style recipe: MLM only
+    recipe = ", ".join(f"{name} {share:g}" for name, share in weights.items() if share)
+    figures = [f"masked-token accuracy {100 * m['masked_token_accuracy']:.1f}%"] if "masked_token_accuracy" in m else []
+    if "next_token_accuracy" in m:
+        figures.append(f"next-token accuracy {100 * m['next_token_accuracy']:.1f}%")
+    if "retrieval_mrr" in m:
+        figures.append(f"comment-to-code MRR {m['retrieval_mrr']:.3f}")
+    return (
+        f"\nPre-training recipe of this model (`telly pretrain`, docs/models.md): objectives {recipe}; "
+        f"comment + flattened AST in {100 * m.get('ast_share', 0):.0f}% of steps; {m.get('steps', '?')} steps. "
+        f"Held out: {'; '.join(figures) or 'no figures'}.\n"
+    )
+
+
 def build(
     inputs: Inputs, claims: list[Claim], paper: dict[str, Any], params: Params, figures: dict[str, Path | None]
 ) -> str:
@@ -337,7 +363,7 @@ def build(
         f"({paper['model']['layers']} layers). Hidden state 0 = embeddings, h = output of layer h.\n"
     )
     parts = [
-        header,
+        header + pretraining_line(params),
         answers(inputs, claims, params),
         claims_section(claims),
         rq1_section(inputs, paper, figures),
