@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test lint format repro data ui bench clean lock
+.PHONY: setup sysdeps test lint format repro data ui bench clean lock
 
 setup: $(STAMP)
 
@@ -21,7 +21,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
-test: setup lint
+# PostgreSQL and Chromium for the service and browser tests, installed when missing (Debian).
+sysdeps:
+	bash scripts/sysdeps.sh
+
+test: setup sysdeps lint
 	$(BIN)/pytest -q
 
 # ruff: the linter and the formatter (pyproject.toml [tool.ruff]); `make format` rewrites in place.
