@@ -71,6 +71,17 @@ class TrackingParams(Section):
     experiment_prefix: str
 
 
+def _parsed_variants(names: list[str]) -> list[Any]:
+    """Every name parsed by telly.variants (distinct); a bad one is a ValueError naming it, for pydantic."""
+    from telly import variants
+
+    try:
+        variants.check_names(names)
+        return [variants.parse(name) for name in names]
+    except TellyError as err:
+        raise ValueError(str(err)) from None
+
+
 # ------------------------------------------------------------------ later stages
 # Each stage below owns its section (strict, like the ones above).
 
@@ -291,13 +302,7 @@ class FinetunePeftParams(Section):
     @field_validator("variants")
     @classmethod
     def _methods_only(cls, v: list[str]) -> list[str]:
-        from telly import variants
-
-        try:
-            variants.check_names(v)
-        except TellyError as err:
-            raise ValueError(str(err)) from None
-        if bad := [name for name in v if variants.parse(name).method is None]:
+        if bad := [p.name for p in _parsed_variants(v) if p.method is None]:
             raise ValueError(f"{bad}: Base and Telly-K runs belong in finetune.variants")
         return v
 
@@ -369,13 +374,7 @@ class FinetuneParams(Section):
     @field_validator("variants", "deep_variants")
     @classmethod
     def _variant_names(cls, v: list[str]) -> list[str]:
-        from telly import variants
-
-        try:
-            variants.check_names(v) if v else v
-        except TellyError as err:
-            raise ValueError(str(err)) from None
-        if methods := [name for name in v if variants.parse(name).method is not None]:
+        if methods := [p.name for p in _parsed_variants(v) if p.method is not None]:
             # their results go to finetune.peft.results_dir, beside (not inside) the RQ3 tables
             raise ValueError(f"{methods}: parameter-efficient variants belong in finetune.peft.variants")
         return v
@@ -511,13 +510,7 @@ class TuneParams(Section):
     @field_validator("methods")
     @classmethod
     def _method_parts(cls, v: list[str]) -> list[str]:
-        from telly import variants
-
-        try:
-            variants.check_names(v)
-        except TellyError as err:
-            raise ValueError(str(err)) from None
-        if bad := [m for m in v if variants.parse(m).method is None or variants.parse(m).k is not None]:
+        if bad := [p.name for p in _parsed_variants(v) if p.method is None or p.k is not None]:
             raise ValueError(f"{bad}: methods are method names alone (lora-r8, ia3, bitfit; K is searched)")
         return v
 
