@@ -196,7 +196,10 @@ def example_rows(task: str, quality: float) -> list[dict]:
     if task == "clone_detection":
         right = round(2 * share * ROWS)
         return [{"pred": (i % 2) if i < right else 1 - i % 2, "gold": i % 2} for i in range(ROWS)]
-    return [{"hyp": "x", "em": 100.0 if i < share * ROWS else 0.0, "edit_sim": 50.0} for i in range(ROWS)]
+    return [
+        {"hyp": "x", "em": 100.0 if i < share * ROWS else 0.0, "edit_sim": 100 * quality * w}
+        for i, w in enumerate(weight)
+    ]
 
 
 def write_run(folder: Path, run: dict, quality: float) -> None:

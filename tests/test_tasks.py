@@ -75,6 +75,16 @@ def test_every_set_and_split_is_written_in_the_contract_format(built):
             assert 0 < len(rows) <= size, (name, split, len(rows))
             group = "probing" if name in tasks.PROBING else "tasks"
             assert metrics[group][name][split]["rows"] == len(rows)
+            if name not in tasks.PROBING:  # per-example results are joined by id
+                assert len({r["id"] for r in rows}) == len(rows), (name, split)
+
+
+def test_repeated_ids_get_a_suffix_and_unique_rows_are_kept():
+    rows = [{"id": "a", "x": 1}, {"id": "a", "x": 2}, {"id": "b"}, {"id": "a#2"}, {"id": "a"}]
+    ids = [r["id"] for r in tasks.unique_ids(rows)]
+    assert len(set(ids)) == len(ids) and ids[0] == "a" and ids[2] == "b"
+    assert [r.get("x") for r in tasks.unique_ids(rows)][:2] == [1, 2]
+    assert tasks.unique_ids(rows[2:3]) == rows[2:3]
 
 
 def test_lexical_spans_cover_tokens_of_the_code(built):

@@ -18,6 +18,7 @@ and counted.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import logging
@@ -77,6 +78,19 @@ class Functions:
 
 def _take(rows: Iterable[dict], size: int | None) -> list[dict]:
     return list(itertools.islice(rows, size))
+
+
+def unique_ids(rows: list[dict]) -> list[dict]:
+    """Rows with the id of an earlier row get ``#2``, ``#3``, ... appended: per-example results are joined by id
+    (two clone pairs can start from the same function)."""
+    seen: collections.Counter = collections.Counter()
+    out = []
+    for row in rows:
+        seen[row["id"]] += 1
+        out.append(row if seen[row["id"]] == 1 else {**row, "id": f"{row['id']}#{seen[row['id']]}"})
+    if len({r["id"] for r in out}) != len(out):  # a suffixed id met a real one: suffix again
+        return unique_ids(out)
+    return out
 
 
 def _interleave(positives: list[dict], negatives: list[dict]) -> list[dict]:
@@ -505,7 +519,7 @@ def build(params: Params) -> dict:
                 rows = BUILDERS[name](functions[split], size, p, split)
                 if name == "code_search" and split == "test" and task_set.codebase_size is not None:
                     codebase = code_search_codebase(functions[split], rows, task_set.codebase_size, p)
-            write_jsonl(folder / name / f"{split}.jsonl", rows)
+            write_jsonl(folder / name / f"{split}.jsonl", unique_ids(rows))
             if codebase is not None:
                 write_jsonl(folder / name / "codebase.jsonl", codebase)
             elif name == "code_search" and split == "test":  # no stale codebase from an earlier setting

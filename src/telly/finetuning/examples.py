@@ -92,7 +92,7 @@ STATISTICS = {
     ),
     "code_summarization": Statistic("bleu", lambda r: [r["bleu"]], _mean),
     "code_generation": Statistic("bleu", lambda r: list(r["bleu_counts"]), _bleu),
-    "line_completion": Statistic("em", lambda r: [r["em"]], _mean),
+    "line_completion": Statistic("edit_sim", lambda r: [r["edit_sim"]], _mean),
 }
 
 
@@ -139,7 +139,9 @@ def aligned(task: str, runs: dict[str, list[dict]]) -> dict[str, np.ndarray]:
     out = {}
     for name, rows in runs.items():
         by_id = {r["id"]: r for r in rows}
-        if set(by_id) != set(order) or len(by_id) != len(rows):
+        if len(by_id) != len(rows):
+            raise TellyError(f"{name}: {len(rows) - len(by_id)} per-example rows repeat an id: rebuild the task set")
+        if set(by_id) != set(order):
             raise TellyError(
                 f"{name}: per-example rows are not on the same test rows as {names[0]} "
                 f"({len(rows)} vs {len(order)} rows): rerun it with the same test_size and seed"
