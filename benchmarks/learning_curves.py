@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--sizes", nargs="+", type=int, default=[256, 1024, 4000])
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--work-dir", type=Path, required=True)
+    ap.add_argument("--work-dir", type=Path, default=None, help="default: a new temporary folder")
     ap.add_argument(
         "--model", default=None, help="the encoder fine-tuned (default: finetune.model / model.name_or_path)"
     )
@@ -123,7 +124,7 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     os.chdir(REPO)
-    work = args.work_dir.resolve()
+    work = (args.work_dir or Path(tempfile.mkdtemp(prefix="telly-learning-curves-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     out = work / "learning_curves.json"
     points = json.loads(out.read_text()) if out.exists() else []
