@@ -98,3 +98,39 @@ def test_unreadable_or_foreign_json_is_handled(tmp_path, bad):
             peft.read_points([tmp_path], "code_search")
     else:
         assert peft.read_points([tmp_path], "code_search") == []
+
+
+def test_methods_are_compared_paired_over_test_rows_when_runs_have_them(raw_params, tmp_path, monkeypatch):
+    from report_fixture import write_run
+
+    monkeypatch.chdir(tmp_path)
+    raw_params["report"]["track"] = False
+    raw_params["finetune"]["peft"]["tasks"] = ["code_search"]
+    params = parse_params(raw_params)
+    write_all(tmp_path, holding=True)  # Base 0.50 (two seeds), Telly-0 0.50, Telly-1 0.498, Telly-3 0.40
+    folder = tmp_path / "results/finetune-peft/code_search"
+    for variant, quality, trainable, seconds in (("lora-r8", 0.55, 50, 9.0), ("bitfit", 0.36, 90, 3.0)):
+        r = run_json("code_search", "base", quality=quality, epoch_s=seconds, cached=False, params=trainable)
+        r.update(variant=variant, k=None)
+        r["cost"]["trainable_params"] = trainable
+        write_run(folder, r, quality)
+    points = {p.variant: p for p in peft.read_points([tmp_path / "results/finetune", folder.parent], "code_search")}
+    assert points["lora-r8"].rows and len(points["base"].rows) == 2  # per seed, on the same rows
+    # LoRA is 10% above Telly-1 (0.55 vs 0.498) on every row: the interval excludes 0
+    assert peft.compare(points["lora-r8"], points["telly-1"]).startswith("LoRA r=8 (LoRA r=8 vs Telly-1 +10.4%")
+    assert peft.compare(points["bitfit"], points["telly-3"]).startswith("Telly-3 (BitFit vs Telly-3 -10.0%")
+    md = run(params).read_text()
+    assert "paired 95% bootstrap interval over the test rows" in md
+    assert "Base beats its no-training baseline on this task (RQ3)" in md  # the fixture's baselines sit at 0.3
+
+
+def test_comparison_is_inconclusive_when_the_paired_interval_holds_zero():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.5, 0.3, 200).clip(0, 1)
+    a = _point("lora-r8", 0.5, 50, 9)
+    b = _point("telly-3", 0.5, 200, 4)
+    a.task = b.task = "code_search"
+    a.rows, b.rows = [noise[None, :]], [rng.permutation(noise)[None, :]]
+    assert peft.compare(a, b).startswith("inconclusive (LoRA r=8 vs Telly-3")

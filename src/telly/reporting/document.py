@@ -369,7 +369,7 @@ def build(
         rq1_section(inputs, paper, figures),
         rq2_section(inputs, paper, figures),
         rq3_section(inputs, paper, figures, claims),
-        peft.section(params, Path(params.report.out_dir) / "figures"),  # beyond the paper (reporting/peft.py)
+        peft.section(params, Path(params.report.out_dir) / "figures", rq3_tasks(claims or [])),  # reporting/peft.py
         tuning_section(inputs, params, claims),
         method_section(params),
     ]

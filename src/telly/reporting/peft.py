@@ -7,12 +7,15 @@ then, at the budget of each method's run, the best Telly-K (or Base) that fits t
 and which of the two is better.
 
 Intervals: where a variant has runs with several seeds (``settings.seed`` differs: ``finetune.seeds``,
-``<variant>/seed<S>.json``), its quality is the mean with a 95% t-interval over the seeds; two runs are
-then called apart only when their intervals do not overlap, otherwise "inconclusive". With a
-single seed there is no interval and every comparison is "inconclusive (single seed)" with the
-higher point estimate named. Cost is identical for every method: ``trainable_params`` (what the
-optimiser updates: adapters, biases or layers) and ``epoch_seconds`` (training only; Telly-K's
-one-off cache build is in time to convergence, not here).
+``<variant>/seed<S>.json``), its quality is the mean with a 95% t-interval over the seeds (shown in the
+table). Two variants are compared as the RQ3 claims are (:mod:`telly.reporting.evidence`): the relative
+difference of their main metric with a paired bootstrap interval over the same test rows (each
+variant's seeds pooled per row); one is better when the interval excludes 0, otherwise the comparison
+is "inconclusive" with the interval given. Runs without per-example rows fall back to the seed
+intervals (apart only when they do not overlap; "inconclusive (single seed)" with one seed). Cost is
+identical for every method: ``trainable_params`` (what the optimiser updates: adapters, biases or
+layers) and ``epoch_seconds`` (training only; Telly-K's one-off cache build is in time to convergence,
+not here).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Any
 from telly import variants
 from telly.config import Params
 from telly.errors import TellyError
+from telly.finetuning import examples as E
+from telly.reporting import evidence as ev
 from telly.reporting.claims import MAIN_METRIC
 from telly.reporting.tables import num, table
 
@@ -50,6 +55,8 @@ class Point:
     high: float | None
     seeds: int
     cost: dict[str, float]
+    task: str = ""
+    rows: list[Any] | None = None  # per seed, the main metric's per-row statistics over the task's test rows
 
     @property
     def family(self) -> str:
@@ -77,8 +84,26 @@ def read_points(folders: list[Path], task: str) -> list[Point]:
                 raise TellyError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
             if not isinstance(run, dict) or "variant" not in run or metric not in run.get("test", {}):
                 continue
+            run["examples"] = E.read_examples(path)
             runs.setdefault(_canonical(run["variant"]), []).append(run)
-    return sorted((_point(v, rs, metric) for v, rs in runs.items()), key=lambda p: variants.sort_key(p.variant))
+    points = sorted((_point(v, rs, metric) for v, rs in runs.items()), key=lambda p: variants.sort_key(p.variant))
+    _attach_rows(task, points, runs)
+    return points
+
+
+def _attach_rows(task: str, points: list[Point], runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Per-seed row statistics on the same test rows, for the paired comparisons (none when a run lacks rows
+    or the runs are on different test rows)."""
+    named = {(p.variant, i): r["examples"] for p in points for i, r in enumerate(runs[p.variant]) if r.get("examples")}
+    if not named or len(named) != sum(len(runs[p.variant]) for p in points):
+        return
+    try:
+        stats = E.aligned(task, {f"{v}#{i}": rows for (v, i), rows in named.items()})
+    except TellyError:
+        return
+    for p in points:
+        p.task = task
+        p.rows = [stats[f"{p.variant}#{i}"] for i in range(len(runs[p.variant]))]
 
 
 def _point(variant: str, runs: list[dict[str, Any]], metric: str) -> Point:
@@ -110,7 +135,17 @@ def pareto_front(points: list[Point], axis: str) -> list[Point]:
 
 
 def compare(a: Point, b: Point) -> str:
-    """Which of two points is better: a name, or "inconclusive" (intervals overlap, or a single seed)."""
+    """Which of two points is better: a name, or "inconclusive" (the paired interval of their difference holds
+    0; without per-example rows: the seed intervals overlap, or a single seed)."""
+    if a.rows and b.rows and a.task == b.task:
+        interval = ev.relative_difference(a.task, b.rows, a.rows)  # a relative to b, in %
+        text = f"{variants.label(a.variant)} vs {variants.label(b.variant)} {interval.estimate:+.1f}% "
+        text += f"[{interval.low:+.1f}, {interval.high:+.1f}]"
+        if interval.low > 0:
+            return f"{variants.label(a.variant)} ({text})"
+        if interval.high < 0:
+            return f"{variants.label(b.variant)} ({text})"
+        return f"inconclusive ({text})"
     if a.low is None or b.low is None:
         higher = a if a.quality >= b.quality else b
         return f"inconclusive (single seed; higher point estimate: {variants.label(higher.variant)})"
@@ -186,8 +221,8 @@ def draw(task: str, points: list[Point], path: Path) -> Path:
     return _save(fig, path)
 
 
-def task_section(task: str, points: list[Point], figure: Path | None) -> str:
-    out = [f"### {task}\n"]
+def task_section(task: str, points: list[Point], figure: Path | None, learns: str = "") -> str:
+    out = [f"### {task}\n"] + ([learns] if learns else [])
     if figure is not None:
         out.append(f"![{task}: quality vs cost](figures/{figure.name})\n")
     fronts = {axis: {p.variant for p in pareto_front(points, axis)} for axis in AXES}
@@ -216,8 +251,22 @@ def task_section(task: str, points: list[Point], figure: Path | None) -> str:
     return "\n".join(out)
 
 
-def section(params: Params, figures_dir: Path) -> str:
-    """The report's section (Markdown), its figures drawn into ``figures_dir`` as ``peft-<task>.png``."""
+def learns_line(evidence: dict[str, Any] | None) -> str:
+    """Whether Base beats the task's no-training baseline (the RQ3 evidence), so a reader weighs the comparison."""
+    learns = (evidence or {}).get("learns")
+    if not learns:
+        return ""
+    if learns["verdict"] == "reproduced":
+        return "Base beats its no-training baseline on this task (RQ3), so these differences are about learning.\n"
+    return (
+        "**Base does not beat its no-training baseline on this task (RQ3)**: the methods below are compared on "
+        "a task the model does not learn here, so read them as cost figures only.\n"
+    )
+
+
+def section(params: Params, figures_dir: Path, evidence: dict[str, dict[str, Any]] | None = None) -> str:
+    """The report's section (Markdown), its figures drawn into ``figures_dir`` as ``peft-<task>.png``;
+    ``evidence``: the RQ3 evidence per task (whether Base learns it)."""
     out = ["## Beyond the paper: Telly-K against LoRA, BitFit and (IA)3, and combined with them\n"]
     if params.finetune is None:
         return out[0] + "\nNo finetune section in params.\n"
@@ -226,8 +275,9 @@ def section(params: Params, figures_dir: Path) -> str:
         "Quality (the task's main test metric) against trainable parameters (adapters, biases or unfrozen layers: "
         "what the optimiser updates) and against epoch time, with the same accounting for every method "
         "(docs/finetuning.md). Front = Pareto front: no other run is as cheap and at least as good. "
-        "*Better* compares each method with the best Base/Telly-K run that fits its budget; "
-        "*inconclusive* where the 95% intervals over seeds overlap or a variant has a single seed.\n"
+        "*Better* compares each method with the best Base/Telly-K run that fits its budget: the relative "
+        "difference with a paired 95% bootstrap interval over the test rows (seeds pooled, as RQ3's); "
+        "*inconclusive* where the interval holds 0.\n"
     )
     tasks = settings.peft.tasks or list(MAIN_METRIC)
     folders = [Path(settings.results_dir), Path(settings.peft.results_dir)]
@@ -240,7 +290,7 @@ def section(params: Params, figures_dir: Path) -> str:
         finite = all(math.isfinite(p.quality) for p in points)
         figure = draw(task, points, figures_dir / f"peft-{task}.png") if finite else None
         drawn_any = True
-        out.append(task_section(task, points, figure))
+        out.append(task_section(task, points, figure, learns_line((evidence or {}).get(task))))
     if not drawn_any:
         out.append(
             f"Full matrix: set `finetune.peft.variants` and `finetune.peft.tasks` ({settings.peft.results_dir}).\n"
