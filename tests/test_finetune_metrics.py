@@ -135,9 +135,8 @@ def test_exact_match_and_edit_similarity():
 
 def test_every_task_metric_names_a_function_of_the_metrics_module():
     from telly.finetuning import metrics
-    from telly.tasks import TASKS
-
     from telly.finetuning.examples import STATISTICS
+    from telly.tasks import TASKS
 
     for task in TASKS.values():
         assert task.main_metric in task.metrics and set(task.selection) <= set(task.metrics)
