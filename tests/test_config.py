@@ -77,3 +77,15 @@ def test_every_param_a_dvc_stage_tracks_is_written_out(params_file):
                     break
                 node = node[part]
     assert not missing, f"{params_file} lacks keys that dvc.yaml tracks: {missing}"
+
+
+def test_deep_task_names_default_to_every_task_and_must_be_tasks(raw_params):
+    from telly.config import parse_params
+
+    raw_params["finetune"].pop("deep_task_names", None)
+    ft = parse_params(raw_params).finetune
+    assert ft.deep_task_names == ft.task_names
+    raw_params["finetune"]["task_names"] = ["code_search"]
+    raw_params["finetune"]["deep_task_names"] = ["code_search", "line_completion"]
+    with pytest.raises(ConfigError, match=r"deep_task_names \['line_completion'\] are not in task_names"):
+        parse_params(raw_params)

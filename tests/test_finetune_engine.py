@@ -317,3 +317,22 @@ def test_resume_state_of_another_architecture_is_a_clear_error(setup, tracking_e
     import shutil
 
     shutil.rmtree(state.parent)
+
+
+def test_bf16_autocast_trains_on_a_bf16_cpu_and_evaluates_in_fp32(monkeypatch):
+    """finetune.bf16 on a CPU with native bf16: the training forward runs in bf16, evaluation stays fp32;
+    without native bf16 (or with bf16 off) nothing is cast."""
+    from telly.finetuning import train
+
+    cpu = torch.device("cpu")
+    x = torch.randn(2, 8)
+    layer = torch.nn.Linear(8, 8)
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
+    with train.autocast(cpu, True, training=True):
+        assert layer(x).dtype == torch.bfloat16
+    for bf16, training in ((True, False), (False, True)):
+        with train.autocast(cpu, bf16, training=training):
+            assert layer(x).dtype == torch.float32
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    with train.autocast(cpu, True, training=True):
+        assert layer(x).dtype == torch.float32

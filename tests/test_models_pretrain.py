@@ -76,6 +76,7 @@ def params(raw_params, tmp_path, tracking_env):
         lr=1e-2,
         warmup_steps=2,
         max_steps=40,
+        mlm_first_steps=0,  # the mixture from the first step (the resume test also runs masked-LM first)
         dropout=0.0,
         finetune_dropout=0.1,
         eval_every=10,
@@ -187,6 +188,23 @@ def test_objective_mixture_follows_the_weights_and_the_step_only():
     inputs = [data.input_of_step(0.25, 42, step) for step in range(2000)]
     assert abs(inputs.count("ast") / 2000 - 0.25) < 0.04
     assert {data.input_of_step(0.0, 42, s) for s in range(100)} == {"code"}
+
+
+def test_masked_lm_alone_on_plain_code_comes_first_then_the_mixture():
+    weights = {"mlm": 0.5, "ulm": 0.2, "denoise": 0.3, "contrastive": 0.0}
+    first = [data.objective_of_step(weights, 42, step, mlm_first_steps=300) for step in range(600)]
+    assert set(first[:300]) == {"mlm"} and {"ulm", "denoise"} <= set(first[300:])
+    assert first[300:] == [data.objective_of_step(weights, 42, step) for step in range(300, 600)]  # the same draws
+    inputs = [data.input_of_step(1.0, 42, step, mlm_first_steps=300) for step in range(600)]
+    assert set(inputs[:300]) == {"code"} and set(inputs[300:]) == {"ast"}
+
+
+def test_mlm_first_steps_cannot_exceed_training(raw_params):
+    from telly.config import ConfigError
+
+    raw_params["pretrain"].update(max_steps=100, mlm_first_steps=101)
+    with pytest.raises(ConfigError, match="mlm_first_steps 101 is more than max_steps 100"):
+        parse_params(raw_params)
 
 
 def test_code_pieces_fit_and_are_framed_in_each_mode(tok):
@@ -301,9 +319,12 @@ def test_batches_are_a_seeded_permutation():
 
 
 def test_interrupted_run_resumes_to_the_same_weights(params, tmp_path, monkeypatch):
-    params["pretrain"]["max_steps"] = 12
+    # masked-LM alone for 6 steps, then the mixture: the interruption at step 5 resumes across the switch
+    params["pretrain"].update(max_steps=12, mlm_first_steps=6)
     p = parse_params(params)
-    stage.run(p)
+    first = stage.run(p)
+    assert first["mlm_first_steps"] == 6 and first["objective_steps"]["mlm"] >= 6
+    assert sum(first["objective_steps"].values()) - first["objective_steps"]["mlm"] > 0
     reference = load_encoder(str(tmp_path / "pretrained"), device="cpu").model.state_dict()
 
     calls = {"n": 0}
@@ -361,7 +382,7 @@ def test_steps_decide_the_length_and_the_clock_guard_fails_the_stage(params, tmp
 def test_held_out_masks_do_not_follow_the_training_masking_rate(params):
     """Training may mask 40 % of tokens; the held-out measurement keeps BERT's 15 %, so runs with
     different training rates are scored on exactly the same masked tokens."""
-    params["pretrain"].update(max_steps=2, eval_mlm_probability=0.15, **MLM_ONLY)
+    params["pretrain"].update(max_steps=2, mlm_first_steps=0, eval_mlm_probability=0.15, **MLM_ONLY)
     counts = []
     for rate in (0.15, 0.4):
         params["pretrain"]["mlm_probability"] = rate

@@ -175,7 +175,9 @@ def test_report_names_the_pretraining_recipe_of_the_embedded_model(tmp_path, raw
     metrics |= {"steps": 5000, "masked_token_accuracy": 0.361, "next_token_accuracy": 0.2, "retrieval_mrr": 0.31}
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     line = pretraining_line(params)
-    assert "mlm 0.5, ulm 0.2, denoise 0.2, contrastive 0.1" in line and "50% of steps" in line
-    assert "masked-token accuracy 36.1%" in line and "5000 steps" in line
+    assert "mlm 0.5, ulm 0.2, denoise 0.2, contrastive 0.1" in line and "50% of their" in line
+    assert "masked-token accuracy 36.1%" in line and "5000 steps" in line and "alone" not in line
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics | {"mlm_first_steps": 2500}))
+    assert "masked-LM on plain code alone for the first 2500 steps, then objectives mlm 0.5" in pretraining_line(params)
     raw_params["model"]["name_or_path"] = "microsoft/unixcoder-base"  # not trained here: nothing to name
     assert pretraining_line(parse_params(raw_params)) == ""

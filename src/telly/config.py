@@ -157,6 +157,11 @@ class PretrainParams(Section):
         gt=0, description="a guard: training that takes longer fails the stage (resumable) instead of saving"
     )
     objectives: PretrainObjectives
+    mlm_first_steps: int = Field(
+        default=0,
+        ge=0,
+        description="the first steps are masked-LM on plain code alone (the MLM-only recipe's start), then the mixture",
+    )
     ast_share: float = Field(
         ge=0, le=1, description="share of the LM steps whose input is comment + flattened AST (else plain code)"
     )
@@ -177,6 +182,14 @@ class PretrainParams(Section):
         description="bf16 autocast while training (CPU with AVX512-BF16, or CUDA); evaluation stays fp32"
     )
     seed: int
+
+    @field_validator("mlm_first_steps")
+    @classmethod
+    def _within_training(cls, v: int, info: Any) -> int:
+        total = info.data.get("max_steps")
+        if total is not None and v > total:
+            raise ValueError(f"mlm_first_steps {v} is more than max_steps {total}")
+        return v
 
     @field_validator("heads")
     @classmethod
@@ -331,6 +344,10 @@ class FinetuneParams(Section):
     deep_variants: list[str] = Field(
         default_factory=list, description="deeper telly-<K> names, run with `deep_seeds` only (DVC matrix)"
     )
+    deep_task_names: list[TaskName] = Field(
+        min_length=1,
+        description="tasks the deep variants run on (DVC matrix): some or all of `task_names` (null: all)",
+    )
     cache_frozen: bool = Field(
         description="frozen-prefix caching; false = the paper's regime (frozen layers run, dropout on)"
     )
@@ -360,7 +377,7 @@ class FinetuneParams(Section):
     )
     deep_seeds: list[int] = Field(min_length=1, description="training seeds of `deep_variants`: the first of `seeds`")
     device: Literal["auto", "cpu", "cuda"]
-    bf16: bool = Field(description="bf16 autocast on CUDA (ignored on CPU)")
+    bf16: bool = Field(description="bf16 autocast on CUDA; on a CPU with native bf16 (AVX512-BF16) while training only")
     weight_decay: float = Field(ge=0)
     warmup_fraction: float = Field(ge=0, lt=1)
     max_grad_norm: float = Field(gt=0)
@@ -386,6 +403,13 @@ class FinetuneParams(Section):
             raise ValueError(f"seeds repeat: {v}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _deep_tasks_default_to_every_task(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("deep_task_names") is None and "task_names" in data:
+            data = {**data, "deep_task_names": data["task_names"]}
+        return data
+
     @model_validator(mode="after")
     def _seed_policy(self) -> FinetuneParams:
         if self.deep_seeds != self.seeds[: len(self.deep_seeds)]:
@@ -396,6 +420,9 @@ class FinetuneParams(Section):
         both = set(self.variants) & set(self.deep_variants)
         if both:
             raise ValueError(f"variants and deep_variants share {sorted(both)}")
+        extra = [t for t in self.deep_task_names if t not in self.task_names]
+        if extra:
+            raise ValueError(f"deep_task_names {extra} are not in task_names {self.task_names}")
         return self
 
     @property

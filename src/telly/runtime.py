@@ -41,6 +41,17 @@ def device(prefer: str = "auto") -> torch.device:  # noqa: F821
 
 
 @lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast speeds
+    training up (docs/benchmarks.md); elsewhere torch emulates it, slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:  # not Linux: no autocast on CPU
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@lru_cache(maxsize=1)
 def repo_root() -> Path:
     """The folder holding params.yaml (the current directory when run by DVC)."""
     here = Path.cwd()

@@ -60,11 +60,24 @@ from telly.finetuning.evaluate import Codebase, codebase_path, evaluate, load_co
 from telly.finetuning.examples import write_examples
 from telly.finetuning.heads import TaskModel
 from telly.jsonl import write_json
+from telly.runtime import cpu_has_bf16
 from telly.tracking import resume_tags, start_run
 
 log = logging.getLogger(__name__)
 
 OnEpoch = Callable[[int, dict[str, Any]], None]
+
+
+def autocast(device: torch.device, bf16: bool, training: bool) -> Any:
+    """bf16 autocast where ``finetune.bf16`` asks for it: on CUDA always; on a CPU with native bf16
+    (AVX512-BF16) while training only, so CPU evaluation and decoding stay fp32 (docs/benchmarks.md)."""
+    if not bf16:
+        return nullcontext()
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if training and device.type == "cpu" and cpu_has_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 @dataclass
@@ -203,9 +216,8 @@ class Run:
     def device(self) -> torch.device:
         return self.accelerator.device
 
-    def autocast(self) -> Any:
-        on_cuda = self.settings.bf16 and self.device.type == "cuda"
-        return torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else nullcontext()
+    def autocast(self, training: bool = False) -> Any:
+        return autocast(self.device, self.settings.bf16, training)
 
     def evaluate(self, split: str, **kwargs: Any) -> dict[str, float]:
         examples = {"valid": self.valid, "test": self.test}[split]
@@ -456,7 +468,7 @@ def train_epoch(run: Run, epoch: int) -> tuple[list[float], float, float]:
     t0, cpu0 = time.perf_counter(), time.process_time()
     desc = f"{run.task}/{run.variant} epoch {epoch}"
     for batch in tqdm(run.loaders["train"], desc=desc, leave=False, disable=not run.main):
-        with run.autocast():
+        with run.autocast(training=True):
             loss = run.model(batch)
         run.optimizer.zero_grad(set_to_none=True)
         run.accelerator.backward(loss)  # DDP: gradients averaged across processes

@@ -77,7 +77,7 @@ def next_batch(cfg: Any, step: int, objective: str, batcher: data.Batcher, colla
     the batcher's position alone, so a resumed run continues with the very same batches."""
     if objective == "contrastive":
         return data.contrastive_batch(sp, batcher.next("pairs"))
-    examples = batcher.next(data.input_of_step(cfg.ast_share, cfg.seed, step) if cfg.ast_share else "code")
+    examples = batcher.next(data.input_of_step(cfg.ast_share, cfg.seed, step, cfg.mlm_first_steps))
     if objective == "mlm":
         return data.mlm_batch(collator, sp, examples)
     if objective == "ulm":
@@ -414,7 +414,7 @@ def train_step(t: Training, dev: Any, autocast: Any) -> tuple[str, float, int]:
     cfg, step = t.cfg, t.state["step"]
     for group in t.optimizer.param_groups:
         group["lr"] = cfg.lr * learning_rate_factor(step, step / cfg.max_steps, cfg.warmup_steps, cfg.lr_cooldown)
-    objective = data.objective_of_step(cfg.objectives.model_dump(), cfg.seed, step)
+    objective = data.objective_of_step(cfg.objectives.model_dump(), cfg.seed, step, cfg.mlm_first_steps)
     batch = to_device(next_batch(cfg, step, objective, t.batcher, t.collator, t.sp), dev)
     with autocast:
         loss = training_loss(t.model, objective, batch)
@@ -590,6 +590,7 @@ def run(params: Params) -> dict[str, Any]:
             "steps": state["step"],
             "objective_weights": cfg.objectives.model_dump(),  # the recipe, for the report
             "ast_share": cfg.ast_share,
+            "mlm_first_steps": cfg.mlm_first_steps,
             "objective_steps": {k: state["objective_steps"].get(k, 0) for k in data.OBJECTIVES},
             "epochs": t.batcher.drawn.get("code", 0) / per_epoch,  # of the plain code pieces
             "train_tokens": state["tokens"],

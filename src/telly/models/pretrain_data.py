@@ -147,16 +147,21 @@ def build_corpus(tokenizer: Any, rows: list[dict], field: str, lang: str, max_le
 # ------------------------------------------------------------------------- the mixture
 
 
-def objective_of_step(weights: dict[str, float], seed: int, step: int) -> str:
-    """The objective of one training step: drawn from the mixture, a function of (seed, step) only,
-    so a resumed run draws the same sequence."""
+def objective_of_step(weights: dict[str, float], seed: int, step: int, mlm_first_steps: int = 0) -> str:
+    """The objective of one training step: masked-LM for the first ``mlm_first_steps``, then drawn
+    from the mixture; a function of (seed, step) only, so a resumed run draws the same sequence."""
+    if step < mlm_first_steps:
+        return "mlm"
     names = [n for n in OBJECTIVES if weights.get(n, 0) > 0]
     p = np.array([weights[n] for n in names], dtype=float)
     return names[int(np.random.default_rng([seed, step, 1]).choice(len(names), p=p / p.sum()))]
 
 
-def input_of_step(ast_share: float, seed: int, step: int) -> str:
-    """``ast`` (comment + flattened AST) or ``code`` for a language-modelling step."""
+def input_of_step(ast_share: float, seed: int, step: int, mlm_first_steps: int = 0) -> str:
+    """``ast`` (comment + flattened AST) or ``code`` for a language-modelling step (plain code
+    throughout the first ``mlm_first_steps``: the MLM-only recipe's start)."""
+    if step < mlm_first_steps:
+        return "code"
     return "ast" if np.random.default_rng([seed, step, 2]).random() < ast_share else "code"
 
 

@@ -341,9 +341,12 @@ def pretraining_line(params: Params) -> str:
         figures.append(f"next-token accuracy {100 * m['next_token_accuracy']:.1f}%")
     if "retrieval_mrr" in m:
         figures.append(f"comment-to-code MRR {m['retrieval_mrr']:.3f}")
+    first = m.get("mlm_first_steps", 0)
+    start = f"masked-LM on plain code alone for the first {first} steps, then " if first else ""
     return (
-        f"\nPre-training recipe of this model (`telly pretrain`, docs/models.md): objectives {recipe}; "
-        f"comment + flattened AST in {100 * m.get('ast_share', 0):.0f}% of steps; {m.get('steps', '?')} steps. "
+        f"\nPre-training recipe of this model (`telly pretrain`, docs/models.md): {start}objectives {recipe}, "
+        f"comment + flattened AST in {100 * m.get('ast_share', 0):.0f}% of their language-modelling steps; "
+        f"{m.get('steps', '?')} steps. "
         f"Held out: {'; '.join(figures) or 'no figures'}.\n"
     )
 

@@ -33,6 +33,7 @@ from telly.finetuning import examples as E
 from telly.reporting import evidence as ev
 from telly.reporting.claims import MAIN_METRIC
 from telly.reporting.tables import num, table
+from telly.reporting.verdicts import REPRODUCED
 
 AXES = {"trainable_params": "trainable parameters", "epoch_seconds": "epoch time (s)"}
 FAMILY_COLORS = {  # registry: a colour per variant family (telly.variants.family)
@@ -256,7 +257,7 @@ def learns_line(evidence: dict[str, Any] | None) -> str:
     learns = (evidence or {}).get("learns")
     if not learns:
         return ""
-    if learns["verdict"] == "reproduced":
+    if learns["verdict"] == REPRODUCED:
         return "Base beats its no-training baseline on this task (RQ3), so these differences are about learning.\n"
     return (
         "**Base does not beat its no-training baseline on this task (RQ3)**: the methods below are compared on "
