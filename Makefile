@@ -26,7 +26,7 @@ sysdeps:
 	bash scripts/sysdeps.sh
 
 test: setup sysdeps lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadgroup
 
 # ruff: the linter and the formatter (pyproject.toml [tool.ruff]); `make format` rewrites in place.
 lint: setup

@@ -15,6 +15,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one torch thread each
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+    """End-to-end (`slow`) tests first, so that under pytest-xdist they overlap the short ones instead of ending last;
+    the service tests share one worker (`xdist_group`), so one PostgreSQL and MLflow server serve them all."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
+    for item in items:
+        if "team_services" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("services"))
+
 
 @pytest.fixture
 def raw_params() -> dict:

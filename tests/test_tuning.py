@@ -180,6 +180,29 @@ def test_a_study_name_reused_with_another_search_space_is_an_error(tmp_path, raw
     assert tune(parse_params(raw), TASK, train_fn=fake_train, layers=LAYERS)["study_name"] == "code_search-v2"
 
 
+def test_a_new_model_or_new_data_starts_a_new_study_under_the_inputs_fingerprint(tmp_path, raw_params, tracking):
+    params, raw = make_params(raw_params, tmp_path, n_trials=2, study_name="{task}-{inputs}")
+    model, data = tmp_path / "model", tmp_path / "tasks" / TASK
+    model.mkdir()
+    data.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights of model one")
+    (data / "train.jsonl").write_text('{"code": "def f(): pass"}\n')
+    first = tune(params, TASK, train_fn=fake_train, layers=LAYERS)
+    assert first["study_name"].startswith("code_search-") and len(first["study_name"]) == len("code_search-") + 8
+    assert tune(params, TASK, train_fn=fake_train, layers=LAYERS)["study_name"] == first["study_name"]  # same inputs
+
+    (model / "model.safetensors").write_bytes(b"weights of model two")  # the model was pre-trained again
+    second = tune(params, TASK, train_fn=fake_train, layers=LAYERS)
+    assert second["study_name"] != first["study_name"]
+    assert second["trials"]["complete"] == 2  # its own trials, none of the old model's
+    (data / "train.jsonl").write_text('{"code": "def g(): pass"}\n')
+    raw["finetune"]["tasks"][TASK]["epochs"] = 3
+    third = tune(parse_params(raw), TASK, train_fn=fake_train, layers=LAYERS)
+    assert len({first["study_name"], second["study_name"], third["study_name"]}) == 3
+    names = {s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{params.tune.results_dir / TASK}.db")}
+    assert {first["study_name"], second["study_name"], third["study_name"]} <= names  # the old studies are kept
+
+
 def test_multi_objective_reports_the_pareto_front(tmp_path, raw_params, tracking):
     params, _ = make_params(raw_params, tmp_path, n_trials=10, objectives=["valid_score", "trainable_params"])
     summary = tune(params, TASK, train_fn=fake_train, layers=LAYERS)

@@ -491,7 +491,10 @@ class TuneParams(Section):
     """Optuna: freeze depth K and learning rate per task (docs/tuning.md)."""
 
     task_names: list[TaskName] = Field(min_length=1, description="one study per task (the DVC foreach list)")
-    study_name: str = Field(pattern=r"\{task\}", description="study name template; {task} is replaced")
+    study_name: str = Field(
+        pattern=r"\{task\}",
+        description="study name template: {task}, and {inputs} = a fingerprint of model, task data and task settings",
+    )
     storage: str | None = Field(description="database URL of the studies; null = sqlite file <results_dir>/<task>.db")
     results_dir: Path = Field(description="<task>.json (best parameters), <task>/ (plots, trials.csv)")
     work_dir: Path = Field(

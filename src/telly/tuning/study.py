@@ -36,7 +36,41 @@ SQLITE_LOCK_SECONDS = 60  # several processes on one SQLite file wait this long 
 
 
 def study_name(params: Params, task: str) -> str:
-    return params.tune.study_name.format(task=task)
+    """``tune.study_name`` with ``{task}`` and ``{inputs}`` (:func:`inputs_fingerprint`) filled in."""
+    template = params.tune.study_name
+    inputs = inputs_fingerprint(params, task) if "{inputs}" in template else ""
+    return template.format(task=task, inputs=inputs)
+
+
+def inputs_fingerprint(params: Params, task: str) -> str:
+    """Eight hex digits of what every trial's score depends on besides the search space: the encoder
+    (a local folder's files, else its hub id), the task's data files and ``finetune.tasks.<task>``.
+
+    In the study name, a new model or new data starts a new study instead of topping up one whose
+    trials scored another model; workers with the same inputs compute the same name and share it."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+
+    def add_tree(root: Path) -> None:
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(root)).encode())
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+
+    model = Path(params.finetune_model).expanduser()
+    if model.is_dir():
+        add_tree(model)
+    else:
+        digest.update(params.finetune_model.encode())
+    data = Path(params.finetune.tasks_dir) / task
+    if data.is_dir():
+        add_tree(data)
+    settings = getattr(params.finetune.tasks, task, None)
+    digest.update(json.dumps(settings.model_dump(mode="json") if settings else None, sort_keys=True).encode())
+    return digest.hexdigest()[:8]
 
 
 def storage_url(params: Params, task: str, override: str | None = None) -> str:
