@@ -99,7 +99,7 @@ def tune(
     space = SearchSpace.of(params, task, layers if layers is not None else num_layers(params))
     url = storage_url(params, task, storage)
     name = study_name(params, task)
-    study = open_study(params, task, space, url)
+    study = open_study(params, task, space, url, name)
     budget = Budget(n_trials or cfg.n_trials, cfg.max_failed_trials)
     timeout = timeout_minutes or cfg.timeout_minutes
 

@@ -186,9 +186,9 @@ def make_pruner(params: Params, space: SearchSpace) -> optuna.pruners.BasePruner
     return optuna.pruners.NopPruner()
 
 
-def open_study(params: Params, task: str, space: SearchSpace, url: str) -> optuna.Study:
-    """Load the study or create it; a stored search space that differs is an error."""
-    name = study_name(params, task)
+def open_study(params: Params, task: str, space: SearchSpace, url: str, name: str) -> optuna.Study:
+    """Load the study ``name`` (:func:`study_name`, computed once by the caller: it hashes model and data)
+    or create it; a stored search space that differs is an error."""
     study = optuna.create_study(
         storage=open_storage(url, params),
         study_name=name,
