@@ -26,7 +26,7 @@ sysdeps:
 	bash scripts/sysdeps.sh
 
 test: setup sysdeps lint
-	$(BIN)/pytest -q -n auto --dist loadgroup
+	$(BIN)/pytest -q -n auto --dist loadgroup --durations=10
 
 # ruff: the linter and the formatter (pyproject.toml [tool.ruff]); `make format` rewrites in place.
 lint: setup

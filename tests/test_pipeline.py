@@ -39,6 +39,7 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 7.3 min on 2 idle cores beside the other xdist worker (2026-12-01); a guard, not a goal
 def test_dvc_repro_on_tiny_profile(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

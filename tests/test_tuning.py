@@ -267,3 +267,16 @@ def test_repeats_of_the_default_setting_measure_the_objective_spread(tmp_path, r
     assert rep["valid_scores"] == pytest.approx([t.value for t in repeats])
     assert rep["range"] == pytest.approx(0.002) and rep["std"] == pytest.approx(0.001)  # fake_train: -0.001 per seed
     assert rep["best_above_mean_in_std"] == pytest.approx((summary["best"]["valid_score"] - rep["mean"]) / rep["std"])
+
+
+def test_plots_logged_to_mlflow_leave_out_another_workers_half_written_files(tmp_path):
+    """Workers of one study plot into one folder, each through a hidden temporary file that it renames into
+    place: logging the folder whole raced with those renames (FileNotFoundError on a vanished .tmp.png)."""
+    from telly.tuning.run import finished_plots
+
+    folder = tmp_path / "code_search"
+    folder.mkdir()
+    for name in ("history.png", "importances.png", ".history.png.k2x9.tmp.png", "trials.txt"):
+        (folder / name).write_bytes(b"x")
+    assert [p.name for p in finished_plots(folder)] == ["history.png", "importances.png"]
+    assert finished_plots(tmp_path / "missing") == []

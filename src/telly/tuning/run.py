@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -68,6 +69,12 @@ def _parent_run_id(params: Params, study: Any) -> str | None:
     except MlflowException:
         return None
     return run_id if run.info.lifecycle_stage == "active" else None
+
+
+def finished_plots(folder: Path) -> list[Path]:
+    """The plots in ``folder``, without the hidden temporary files that another worker of the same
+    study may be writing there at this moment (they vanish when it renames them into place)."""
+    return sorted(p for p in folder.glob("*.png") if not p.name.startswith(".")) if folder.is_dir() else []
 
 
 def tune(
@@ -129,8 +136,8 @@ def tune(
             mlflow.log_metrics({f"best_{k}": v for k, v in summary["best"].items() if k not in ("variant", "method")})
             mlflow.set_tag("best_variant", summary["best"]["variant"])
         mlflow.log_artifact(str(cfg.results_dir / f"{task}.json"))
-        if (cfg.results_dir / task).is_dir():
-            mlflow.log_artifacts(str(cfg.results_dir / task), artifact_path="plots")
+        for plot in finished_plots(cfg.results_dir / task):
+            mlflow.log_artifact(str(plot), artifact_path="plots")
     if summary["best"] is None:
         raise TellyError(
             f"{name}: no trial completed ({summary['trials']}); see the failed trials in {cfg.results_dir / task}.csv"
