@@ -87,7 +87,7 @@ def params(raw_params, tmp_path, tracking_env):
     return raw_params
 
 
-MLM_ONLY = {"objectives": {"mlm": 1.0, "ulm": 0.0, "denoise": 0.0, "contrastive": 0.0}, "ast_share": 0.0}
+MLM_ONLY = {"objectives": {"mlm": 1.0, "ulm": 0.0, "denoise": 0.0, "crossgen": 0.0, "contrastive": 0.0}, "ast_share": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_mlm_only_recipe_parses_nothing_and_still_learns(params, monkeypatch):
     params["pretrain"].update(MLM_ONLY)
     monkeypatch.setattr(data, "build_corpus", spy)
     metrics = stage.run(parse_params(params))
-    assert metrics["objective_steps"] == {"mlm": 40, "ulm": 0, "denoise": 0, "contrastive": 0}
+    assert metrics["objective_steps"] == {"mlm": 40, "ulm": 0, "denoise": 0, "contrastive": 0, "crossgen": 0}
     assert built[0].pieces and not built[0].ast_inputs and not built[0].pairs
     assert metrics["masked_token_accuracy"] > metrics["random_init_masked_token_accuracy"]
     assert metrics["valid_loss"] < metrics["random_init_valid_loss"] - 0.8
@@ -174,7 +174,7 @@ def test_tiny_profile_runs_every_objective(tmp_path, tracking_env):
     p = parse_params(raw)
     metrics = stage.run(p)
     assert metrics["steps"] == p.pretrain.max_steps
-    assert all(metrics["objective_steps"][k] > 0 for k in ("mlm", "ulm", "denoise"))
+    assert all(metrics["objective_steps"][k] > 0 for k in ("mlm", "ulm", "denoise", "crossgen"))
     assert metrics["objective_weights"] == p.pretrain.objectives.model_dump()
 
 
@@ -298,6 +298,34 @@ def test_denoising_targets_are_the_masked_spans_under_a_prefix_lm_mask(tok, tiny
     late_target = dict(batch, input_ids=batch["input_ids"].clone())
     late_target["input_ids"][0, -2] = tok.convert_tokens_to_ids("<mask>")
     torch.testing.assert_close(h[0, :-2], hidden(tiny_model, late_target)[0, :-2])  # the target is causal
+
+
+def test_cross_modal_generation_writes_the_comment_from_the_ast_under_a_prefix_lm_mask(tok, tiny_model):
+    sp = data.Special.of(tok)
+    ast = tok(" ".join(f"x{i}" for i in range(60)), add_special_tokens=False)["input_ids"]
+    comment = tok("Return the size .", add_special_tokens=False)["input_ids"]
+    batch = data.crossgen_batch(sp, [([1, 2], comment, ast)], max_length=48)
+    row, labels = batch["input_ids"][0].tolist(), batch["labels"][0]
+    target = [tok.convert_tokens_to_ids("<mask0>"), *comment, sp.eos]
+    assert len(row) == 48 and row[-len(target) :] == target  # the AST is cut, the comment kept whole
+    prefix = len(row) - len(target)
+    assert row[:prefix] == sp.frame("encoder-decoder", ast[: prefix - 4])
+    assert (labels[:prefix] == -100).all() and labels[prefix:-1].tolist() == target[1:]  # loss on the comment only
+    h = hidden(tiny_model, batch)
+    late_ast = dict(batch, input_ids=batch["input_ids"].clone())
+    late_ast["input_ids"][0, prefix - 2] = tok.convert_tokens_to_ids("<mask>")
+    assert not torch.allclose(h[0, 1], hidden(tiny_model, late_ast)[0, 1])  # the AST is read both ways
+    late_comment = dict(batch, input_ids=batch["input_ids"].clone())
+    late_comment["input_ids"][0, -2] = tok.convert_tokens_to_ids("<mask>")
+    torch.testing.assert_close(h[0, :-2], hidden(tiny_model, late_comment)[0, :-2])  # the comment is causal
+
+
+def test_cross_modal_generation_at_zero_leaves_every_earlier_recipe_drawing_the_same():
+    old = {"mlm": 0.5, "ulm": 0.2, "denoise": 0.2, "contrastive": 0.1}
+    drawn = [data.objective_of_step(old, 7, step) for step in range(500)]
+    assert drawn == [data.objective_of_step({**old, "crossgen": 0.0}, 7, step) for step in range(500)]
+    mixed = [data.objective_of_step({**old, "crossgen": 0.25}, 7, step) for step in range(2000)]
+    assert abs(mixed.count("crossgen") / 2000 - 0.2) < 0.04
 
 
 def test_contrastive_objective_prefers_each_functions_own_views(tok, tiny_model):

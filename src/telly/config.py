@@ -112,12 +112,15 @@ class PretrainObjectives(Section):
     mlm: float = Field(ge=0, description="masked-LM, <encoder-only>")
     ulm: float = Field(ge=0, description="unidirectional LM, <decoder-only>, causal mask")
     denoise: float = Field(ge=0, description="span denoising, <encoder-decoder>, prefix-LM mask")
+    crossgen: float = Field(
+        0.0, ge=0, description="cross-modal generation: the comment from the flattened AST, <encoder-decoder>"
+    )
     contrastive: float = Field(ge=0, description="code close to its own comment and AST view, in-batch negatives")
 
     @field_validator("contrastive")
     @classmethod
     def _some_objective(cls, v: float, info: Any) -> float:
-        if v + sum(info.data.get(k, 0) or 0 for k in ("mlm", "ulm", "denoise")) <= 0:
+        if v + sum(info.data.get(k, 0) or 0 for k in ("mlm", "ulm", "denoise", "crossgen")) <= 0:
             raise ValueError("at least one objective needs a share above 0")
         return v
 

@@ -69,7 +69,7 @@ class TrainingTooSlow(TellyError):
 
 def uses_views(cfg: Any) -> bool:
     """Whether any objective reads the AST / comment views (the MLM-only recipe parses nothing)."""
-    return cfg.ast_share > 0 or cfg.objectives.contrastive > 0
+    return cfg.ast_share > 0 or cfg.objectives.contrastive > 0 or cfg.objectives.crossgen > 0
 
 
 def next_batch(cfg: Any, step: int, objective: str, batcher: data.Batcher, collator: Any, sp: data.Special) -> dict:
@@ -77,6 +77,8 @@ def next_batch(cfg: Any, step: int, objective: str, batcher: data.Batcher, colla
     the batcher's position alone, so a resumed run continues with the very same batches."""
     if objective == "contrastive":
         return data.contrastive_batch(sp, batcher.next("pairs"))
+    if objective == "crossgen":
+        return data.crossgen_batch(sp, batcher.next("pairs"), cfg.max_length)
     examples = batcher.next(data.input_of_step(cfg.ast_share, cfg.seed, step, cfg.mlm_first_steps))
     if objective == "mlm":
         return data.mlm_batch(collator, sp, examples)
@@ -196,7 +198,7 @@ def contrastive_loss(model: Any, batch: dict[str, Any]) -> Any:
 def training_loss(model: Any, objective: str, batch: dict[str, Any]) -> Any:
     if objective == "mlm":
         return mlm_loss(model, batch)[0]
-    if objective in ("ulm", "denoise"):
+    if objective in ("ulm", "denoise", "crossgen"):
         return lm_loss(model, batch)[0]
     return contrastive_loss(model, batch)
 
