@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from telly.errors import TellyError
+from telly.fingerprint import model_fingerprint
 from telly.jsonl import read_jsonl
 
 log = logging.getLogger(__name__)
@@ -68,21 +69,6 @@ def _digest(*parts: Any) -> str:
     h = hashlib.sha256()
     for part in parts:
         h.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
-
-
-def model_fingerprint(source: str) -> str:
-    """Hash of a local model's weight and config files (hub ids and ``random`` by name)."""
-    folder = Path(source.split(":", 1)[1] if source.startswith("random:") else source)
-    if not folder.is_dir():
-        return _digest(source)
-    h = hashlib.sha256(source.encode())
-    for f in sorted(folder.rglob("*")):
-        if f.is_file() and f.suffix in (".safetensors", ".json", ".bin", ".txt"):
-            h.update(f.name.encode())
-            with f.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
     return h.hexdigest()[:16]
 
 

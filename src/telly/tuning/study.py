@@ -51,23 +51,12 @@ def inputs_fingerprint(params: Params, task: str) -> str:
     import hashlib
     import json
 
-    digest = hashlib.sha256()
+    from telly.fingerprint import model_fingerprint, update_with_tree
 
-    def add_tree(root: Path) -> None:
-        for file in sorted(p for p in root.rglob("*") if p.is_file()):
-            digest.update(str(file.relative_to(root)).encode())
-            with file.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-
-    model = Path(params.finetune_model).expanduser()
-    if model.is_dir():
-        add_tree(model)
-    else:
-        digest.update(params.finetune_model.encode())
+    digest = hashlib.sha256(model_fingerprint(params.finetune_model).encode())
     data = Path(params.finetune.tasks_dir) / task
     if data.is_dir():
-        add_tree(data)
+        update_with_tree(digest, data)
     settings = getattr(params.finetune.tasks, task, None)
     digest.update(json.dumps(settings.model_dump(mode="json") if settings else None, sort_keys=True).encode())
     return digest.hexdigest()[:8]
