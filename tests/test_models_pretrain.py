@@ -87,7 +87,10 @@ def params(raw_params, tmp_path, tracking_env):
     return raw_params
 
 
-MLM_ONLY = {"objectives": {"mlm": 1.0, "ulm": 0.0, "denoise": 0.0, "crossgen": 0.0, "contrastive": 0.0}, "ast_share": 0.0}
+MLM_ONLY = {
+    "objectives": {"mlm": 1.0, "ulm": 0.0, "denoise": 0.0, "crossgen": 0.0, "contrastive": 0.0},
+    "ast_share": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
