@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from arch_fixture import FAMILIES, tiny
 from telly.finetuning.caching import bottom, top
 from telly.finetuning.data import attention_mask
 from telly.models.architectures import (
@@ -13,64 +14,6 @@ from telly.models.architectures import (
     adapter_for,
     check_prefix_mask,
 )
-
-SMALL = {
-    "vocab_size": 120,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-    "pad_token_id": 1,
-}
-
-
-def tiny(family: str):
-    import transformers as tf
-
-    torch.manual_seed(0)
-    if family == "bert":
-        return tf.BertModel(tf.BertConfig(**SMALL))
-    if family == "roberta":
-        return tf.RobertaModel(tf.RobertaConfig(**SMALL))
-    if family == "mpnet":
-        return tf.MPNetModel(tf.MPNetConfig(**SMALL))
-    if family == "deberta-v2":
-        cfg = tf.DebertaV2Config(
-            **SMALL,
-            relative_attention=True,
-            position_buckets=8,
-            max_relative_positions=16,
-            pos_att_type=["p2c", "c2p"],
-            position_biased_input=False,
-        )
-        return tf.DebertaV2Model(cfg)
-    if family == "deberta-v2-conv":
-        cfg = tf.DebertaV2Config(
-            **SMALL,
-            relative_attention=True,
-            position_buckets=8,
-            max_relative_positions=16,
-            pos_att_type=["p2c", "c2p"],
-            conv_kernel_size=3,
-        )
-        return tf.DebertaV2Model(cfg)
-    cfg = tf.ModernBertConfig(
-        vocab_size=120,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=1,
-        global_attn_every_n_layers=2,
-        local_attention=4,
-    )
-    return tf.ModernBertModel(cfg)
-
-
-FAMILIES = ["bert", "roberta", "mpnet", "deberta-v2", "deberta-v2-conv", "modernbert"]
-
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_adapter_matches_the_native_forward_without_a_prefix(family):

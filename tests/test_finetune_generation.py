@@ -90,10 +90,24 @@ def test_generated_pad_token_keeps_roberta_positions():
     assert beam_search(model, ps, prefixes, **kwargs) == expected
 
 
-def test_unsupported_encoder_falls_back_to_reference():
-    model = tiny("roberta")
-    model.encoder.encoder.layer[0].__class__ = type("OtherLayer", (type(model.encoder.encoder.layer[0]),), {})
-    assert not supports_incremental(model)
+def test_family_without_incremental_decoding_falls_back_to_reference():
+    """MPNet's layers take no key/value cache: its adapter says so, and beam search re-encodes."""
+    from transformers import MPNetConfig, MPNetModel
+
+    config = MPNetConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=80,
+        pad_token_id=PAD,
+        initializer_range=0.3,
+    )
+    torch.manual_seed(0)
+    model = TaskModel(MPNetModel(config).eval(), "code_generation")
+    assert not model.adapter.incremental and not supports_incremental(model)
+    assert supports_incremental(tiny("bert")) and supports_incremental(tiny("roberta"))
     ps, prefixes = prompts(5, 3, False)
     kwargs = dict(beam_size=2, max_new_tokens=5, eos_id=EOS, pad_id=PAD)
     assert beam_search(model, ps, prefixes, **kwargs) == beam_search_reference(model, ps, prefixes, **kwargs)

@@ -77,11 +77,12 @@ def unique_sequences(seqs: list[Seq]) -> tuple[list[Seq], np.ndarray]:
 
 
 def frozen_fingerprint(model: torch.nn.Module, k: int) -> str:
-    """Identity of what hidden state k depends on: the architecture and the frozen weights, hashed."""
+    """Identity of what hidden state k depends on: the architecture and the frozen weights (the
+    adapter's ``frozen_modules``, which Telly-K freezes), hashed."""
     adapter = adapter_for(model)
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{type(model).__name__}|{adapter.family}|k={k}".encode())
-    for module in (adapter.embeddings_module(model), *adapter.layers(model)[:k], *adapter.shared_modules(model)):
+    for module in adapter.frozen_modules(model, k):
         for name, tensor in itertools.chain(module.named_parameters(), module.named_buffers()):
             digest.update(name.encode())
             digest.update(str(tensor.dtype).encode())

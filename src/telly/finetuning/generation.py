@@ -10,10 +10,11 @@ through the layers, attending to the cached keys/values (incremental decoding).
 (kept as the reference the fast one is tested against, and the fallback for
 encoders whose layers we cannot drive one token at a time).
 
-The fast path drives the model's own modules (embeddings, each ``encoder.layer[i]``
-with a key/value ``cache``, as transformers' BERT/RoBERTa self-attention accepts),
-so every number is computed by the module's code; only the position ids of the new
-token are computed here, by the embedding's own rule.
+The fast path drives the model's own modules (the embeddings and each layer the
+architecture adapter names, with a key/value ``cache``, as transformers' BERT/RoBERTa
+self-attention accepts; the adapter's ``incremental`` says which families do), so every
+number is computed by the module's code; only the position ids of the new token are
+computed here, by the embedding's own rule.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from telly.finetuning.heads import TaskModel
 
 log = logging.getLogger(__name__)
 
-# registry: layer classes whose self-attention takes ``cache=`` (keys/values via ``cache.update``) in transformers 5.x
-INCREMENTAL_LAYERS = {"BertLayer", "RobertaLayer", "XLMRobertaLayer", "CamembertLayer"}
 # The paper's line completion (eval batch 256 x beam 5 x 1,000 positions) would need ~94 GB of fp32
 # keys/values at once; batches are cut to stay under this.
 KV_BUDGET_BYTES = 8 * 2**30
@@ -83,13 +82,12 @@ def _position_rule(embeddings: torch.nn.Module) -> str | None:
 
 
 def supports_incremental(model: TaskModel) -> bool:
-    encoder = model.encoder
-    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
-    if layers is None or _position_rule(getattr(encoder, "embeddings", None)) is None:
+    """Whether the encoder's family decodes one token at a time (its adapter says), numbering
+    positions by a rule we know, under an attention implementation that takes a 4-D mask."""
+    encoder, adapter = model.encoder, model.adapter
+    if not adapter.incremental or _position_rule(adapter.embeddings_module(encoder)) is None:
         return False
-    if encoder.config._attn_implementation not in ("sdpa", "eager"):  # flash/flex take no 4-D mask
-        return False
-    return all(type(layer).__name__ in INCREMENTAL_LAYERS for layer in layers)
+    return encoder.config._attn_implementation in ("sdpa", "eager")  # flash/flex take no 4-D mask
 
 
 def _unilm_keep(lengths: torch.Tensor, prefixes: torch.Tensor, width: int) -> torch.Tensor:
@@ -169,8 +167,8 @@ def _beam_batch(
     pad_id: int,
 ) -> list[list[int]]:
     encoder = model.encoder
-    layers = encoder.encoder.layer
-    embeddings = encoder.embeddings
+    layers = model.adapter.layers(encoder)
+    embeddings = model.adapter.embeddings_module(encoder)
     device = next(model.parameters()).device
     n, rows = len(prompts), len(prompts) * beams
 

@@ -12,6 +12,11 @@ Each adapter therefore builds the mask in the form its layers want. ``check_pref
 proves it on the loaded model: a change at a later position must leave every earlier
 position's output unchanged; a model that fails is refused (``ArchitectureError``).
 
+The adapter is the one owner of a family's layout: its embeddings, layer list, the shared modules
+every layer uses (frozen with the prefix by Telly-K, fingerprinted by the cache), the module names
+the PEFT methods target, and whether beam search can decode it incrementally. Freezing, BitFit,
+caching, PEFT and decoding all ask it (:func:`find_encoder` finds it inside a task model).
+
 Families: BERT, RoBERTa (UniXcoder, CodeBERT), MPNet (relative position bias), DeBERTa-v2
 (disentangled relative attention, optional conv layer), ModernBERT (rotary positions,
 alternating global / sliding-window layers, final norm). Anything else is refused by name.
@@ -19,6 +24,7 @@ alternating global / sliding-window layers, final norm). Anything else is refuse
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,10 +46,35 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
+@dataclass(frozen=True)
+class PeftTargets:
+    """Module-name suffixes inside one transformer layer, as ``peft`` matches them, per PEFT role."""
+
+    attention: tuple[str, ...]  # LoRA: the attention query and value projections
+    linear: tuple[str, ...]  # LoRA-all: every linear layer of a transformer layer
+    ia3: tuple[str, ...]  # (IA)3: key and value (outputs scaled), output projections (inputs scaled)
+    feedforward: tuple[str, ...]  # those of ``ia3`` that scale their input (peft's feed-forward modules)
+
+
 class Adapter:
     """BERT and RoBERTa: ``model.embeddings``, ``model.encoder.layer[i](hidden, mask)``."""
 
     family = "bert"
+    # peft's defaults for BERT and RoBERTa; ``output.dense`` matches the attention output projection too
+    peft_targets = PeftTargets(
+        attention=("query", "value"),
+        linear=("query", "key", "value", "dense"),
+        ia3=("key", "value", "output.dense"),
+        feedforward=("output.dense",),
+    )
+    # the layers' self-attention takes ``cache=`` (keys/values via ``cache.update``), as beam search drives it
+    incremental = True
+
+    def fits(self, module: nn.Module) -> bool:
+        """Whether ``module`` is laid out as this family's encoder (not a ``*For...`` model wrapping one)."""
+        return hasattr(module, "embeddings") and isinstance(
+            getattr(getattr(module, "encoder", None), "layer", None), nn.ModuleList
+        )
 
     def embeddings_module(self, model: nn.Module) -> nn.Module:
         return model.embeddings
@@ -52,8 +83,13 @@ class Adapter:
         return model.encoder.layer
 
     def shared_modules(self, model: nn.Module) -> list[nn.Module]:
-        """Modules besides the embeddings that every layer uses (position biases): frozen state too."""
+        """Modules besides the embeddings that the layers use (position biases): frozen state too."""
         return []
+
+    def frozen_modules(self, model: nn.Module, k: int) -> list[nn.Module]:
+        """Everything hidden state k is computed from, in a fixed order: the embeddings, layers
+        0..k-1 and (k >= 1) the shared modules. Telly-K freezes them; the cache fingerprints them."""
+        return [self.embeddings_module(model), *self.layers(model)[:k], *(self.shared_modules(model) if k else [])]
 
     def word_embeddings(self, model: nn.Module) -> nn.Embedding:
         return model.embeddings.word_embeddings
@@ -95,6 +131,13 @@ class MPNetAdapter(Adapter):
     position bias, computed once per sequence length."""
 
     family = "mpnet"
+    peft_targets = PeftTargets(
+        attention=("attn.q", "attn.v"),
+        linear=("attn.q", "attn.k", "attn.v", "attn.o", "dense"),
+        ia3=("attn.k", "attn.v", "attn.o", "output.dense"),
+        feedforward=("attn.o", "output.dense"),
+    )
+    incremental = False
 
     def shared_modules(self, model: nn.Module) -> list[nn.Module]:
         return [model.encoder.relative_attention_bias]
@@ -112,10 +155,19 @@ class DebertaV2Adapter(Adapter):
     the optional conv layer after layer 0, padded positions zeroed in the embeddings."""
 
     family = "deberta-v2"
+    peft_targets = PeftTargets(  # peft's defaults for DeBERTa-v2
+        attention=("query_proj", "value_proj"),
+        linear=("query_proj", "key_proj", "value_proj", "pos_key_proj", "pos_query_proj", "dense"),
+        ia3=("key_proj", "value_proj", "output.dense"),
+        feedforward=("output.dense",),
+    )
+    incremental = False
 
     def shared_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The relative embeddings and their norm (every layer), the conv layer (after layer 0)."""
         encoder = model.encoder
-        return [m for m in (getattr(encoder, "rel_embeddings", None), getattr(encoder, "LayerNorm", None)) if m]
+        found = (getattr(encoder, name, None) for name in ("rel_embeddings", "LayerNorm", "conv"))
+        return [m for m in found if m is not None]
 
     def embed(self, model, ids, mask):
         real = mask[:, 0].any(-2)  # [B, T]: positions some query may see, i.e. not padding
@@ -146,9 +198,16 @@ class ModernBertAdapter(Adapter):
     and the window both apply), additive mask, final norm after the last layer."""
 
     family = "modernbert"
+    peft_targets = PeftTargets(  # one fused query/key/value projection: LoRA and (IA)3 take all three
+        attention=("attn.Wqkv",),
+        linear=("attn.Wqkv", "attn.Wo", "mlp.Wi", "mlp.Wo"),
+        ia3=("attn.Wqkv", "attn.Wo", "mlp.Wo"),
+        feedforward=("attn.Wo", "mlp.Wo"),
+    )
+    incremental = False
 
-    def embeddings_module(self, model):
-        return model.embeddings
+    def fits(self, module):
+        return hasattr(module, "embeddings") and isinstance(getattr(module, "layers", None), nn.ModuleList)
 
     def layers(self, model):
         return model.layers
@@ -198,6 +257,21 @@ def adapter_for(model: nn.Module) -> Adapter:
             f"telly runs {', '.join(sorted(ADAPTERS))} encoders layer by layer (src/telly/models/architectures.py)"
         )
     return ADAPTERS[model_type]
+
+
+def find_encoder(model: nn.Module) -> tuple[nn.Module, Adapter]:
+    """The encoder inside ``model`` and its adapter: ``model`` itself, or the first submodule of a
+    supported family laid out as its adapter expects (the encoder of a task model or of a ``*For...`` model)."""
+    for module in model.modules():  # ``model`` first
+        adapter = ADAPTERS.get(getattr(getattr(module, "config", None), "model_type", None))
+        if adapter is not None and adapter.fits(module):
+            return module, adapter
+    if getattr(model, "config", None) is not None:
+        adapter_for(model)  # an unsupported family: refused by name
+    raise ArchitectureError(
+        f"{type(model).__name__}: found no encoder inside it of a supported family "
+        f"({', '.join(sorted(ADAPTERS))}) with its embeddings and layer list (src/telly/models/architectures.py)"
+    )
 
 
 @torch.no_grad()

@@ -3,6 +3,10 @@
 telly-paper.md section 3.1: Telly-K sets ``requires_grad=False`` on the embeddings (word,
 position, token type, LayerNorm) and on layers ``0 .. K-1``; everything above, the task
 head and (in the paper's runs) the unused pooler stay trainable. Base freezes nothing.
+A family whose layers share a module (MPNet's relative attention bias, DeBERTa-v2's relative
+embeddings) has it frozen too for K >= 1: hidden state K depends on it, so the frozen-prefix
+cache stays exact. Which modules those are is the architecture adapter's to say
+(telly.models.architectures), for every family.
 
 Two parameter counts come back, because the paper reports a different one from what
 actually trains (section 3.2): its notebook also freezes the pooler before counting
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from telly.errors import TellyError
+from telly.models.architectures import find_encoder
 
 
 @dataclass(frozen=True)
@@ -38,43 +43,22 @@ def count_parameters(module: Any, *, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-def find_encoder(model: Any) -> Any:
-    """The transformer inside ``model``: the first module with embeddings and a layer list."""
-    for module in (model, *(m for _, m in model.named_modules())):
-        if hasattr(module, "embeddings") and _layer_list(module) is not None:
-            return module
-    raise TellyError(
-        f"{type(model).__name__}: found no encoder with `embeddings` and a list of transformer layers inside it"
-    )
-
-
-def _layer_list(module: Any) -> Any:
-    import torch.nn as nn
-
-    inner = getattr(module, "encoder", None)
-    layers = getattr(inner, "layer", None)
-    if isinstance(layers, nn.ModuleList):  # BERT and RoBERTa families
-        return layers
-    n = getattr(getattr(module, "config", None), "num_hidden_layers", None)
-    for child in module.modules():  # other layouts: the ModuleList as long as the config says
-        if isinstance(child, nn.ModuleList) and n is not None and len(child) == n:
-            return child
-    return None
-
-
 def encoder_layers(model: Any) -> Any:
-    """The ``nn.ModuleList`` of transformer layers (layer i makes hidden state i + 1)."""
-    return _layer_list(find_encoder(model))
+    """The ``nn.ModuleList`` of transformer layers (layer i makes hidden state i + 1), from the adapter."""
+    encoder, adapter = find_encoder(model)
+    return adapter.layers(encoder)
 
 
 def freeze_bottom(model: Any, k: int | None) -> ParamCount:
     """Telly-K on ``model`` (an encoder or a task model wrapping one); ``k=None`` is Base.
 
+    What is frozen is the adapter's :meth:`~telly.models.architectures.Adapter.frozen_modules`:
+    the embeddings, layers 0..K-1 and, for K >= 1, the modules every layer shares (MPNet's relative
+    attention bias, DeBERTa-v2's relative embeddings), exactly what the frozen-prefix cache is computed from.
     Any earlier freezing is undone first, so calling it twice gives the same state.
     """
-    encoder = find_encoder(model)
-    layers = _layer_list(encoder)
-    n_layers = len(layers)
+    encoder, adapter = find_encoder(model)
+    n_layers = len(adapter.layers(encoder))
     if k is not None and not (isinstance(k, int) and 0 <= k < n_layers):
         raise TellyError(
             f"Telly-K: K = {k!r} is out of range; valid values are 0..{n_layers - 1} for this "
@@ -86,10 +70,8 @@ def freeze_bottom(model: Any, k: int | None) -> ParamCount:
     if k is None:
         return ParamCount(trainable=total, paper=total, total=total)
 
-    for p in encoder.embeddings.parameters():
-        p.requires_grad_(False)
-    for layer in layers[:k]:
-        for p in layer.parameters():
+    for module in adapter.frozen_modules(encoder, k):
+        for p in module.parameters():
             p.requires_grad_(False)
     trainable = count_parameters(model, trainable_only=True)
     pooler = getattr(encoder, "pooler", None)
@@ -100,15 +82,16 @@ def freeze_bottom(model: Any, k: int | None) -> ParamCount:
 def freeze_except_biases(model: Any, k: int | None = None) -> ParamCount:
     """BitFit on ``model``: every parameter frozen but the biases (LayerNorm biases included) of the
     embeddings and of every transformer layer; with ``k``, only those of layers k..L-1 (Telly-K below
-    them, so the frozen prefix stays cacheable). The pooler (unused by the heads) stays frozen."""
-    encoder = find_encoder(model)
-    layers = _layer_list(encoder)
+    them, so the frozen prefix stays cacheable). The pooler (unused by the heads) and the family's
+    shared modules stay frozen."""
+    encoder, adapter = find_encoder(model)
+    layers = adapter.layers(encoder)
     if k is not None and not (isinstance(k, int) and 0 <= k < len(layers)):
         raise TellyError(f"BitFit: K = {k!r} is out of range; valid values are 0..{len(layers) - 1} (or none)")
     total = count_parameters(model)
     for p in model.parameters():
         p.requires_grad_(False)
-    trained = [*layers[k or 0 :]] if k is not None else [encoder.embeddings, *layers]
+    trained = [*layers[k:]] if k is not None else [adapter.embeddings_module(encoder), *layers]
     for module in trained:
         for name, p in module.named_parameters():
             if name == "bias" or name.endswith(".bias"):

@@ -5,11 +5,14 @@ encoder and what it makes trainable. LoRA and (IA)3 come from Hugging Face ``pef
 hand-written adapters); BitFit has no ``peft`` implementation, so it is a freezing rule
 (:func:`telly.models.freezing.freeze_except_biases`).
 
+Each method names a role (``attention``, ``linear``, ``ia3``); the module names that fill it are
+the architecture family's (``Adapter.peft_targets`` in telly.models.architectures). For RoBERTa:
+
 - ``lora-r<r>``: LoRA of rank r on every attention query and value projection (``peft``'s
-  default targets for RoBERTa), ``lora_alpha`` and ``lora_dropout`` from the params;
+  default targets), ``lora_alpha`` and ``lora_dropout`` from the params;
 - ``lora-all-r<r>``: LoRA on every linear layer of the transformer layers (query, key, value,
   attention output, intermediate, output; not the unused pooler);
-- ``ia3``: (IA)3 learned scaling vectors on ``peft``'s RoBERTa default targets: key, value and
+- ``ia3``: (IA)3 learned scaling vectors on ``peft``'s default targets: key, value and
   ``output.dense`` (which, matched by suffix, is the attention output projection as well as the
   feed-forward one; both scale their input, as ``peft``'s feed-forward modules do);
 - ``bitfit``: every bias of the embeddings and the transformer layers (LayerNorm biases too).
@@ -31,7 +34,8 @@ from typing import Any
 
 from telly import variants
 from telly.errors import TellyError
-from telly.models.freezing import ParamCount, count_parameters, encoder_layers, freeze_except_biases
+from telly.models.architectures import find_encoder
+from telly.models.freezing import ParamCount, count_parameters, freeze_except_biases
 
 ADAPTER_DIR = "adapter"  # <output_dir>/<task>/<variant>/adapter: the peft save_pretrained folder
 
@@ -46,13 +50,14 @@ class LoraSettings:
 
 @dataclass(frozen=True)
 class Method:
-    """One family: ``targets`` are module-name suffixes in each transformer layer (as peft matches
-    them), ``config`` builds its peft config (None: a freezing rule, BitFit)."""
+    """One family: ``targets`` names the role in ``Adapter.peft_targets`` whose module-name suffixes it
+    goes on (None: a freezing rule, BitFit), ``feedforward`` whether peft gets the family's
+    feed-forward modules among them, ``config`` builds its peft config."""
 
     family: str
     adds: str  # what it trains, for the docs and the report
-    targets: tuple[str, ...] = ()
-    feedforward: tuple[str, ...] = ()
+    targets: str | None = None
+    feedforward: bool = False
     config: Callable[..., Any] | None = None
 
 
@@ -72,19 +77,19 @@ def _ia3_config(method: Method, rank: int | None, targets: list[str], feedforwar
 
 # registry: what each PEFT family applies (keys = telly.variants.PEFT_FAMILIES)
 METHODS: dict[str, Method] = {
-    "lora": Method("lora", "LoRA A, B (r x d each) on attention query and value", ("query", "value"), (), _lora_config),
+    "lora": Method("lora", "LoRA A, B (r x d each) on attention query and value", "attention", False, _lora_config),
     "lora-all": Method(
         "lora-all",
         "LoRA A, B on query, key, value, attention output, intermediate and output projections",
-        ("query", "key", "value", "dense"),
-        (),
+        "linear",
+        False,
         _lora_config,
     ),
     "ia3": Method(
         "ia3",
         "(IA)3 scaling vectors on key, value (outputs) and the output projections (inputs)",
-        ("key", "value", "output.dense"),
-        ("output.dense",),
+        "ia3",
+        True,
         _ia3_config,
     ),
     "bitfit": Method("bitfit", "the biases of the embeddings and the transformer layers"),
@@ -103,20 +108,20 @@ def apply(model: Any, variant: str | variants.Variant, lora: LoraSettings | None
     if v.method is None:
         raise TellyError(f"variant {v.name!r} has no parameter-efficient method")
     method = METHODS[v.method]
-    layers = encoder_layers(model)
-    n_layers = len(layers)
-    variants.parse(v.name, n_layers)  # K in range
+    encoder, adapter = find_encoder(model)
+    variants.parse(v.name, len(adapter.layers(encoder)))  # K in range
     k = v.k or 0
     total = count_parameters(model)
-    if method.config is None:
+    if method.targets is None:
         freeze_except_biases(model, v.k)
         trainable = count_parameters(model, trainable_only=True)
         return None, ParamCount(trainable=trainable, paper=trainable, total=total)
 
     from peft import get_peft_model
 
-    targets = target_modules(model, method.targets, k)
-    feedforward = [t for t in targets if any(t.endswith(f".{f}") for f in method.feedforward)]
+    targets = target_modules(model, getattr(adapter.peft_targets, method.targets), k)
+    inputs = adapter.peft_targets.feedforward if method.feedforward else ()
+    feedforward = [t for t in targets if any(t.endswith(f".{f}") for f in inputs)]
     config = method.config(method, v.rank, targets, feedforward, lora or LoraSettings())
     adapted = get_peft_model(model, config)  # injects the adapters into ``model`` itself, freezes the rest
     trainable = count_parameters(model, trainable_only=True)
@@ -128,8 +133,8 @@ def target_modules(model: Any, suffixes: tuple[str, ...], k: int = 0) -> list[st
     suffix rule). Named one by one, so the pooler and layers below K never match, whatever the layout."""
     import torch.nn as nn
 
-    layers = encoder_layers(model)
-    above = {id(layer) for layer in layers[k:]}
+    encoder, adapter = find_encoder(model)
+    above = {id(layer) for layer in adapter.layers(encoder)[k:]}
     names = []
     for name, module in model.named_modules():
         if id(module) in above:
