@@ -14,7 +14,12 @@ SMALL = {
     "pad_token_id": 1,
 }
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}  # ModernBERT's default is none
-DEBERTA = {"relative_attention": True, "position_buckets": 8, "max_relative_positions": 16, "pos_att_type": ["p2c", "c2p"]}
+DEBERTA = {
+    "relative_attention": True,
+    "position_buckets": 8,
+    "max_relative_positions": 16,
+    "pos_att_type": ["p2c", "c2p"],
+}
 
 
 def tiny(family: str, *, dropout: bool = True):

@@ -15,6 +15,7 @@ from telly.models.architectures import (
     check_prefix_mask,
 )
 
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_adapter_matches_the_native_forward_without_a_prefix(family):
     """With a plain bidirectional mask (no padding) the adapter's layer-by-layer run is the model's own."""
