@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from telly.probing import controls
+from telly.probing.objectives import CloneRetrievalTask, PairTask, Split, TaggingTask
 from telly.probing.probes import build_probe
 from telly.probing.properties import PROPERTIES
 from telly.probing.suite import run_suite
-from telly.probing.objectives import CloneRetrievalTask, PairTask, Split, TaggingTask
 from telly.probing.train import TrainSettings
 
 STATES, HIDDEN, CLASSES = 4, 16, 3

@@ -306,7 +306,8 @@ def test_every_registry_entry_names_functions_its_owning_modules_have():
     from telly.probing import controls, objectives
     from telly.probing import stage as probe_stage
     from telly.probing.properties import PROPERTIES
-    from telly.tasks import TASKS, named
+    from telly.registry import named
+    from telly.tasks import TASKS
 
     for name, task in TASKS.items():
         for field in ("builder", "balance", *(["overlap"] if task.overlap else [])):

@@ -28,8 +28,7 @@ The paper's settings per task (UniXcoder's downstream scripts):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any, Literal
+from typing import Literal
 
 Head = Literal["search", "clone", "lm"]
 Layout = Literal["encoder-only", "encoder-decoder", "decoder-only"]
@@ -180,17 +179,3 @@ def get(name: str) -> DownstreamTask:
     if name not in TASKS:
         raise TellyError(f"unknown task {name!r}; the downstream tasks are {', '.join(TASK_NAMES)}")
     return TASKS[name]
-
-
-def named(module: ModuleType, name: str, what: str) -> Any:
-    """The object ``name`` of ``module``: how an owning module reaches the behaviour a registry entry names.
-
-    A name that the module lacks is a clear error naming the entry's field, so a new task or property
-    fails on its first use, and ``tests/test_tasks.py`` resolves every name of every entry.
-    """
-    from telly.errors import TellyError
-
-    found = getattr(module, name, None) if name else None
-    if found is None:
-        raise TellyError(f"{what} = {name!r}: {module.__name__} has no such function")
-    return found

@@ -39,7 +39,8 @@ from telly.errors import TellyError
 from telly.data import analysis, baselines, clones, loaders, mutants, rewrites
 from telly.jsonl import iter_jsonl, write_json, write_jsonl
 from telly.probing.properties import PROPERTIES, ProbingProperty
-from telly.tasks import TASKS, DownstreamTask, named
+from telly.registry import named
+from telly.tasks import TASKS, DownstreamTask
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from telly.finetuning import examples as E
 from telly.finetuning import metrics as M
 from telly.finetuning.data import load_split
 from telly.jsonl import read_jsonl, write_json
-from telly.tasks import named
+from telly.registry import named
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from telly import tasks
 from telly.errors import TellyError
 from telly.finetuning import metrics as M
 from telly.jsonl import read_jsonl, write_jsonl
-from telly.tasks import named
+from telly.registry import named
 
 
 def search_rows(ranks: Sequence[float], cutoff: int = M.UNIXCODER_CUTOFF) -> list[dict]:

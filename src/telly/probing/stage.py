@@ -27,8 +27,8 @@ from telly.probing.objectives import ProbingTask, Split
 from telly.probing.properties import ProbingProperty
 from telly.probing.suite import run_suite
 from telly.probing.train import TrainSettings
+from telly.registry import named
 from telly.runtime import set_seed
-from telly.tasks import named
 
 log = logging.getLogger(__name__)
 
