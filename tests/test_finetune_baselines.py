@@ -100,7 +100,7 @@ def test_stage_scores_exactly_the_fine_tuning_test_rows(tmp_path, raw_params):
         test = load_split(settings.tasks_dir, task, "test", 6, settings.data_seed)
         assert [r["id"] for r in rows] == [r["id"] for r in test]
         assert result["variant"] == "baseline" and result["settings"]["test_size"] == 6
-        main = E.STATISTICS[task].metric
+        main = E.statistic(task).metric
         assert E.main_metric(task, E.statistics(task, rows)) == pytest.approx(result["test"][main])
     with pytest.raises(TellyError, match="unknown task"):
         B.run(params, "nope", tmp_path / "baselines")

@@ -135,12 +135,12 @@ def test_exact_match_and_edit_similarity():
 
 def test_every_task_metric_names_a_function_of_the_metrics_module():
     from telly.finetuning import metrics
-    from telly.finetuning.examples import STATISTICS
+    from telly.finetuning.examples import statistic
     from telly.tasks import TASKS
 
     for task in TASKS.values():
         assert task.main_metric in task.metrics and set(task.selection) <= set(task.metrics)
-        assert STATISTICS[task.name].metric == task.main_metric, task.name  # the intervals read the headline
+        assert statistic(task.name).metric == task.main_metric, task.name  # the intervals read the headline
         for name, function in task.text_metrics.items():
             assert name in task.metrics and callable(getattr(metrics, function)), (task.name, name)
         assert task.generates == bool(task.text_metrics)

@@ -4,9 +4,12 @@ import json
 
 import pytest
 
+from telly.config import RealData
 from telly.data import loaders as L
+from telly.data.datasets import real_rows
 from telly.errors import TellyError
 from telly.jsonl import SchemaError
+from telly.tasks import TASKS
 
 
 def _jsonl(path, rows):
@@ -32,9 +35,13 @@ CSN_ROW = {
 
 def test_codesearchnet_and_unixcoder_codebase(tmp_path):
     path = _jsonl(tmp_path / "test.jsonl", [CSN_ROW, {**CSN_ROW, "url": "u2"}])
-    rows = list(L.codesearchnet_search(path))
+    rows_search = rows = list(L.codesearchnet(path))
     assert rows[0] == {"id": CSN_ROW["url"], "query": "Add two numbers .", "code": "def add ( a , b ) : return a + b"}
-    assert list(L.codesearchnet_summarization(path))[1]["target"] == "Add two numbers ."
+    # summarization reads the same format: its source is the code, its target the docstring
+    real = RealData(format="codesearchnet", train=path, valid=path, test=path)
+    rows, codebase = real_rows(TASKS["code_summarization"], real, "test", None, 0)
+    assert rows[1] == {"id": "u2", "source": "def add ( a , b ) : return a + b", "target": "Add two numbers ."}
+    assert codebase is None and real_rows(TASKS["code_search"], real, "test", 1, 0)[0] == rows_search[:1]
     # UniXcoder's cleaned copy names the code tokens "function_tokens" in places
     cleaned = {"url": "u3", "function_tokens": ["def", "f"], "docstring_tokens": ["x"]}
     codebase = _jsonl(tmp_path / "codebase.jsonl", [{"url": "u3", "code_tokens": ["def", "f"]}, cleaned])
@@ -48,13 +55,13 @@ def test_codesearchnet_wrong_schema_names_file_line_field(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps(CSN_ROW) + "\n\n" + json.dumps(bad) + "\n")
     with pytest.raises(SchemaError, match=r"train\.jsonl:3: missing field\(s\) 'code_tokens' or 'function_tokens'"):
-        list(L.codesearchnet_search(path))
+        list(L.codesearchnet(path))
     del bad["docstring_tokens"]
     path.write_text(json.dumps(bad) + "\n")
     with pytest.raises(SchemaError, match=r"train\.jsonl:1: missing field\(s\) 'docstring_tokens'"):
-        list(L.codesearchnet_search(path))
+        list(L.codesearchnet(path))
     with pytest.raises(TellyError, match="not found"):
-        list(L.codesearchnet_search(tmp_path / "nope.jsonl"))
+        list(L.codesearchnet(tmp_path / "nope.jsonl"))
 
 
 def test_bigclonebench(tmp_path):

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from telly.probing import controls
+from telly.probing.objectives import CloneRetrievalTask, PairTask, Split, TaggingTask
 from telly.probing.probes import build_probe
+from telly.probing.properties import PROPERTIES
 from telly.probing.suite import run_suite
-from telly.probing.tasks import CloneRetrievalTask, PairTask, Split, TaggingTask
 from telly.probing.train import TrainSettings
 
 STATES, HIDDEN, CLASSES = 4, 16, 3
@@ -121,9 +122,13 @@ def test_control_labels_are_per_token_string_and_follow_the_label_distribution()
 def test_majority_baseline():
     train = Split(np.zeros((5, 2, 2)), np.array([1, 1, 1, 2, 3]))
     test = Split(np.zeros((4, 2, 2)), np.array([1, 2, 1, 1]))
-    assert controls.majority_baseline("lexical", train, test, 6, 0)["acc"] == pytest.approx(75.0)
-    s = controls.majority_baseline("structural", train, test, 6, 0)
+    lexical = TaggingTask.of(PROPERTIES["lexical"], [train, train, test])
+    assert lexical.majority(0)["acc"] == pytest.approx(75.0)
+    s = TaggingTask.of(PROPERTIES["structural"], [train, train, test]).majority(0)
     assert s["acc"] == pytest.approx(75.0) and s["macro_f1"] == pytest.approx(100 * (2 * 0.75 / 1.75) / 6)
+    pairs = Split(np.zeros((4, 2, 2)), np.array([1, 0, 1, 1]), np.zeros((4, 2, 2)))
+    syntactic = PairTask.of(PROPERTIES["syntactic"], [pairs, pairs, pairs]).majority(0)
+    assert syntactic == {"acc": 0.75, "mrr": pytest.approx((1 + 1 / 2 + 1 / 3) / 3)}
 
 
 def test_bad_shapes_are_refused():

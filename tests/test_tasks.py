@@ -295,3 +295,39 @@ def test_an_empty_or_tiny_split_stops_tasks_naming_the_split(raw_params, tmp_pat
     with pytest.raises(TellyError, match=rf"train\.jsonl: the train split has {kept} function\(s\)"):
         tasks.build(parse_params(raw))
     assert not (tmp_path / "tasks").exists() and not (tmp_path / "probing").exists(), "no set is written"
+
+
+def test_every_registry_entry_names_functions_its_owning_modules_have():
+    """A task or property is one registry entry plus the functions it names: each name resolves."""
+    from telly.data import loaders
+    from telly.finetuning import baselines as B
+    from telly.finetuning import examples as E
+    from telly.finetuning import metrics as M
+    from telly.probing import controls, objectives
+    from telly.probing import stage as probe_stage
+    from telly.probing.properties import PROPERTIES
+    from telly.registry import named
+    from telly.tasks import TASKS
+
+    for name, task in TASKS.items():
+        for field in ("builder", "balance", *(["overlap"] if task.overlap else [])):
+            assert callable(named(tasks, getattr(task, field), f"{name}.{field}")), (name, field)
+        assert callable(loaders.FORMATS[task.source_format]), name
+        assert E.statistic(name).metric == task.main_metric, name
+        assert isinstance(named(B, task.baseline, f"{name}.baseline").method, str), name
+        assert bool(task.example_row) == task.generates, name  # generation tasks save scored hypotheses
+        if task.generates:
+            row = E.generation_rows(name, ["a b"], ["a c"])[0]
+            assert row["hyp"] == "a c" and E.statistic(name).row_statistics(row), name
+        for function in task.text_metrics.values():
+            assert callable(getattr(M, function)), (name, function)
+    for name, prop in PROPERTIES.items():
+        for field in ("builder", "balance", *(["overlap"] if prop.overlap else [])):
+            assert callable(named(tasks, getattr(prop, field), f"{name}.{field}")), (name, field)
+        assert callable(loaders.FORMATS[prop.source_format]), name
+        assert callable(named(probe_stage, prop.features, f"{name}.features")), name
+        assert callable(named(controls, prop.control, f"{name}.control")), name
+        assert issubclass(named(objectives, prop.objective, f"{name}.objective"), objectives.ProbingTask), name
+    assert list(tasks.SETS) == [*PROPERTIES, *TASKS]  # the tasks stage builds every set of both registries
+    with pytest.raises(TellyError, match=r"code_search\.builder = 'nope': telly\.data\.datasets has no such"):
+        named(tasks, "nope", "code_search.builder")

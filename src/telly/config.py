@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from telly.errors import TellyError
+from telly.probing.properties import PROPERTIES, PROPERTY_NAMES
 from telly.tasks import TASK_NAMES, TASKS
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -440,7 +441,7 @@ class FinetuneParams(Section):
 
 # -------------------------------------------------------------------------- probe
 
-ProbingProperty = Literal["lexical", "syntactic", "structural", "semantic"]
+ProbingProperty = Literal[PROPERTY_NAMES]  # the properties of the registry (telly.probing.properties)
 ModelStateName = Literal["random", "pretrained", "finetuned"]
 
 
@@ -638,13 +639,7 @@ class CloneParams(Section):
     )
 
 
-TASK_SOURCES = {
-    "lexical": "codesearchnet",
-    "syntactic": "codesearchnet",
-    "structural": "codesearchnet",
-    "semantic": "poj104",
-    **{name: task.source_format for name, task in TASKS.items()},
-}
+TASK_SOURCES = {name: entry.source_format for name, entry in (*PROPERTIES.items(), *TASKS.items())}
 
 
 TASK_SETS = tuple(TASK_SOURCES)  # the nine sets of the tasks stage
@@ -656,16 +651,12 @@ class _TasksParams(Section):
     seed: int
     out_dir: Path = Field(description="downstream sets: <out_dir>/<task>/{train,valid,test}.jsonl")
     probing_dir: Path = Field(description="probing sets: <probing_dir>/<property>/{train,valid,test}.jsonl")
-    lexical: TaskSet
-    syntactic: TaskSet
-    structural: TaskSet
-    semantic: TaskSet
     clones: CloneParams
     syntactic_negatives: Literal["similar_length", "random"]
     structural_sampling: Literal["balanced", "natural"]
     generation_max_body_lines: int = Field(ge=1)
 
-    @field_validator(*TASK_SETS, check_fields=False)  # the downstream fields come with TasksParams below
+    @field_validator(*TASK_SETS, check_fields=False)  # the fields of the sets come with TasksParams below
     @classmethod
     def _codebase_only_for_corpus_search(cls, value: TaskSet, info: Any) -> TaskSet:
         searches = info.field_name in TASKS and TASKS[info.field_name].head == "search"
@@ -688,8 +679,8 @@ class _TasksParams(Section):
         return v
 
 
-# the downstream sets: one required field per task of the registry
-TasksParams = create_model("TasksParams", __base__=_TasksParams, **{name: (TaskSet, ...) for name in TASK_NAMES})
+# the sets: one required field per property and per task of the registries
+TasksParams = create_model("TasksParams", __base__=_TasksParams, **{name: (TaskSet, ...) for name in TASK_SETS})
 
 
 # ------------------------------------------------------------------------- report

@@ -4,9 +4,17 @@ Each :class:`DownstreamTask` holds what the stages need to know about a task: th
 rows (``data/tasks/<task>/*.jsonl``), how a row becomes token sequences (``layout``), the head
 and loss that train it, the metrics the paper reports (the first is the headline metric that
 RQ3's claims compare), how a checkpoint is selected on valid, and the public dataset format of
-its real data. The tasks stage (``telly.data.datasets``), fine-tuning (data, heads, evaluation,
-tables), tuning, the config and the report all read this table; a sixth task is one more entry
-here plus its dataset builder in ``telly.data.datasets`` (docs/architecture.md, "Task registry").
+its real data, and the functions that build, score and beat it. The tasks stage
+(``telly.data.datasets``), fine-tuning (data, heads, evaluation, tables), tuning, the config and the
+report all read this table; a sixth task is one more entry here plus the functions it names
+(docs/architecture.md, "How to add a task").
+
+Behaviour is *named*, not imported: each name is a function (or object) of the module that owns that
+step, which looks it up on the task (``builder`` in ``telly.data.datasets``, ``statistic`` and
+``example_row`` in ``telly.finetuning.examples``, ``baseline`` in ``telly.finetuning.baselines``, the
+``text_metrics`` in ``telly.finetuning.metrics``; the real-data loader comes from ``source_format``
+through ``telly.data.loaders.FORMATS``). So this module imports nothing, and a stage depends only on the
+modules it runs.
 
 The paper's settings per task (UniXcoder's downstream scripts):
 
@@ -34,12 +42,22 @@ class DownstreamTask:
     fields: tuple[str, ...]  # required fields of a row of data/tasks/<task>/*.jsonl
     metrics: tuple[str, ...]  # reported on test; metrics[0] is the paper's headline metric (RQ3 claims)
     selection: tuple[str, ...]  # valid metrics summed into the checkpoint selection score
-    source_format: str  # the public format of its real data (tasks.<task>.source.format)
+    source_format: str  # the public format of its real data (tasks.<task>.source.format): loaders.FORMATS
+    builder: str  # function of telly.data.datasets: one split of the set from corpus functions
+    balance: str  # function of telly.data.datasets: the label balance of a split the tasks stage reports
+    statistic: str  # Statistic of telly.finetuning.examples: the main metric from per-example rows
+    baseline: str  # function of telly.finetuning.baselines: the no-training baseline
     # encoder-only tasks: the row fields tokenized as sequences, each with the length setting it uses
     sequences: dict[str, Literal["source", "target"]] = field(default_factory=dict)
     # generation tasks: metric name -> the function of telly.finetuning.metrics that computes it from
     # (references, hypotheses); named, not imported, so the tasks stage does not depend on metric code
     text_metrics: dict[str, str] = field(default_factory=dict)
+    # generation tasks: function of telly.finetuning.examples scoring one (reference, hypothesis) pair
+    example_row: str = ""
+    overlap: str = ""  # function of telly.data.datasets: the token-overlap baseline of a split, if any
+    # row field -> the field of the source format's rows it is read from, where the names differ
+    source_fields: dict[str, str] = field(default_factory=dict)
+    real_data: Literal["rows"] = "rows"  # real data in source_format are rows of the set (not functions)
 
     @property
     def main_metric(self) -> str:
@@ -81,6 +99,10 @@ TASKS: dict[str, DownstreamTask] = {
             metrics=("mrr", "r_at_1", "r_at_5", "r_at_10"),
             selection=("mrr",),
             source_format="codesearchnet",
+            builder="code_search",
+            balance="target_length",
+            statistic="MRR",
+            baseline="code_search",
         ),
         DownstreamTask(
             name="clone_detection",
@@ -91,6 +113,11 @@ TASKS: dict[str, DownstreamTask] = {
             metrics=("f1", "precision", "recall"),
             selection=("f1",),
             source_format="bigclonebench",
+            builder="clone_detection",
+            balance="pair_shares",
+            statistic="F1",
+            baseline="clone_detection",
+            overlap="pair_overlap",
         ),
         DownstreamTask(
             name="code_summarization",
@@ -100,6 +127,12 @@ TASKS: dict[str, DownstreamTask] = {
             metrics=("bleu", "meteor", "rouge_l", "cider"),
             selection=("bleu",),
             source_format="codesearchnet",
+            source_fields={"source": "code", "target": "query"},
+            builder="code_summarization",
+            balance="target_length",
+            statistic="SENTENCE_BLEU",
+            baseline="code_summarization",
+            example_row="summary_row",
             text_metrics={"bleu": "smoothed_bleu4", "meteor": "meteor", "rouge_l": "rouge_l", "cider": "cider"},
         ),
         DownstreamTask(
@@ -110,6 +143,11 @@ TASKS: dict[str, DownstreamTask] = {
             metrics=("bleu", "em"),
             selection=("bleu", "em"),  # UniXcoder's best-score
             source_format="concode",
+            builder="code_generation",
+            balance="target_length",
+            statistic="CORPUS_BLEU",
+            baseline="code_generation",
+            example_row="code_row",
             text_metrics={"bleu": "corpus_bleu_codexglue", "em": "exact_match"},
         ),
         DownstreamTask(
@@ -122,6 +160,11 @@ TASKS: dict[str, DownstreamTask] = {
             metrics=("edit_sim", "em"),
             selection=("em", "edit_sim"),  # the paper's dev EM; edit similarity breaks its ties at zero
             source_format="codexglue_line",
+            builder="line_completion",
+            balance="target_length",
+            statistic="EDIT_SIMILARITY",
+            baseline="line_completion",
+            example_row="line_row",
             text_metrics={"em": "exact_match", "edit_sim": "edit_similarity"},
         ),
     )

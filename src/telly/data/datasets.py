@@ -1,5 +1,6 @@
 """The ``tasks`` stage (``telly tasks``): it builds the datasets, four probing sets and five downstream sets
-(paper sections 1 and 4); what each downstream task *is* lives in the registry, ``telly.tasks``.
+(paper sections 1 and 4); what each set *is* lives in its registry (``telly.probing.properties``,
+``telly.tasks``), which names the functions of this module that build and summarise it.
 
 From the corpus (or, per set, a copy of the paper's real data) it writes
 
@@ -23,25 +24,29 @@ import functools
 import itertools
 import logging
 import random
+import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rapidfuzz import fuzz
 from rich.console import Console
 from rich.table import Table
 
-from telly.config import ConfigError, Params, RealData, TaskSet, TasksParams
+from telly.config import CloneParams, ConfigError, Params, RealData, TaskSet, TasksParams
 from telly.errors import TellyError
 from telly.data import analysis, baselines, clones, loaders, mutants, rewrites
 from telly.jsonl import iter_jsonl, write_json, write_jsonl
-from telly.tasks import TASK_NAMES
+from telly.probing.properties import PROPERTIES, ProbingProperty
+from telly.registry import named
+from telly.tasks import TASKS, DownstreamTask
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-PROBING = ("lexical", "syntactic", "structural", "semantic")
-DOWNSTREAM = TASK_NAMES  # the registry's (telly.tasks); each needs a builder in BUILDERS
+PROBING = tuple(PROPERTIES)  # the sets of telly.probing.properties, then those of telly.tasks
+DOWNSTREAM = tuple(TASKS)
 CORPUS_FIELDS = ("id", "repo", "code", "docstring_tokens", "func_name", "signature", "class_name", "class_members")
 
 
@@ -93,6 +98,12 @@ def unique_ids(rows: list[dict]) -> list[dict]:
     return out
 
 
+# One split of a set from the corpus functions of that split: (functions, rows wanted or None for all, the
+# stage's settings, split name, the rows of the set's earlier splits in SPLITS order).
+Earlier = Sequence[list[dict]]
+Builder = Callable[[Functions, "int | None", TasksParams, str, Earlier], list[dict]]
+
+
 def _interleave(positives: list[dict], negatives: list[dict]) -> list[dict]:
     """Alternate labels so that every prefix of the file stays balanced."""
     out = []
@@ -104,7 +115,7 @@ def _interleave(positives: list[dict], negatives: list[dict]) -> list[dict]:
 # --------------------------------------------------------------- probing sets
 
 
-def lexical(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+def lexical(fns: Functions, size: int | None, p: TasksParams, split: str, earlier: Earlier) -> list[dict]:
     def rows() -> Iterator[dict]:
         for row in fns.shuffled(f"{p.seed}:lexical:{split}"):
             code = fns.clean(row)
@@ -115,7 +126,7 @@ def lexical(fns: Functions, size: int | None, p: TasksParams, split: str) -> lis
     return _take(rows(), size)
 
 
-def syntactic(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+def syntactic(fns: Functions, size: int | None, p: TasksParams, split: str, earlier: Earlier) -> list[dict]:
     """Half true pairs (code, its own SBT-AO), half false (code, another function's), alternating."""
     pool = []
     for row in fns.shuffled(f"{p.seed}:syntactic:{split}"):
@@ -143,7 +154,7 @@ def syntactic(fns: Functions, size: int | None, p: TasksParams, split: str) -> l
     return _interleave(positives, negatives)
 
 
-def structural(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+def structural(fns: Functions, size: int | None, p: TasksParams, split: str, earlier: Earlier) -> list[dict]:
     """Complexity class per function; ``balanced`` takes an equal share per class where there are enough."""
     quota = None if size is None or p.structural_sampling == "natural" else -(-size // 6)
     taken: Counter[int] = Counter()
@@ -174,7 +185,10 @@ def _mined(fns: Functions, n_classes: int | None, p: TasksParams, key: str) -> l
     return found[:cap]
 
 
-def semantic(fns: Functions, size: int | None, p: TasksParams, split: str, label_offset: int) -> list[dict]:
+def semantic(fns: Functions, size: int | None, p: TasksParams, split: str, earlier: Earlier) -> list[dict]:
+    """Clone classes (a function and its rewritten variants, or mined real clones); the labels of a split
+    follow those of the earlier splits, so no class spans two splits."""
+    label_offset = sum(len({r["label"] for r in rows}) for rows in earlier)
     members = 1 + p.clones.semantic_variants
     n_classes = None if size is None else max(2, size // members)
     mined_rng = random.Random(f"{p.seed}:semantic-mined:{split}")
@@ -207,7 +221,7 @@ def semantic(fns: Functions, size: int | None, p: TasksParams, split: str, label
 # ------------------------------------------------------------ downstream sets
 
 
-def code_search(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+def code_search(fns: Functions, size: int | None, p: TasksParams, split: str, earlier: Earlier) -> list[dict]:
     def rows() -> Iterator[dict]:
         for row in fns.shuffled(f"{p.seed}:code_search:{split}"):
             code = fns.clean(row)
@@ -235,7 +249,7 @@ def code_search_codebase(fns: Functions, queries: list[dict], size: int, p: Task
     return codebase
 
 
-def code_summarization(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+def code_summarization(fns: Functions, size: int | None, p: TasksParams, split: str, earlier: Earlier) -> list[dict]:
     def rows() -> Iterator[dict]:
         for row in fns.shuffled(f"{p.seed}:code_summarization:{split}"):
             code = fns.clean(row)
@@ -255,7 +269,7 @@ def concode_source(row: dict) -> str:
     return " concode_field_sep ".join(parts)
 
 
-def code_generation(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+def code_generation(fns: Functions, size: int | None, p: TasksParams, split: str, earlier: Earlier) -> list[dict]:
     def rows() -> Iterator[dict]:
         for row in fns.shuffled(f"{p.seed}:code_generation:{split}"):
             if fns.clean(row) is None or not row.get("signature"):
@@ -268,7 +282,7 @@ def code_generation(fns: Functions, size: int | None, p: TasksParams, split: str
     return _take(rows(), size)
 
 
-def line_completion(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+def line_completion(fns: Functions, size: int | None, p: TasksParams, split: str, earlier: Earlier) -> list[dict]:
     """Left context = the function up to a random body line; target = that (non-empty) line."""
 
     def rows() -> Iterator[dict]:
@@ -287,7 +301,7 @@ def line_completion(fns: Functions, size: int | None, p: TasksParams, split: str
     return _take(rows(), size)
 
 
-def clone_detection(fns: Functions, size: int | None, p: TasksParams, split: str) -> list[dict]:
+def clone_detection(fns: Functions, size: int | None, p: TasksParams, split: str, earlier: Earlier) -> list[dict]:
     """Balanced pairs; positives inside a clone class, negatives across classes of other projects.
 
     A share ``mutant_negatives`` of the negatives pairs a member with a near-miss mutant of
@@ -299,9 +313,26 @@ def clone_detection(fns: Functions, size: int | None, p: TasksParams, split: str
     from the member's own project, the rest from other projects. The remaining negatives
     pair it with a random class of another project. Members of mined classes are rewritten
     in pairs as often as the members of a rewritten class are.
+
+    The steps draw from one generator in a fixed order: the classes (:func:`_clone_pool`), then per
+    class its positive pair, the kind of its negative and the member it starts from
+    (:meth:`_Pairs.positive`), then the nearest neighbours (no draw), then per class its negative
+    (:meth:`_Pairs.negative`).
     """
     n_pos = None if size is None else -(-size // 2)
-    rng = random.Random(f"{p.seed}:clone-pairs:{split}")
+    pool = _clone_pool(fns, n_pos, p, split)
+    if len(pool) < 2:
+        return []
+    pairs = _Pairs(pool, random.Random(f"{p.seed}:clone-pairs:{split}"), p.clones)
+    positives = [pairs.positive(i) for i in range(len(pool))]
+    candidates, neighbours = _hard_negatives(fns, pairs, p.clones.min_statements)
+    negatives = [n for i in range(len(pool)) if (n := pairs.negative(i, candidates, neighbours.get(i, []))) is not None]
+    n = min(len(positives), len(negatives))
+    return _interleave(positives[:n], negatives[:n])
+
+
+def _clone_pool(fns: Functions, n_pos: int | None, p: TasksParams, split: str) -> list[clones.CloneClass]:
+    """The classes pairs are drawn from: mined real clones first, then rewritten classes, ``n_pos`` in all."""
     pool = _mined(fns, n_pos, p, f"clone:{split}")
     want = len(fns.rows) if n_pos is None else max(0, n_pos - len(pool))
     rewritten, _ = clones.rewritten_classes(
@@ -314,145 +345,201 @@ def clone_detection(fns: Functions, size: int | None, p: TasksParams, split: str
         max_rewrites=p.clones.max_rewrites,
         desc=f"clone pairs {split}",
     )
-    pool = (pool + rewritten)[: len(pool) + want]
-    if len(pool) < 2:
-        return []
+    return (pool + rewritten)[: len(pool) + want]
 
-    def other_project(i: int, j: int) -> bool:
-        return j != i and not set(pool[i].repos) & set(pool[j].repos)
 
-    def distinct(i: int, code: str) -> bool:  # near-identical code is more likely a clone than not
-        return fuzz.ratio(pool[i].members[0], code) < 90
+@dataclass
+class _Pairs:
+    """The pairs of one split's classes: what each class's negative starts from, and the shared generator."""
 
-    def variant(code: str) -> str:
-        return rewrites.make_variant(code, rng, min_rewrites=p.clones.min_rewrites, max_rewrites=p.clones.max_rewrites).code
+    pool: list[clones.CloneClass]
+    rng: random.Random
+    settings: CloneParams
+    queries: list[str] = field(default_factory=list)  # per class: the member its negative pairs
+    kinds: list[str] = field(default_factory=list)  # per class: the kind of its negative
+    # per class with a mutant negative: whether the mutant is rewritten (it replaces a member: unless the original)
+    mutant_rewritten: dict[int, bool] = field(default_factory=dict)
 
-    def like_a_member(code: str) -> str:  # a partner is, as often as a class member, a rewritten variant
-        return code if rng.random() < 1 / (1 + p.clones.pair_variants) else variant(code)
+    def other_project(self, i: int, j: int) -> bool:
+        return j != i and not set(self.pool[i].repos) & set(self.pool[j].repos)
 
-    positives, queries, kinds = [], [], []
-    mutant_rewritten: dict[int, bool] = {}  # a mutant stands in for a member: rewritten unless it replaces the original
-    for i, c in enumerate(pool):
-        a, b = rng.sample(c.members, 2)
+    def distinct(self, i: int, code: str) -> bool:  # near-identical code is more likely a clone than not
+        return fuzz.ratio(self.pool[i].members[0], code) < 90
+
+    def variant(self, code: str) -> str:
+        c = self.settings
+        return rewrites.make_variant(code, self.rng, min_rewrites=c.min_rewrites, max_rewrites=c.max_rewrites).code
+
+    def like_a_member(self, code: str) -> str:  # a partner is, as often as a class member, a rewritten variant
+        return code if self.rng.random() < 1 / (1 + self.settings.pair_variants) else self.variant(code)
+
+    def negative_kind(self) -> str:
+        c = self.settings
+        draw = self.rng.random()
+        if draw < c.mutant_negatives:
+            return "mutant"
+        draw = (draw - c.mutant_negatives) / (1 - c.mutant_negatives)
+        if draw < c.hard_negatives * c.same_project_negatives:
+            return "neighbour_same_project"
+        return "neighbour_other_project" if draw < c.hard_negatives else "random"
+
+    def positive(self, i: int) -> dict:
+        """Class ``i``'s positive pair; draws the kind of its negative and the member that starts it."""
+        c = self.pool[i]
+        a, b = self.rng.sample(c.members, 2)
         if c.kind == "mined":  # a mined class's copies are rewritten as often as an original is
-            a, b = like_a_member(a), like_a_member(b)
-        positives.append({"id": f"{c.ids[0]}+", "code1": a, "code2": b, "label": 1, "kind": c.kind})
-        draw = rng.random()
-        if draw < p.clones.mutant_negatives:
-            kinds.append("mutant")
-        else:
-            draw = (draw - p.clones.mutant_negatives) / (1 - p.clones.mutant_negatives)
-            same = draw < p.clones.hard_negatives * p.clones.same_project_negatives
-            kinds.append("neighbour_same_project" if same else "neighbour_other_project" if draw < p.clones.hard_negatives else "random")
-        if kinds[-1] == "mutant" and c.kind == "rewritten":
+            a, b = self.like_a_member(a), self.like_a_member(b)
+        self.kinds.append(self.negative_kind())
+        if self.kinds[-1] == "mutant" and c.kind == "rewritten":
             # the pair is drawn as a positive pair is, the mutant replacing the second member
-            x, y = rng.sample(range(len(c.members)), 2)
-            queries.append(c.members[x])
-            mutant_rewritten[i] = y != 0
+            x, y = self.rng.sample(range(len(c.members)), 2)
+            self.queries.append(c.members[x])
+            self.mutant_rewritten[i] = y != 0
         else:
-            queries.append(like_a_member(rng.choice(c.members)) if c.kind == "mined" else rng.choice(c.members))
-    # hard negatives come from every function of the split that could make a class, not only the pool
+            mine = self.rng.choice(c.members)
+            self.queries.append(self.like_a_member(mine) if c.kind == "mined" else mine)
+        return {"id": f"{c.ids[0]}+", "code1": a, "code2": b, "label": 1, "kind": c.kind}
+
+    def negative(self, i: int, candidates: list[dict], neighbours: list[int]) -> dict | None:
+        """Class ``i``'s negative pair: a mutant, a neighbour, or a random class of another project."""
+        kind = self.kinds[i]
+        mutant = mutants.mutate(self.pool[i].members[0], self.rng) if kind == "mutant" else None
+        if kind == "mutant" and mutant is None:
+            kind = "random"  # nothing to mutate (no operator applies): a random class of another project
+        near = [n for n in neighbours if self.distinct(i, candidates[n]["code"])]
+        if mutant is not None:
+            rewritten = self.mutant_rewritten.get(i)
+            code = mutant[0]
+            theirs = self.like_a_member(code) if rewritten is None else self.variant(code) if rewritten else code
+            other_id = f"{self.pool[i].ids[0]}~{mutant[1]}"
+        elif near:
+            partner = candidates[self.rng.choice(near)]
+            other_id, theirs = partner["id"], self.like_a_member(partner["code"])
+        else:  # random, or no neighbour of that kind (a one-function project): a random class of another project
+            j = self.random_other(i)
+            if j is None:
+                return None
+            other_id, theirs, kind = self.pool[j].ids[0], self.rng.choice(self.pool[j].members), "random"
+        return {"id": f"{self.pool[i].ids[0]}-{other_id}", "code1": self.queries[i], "code2": theirs, "label": 0, "kind": kind}
+
+    def random_other(self, i: int) -> int | None:
+        """A class of another project whose code is not near-identical (five tries), or None."""
+        others = [j for j in range(len(self.pool)) if self.other_project(i, j)]
+        tries = (self.rng.choice(others) for _ in range(5 if others else 0))
+        return next((j for j in tries if self.distinct(i, self.pool[j].members[0])), None)
+
+
+def _hard_negatives(fns: Functions, pairs: _Pairs, min_statements: int) -> tuple[list[dict], dict[int, list[int]]]:
+    """Every function of the split that could make a class (not only the pool), and per class asking for a
+    neighbour its nearest ones among them by token overlap."""
     candidates = [
         {"id": row["id"], "repo": row["repo"], "code": code}
         for row in fns.rows
-        if (code := clones.rewritable(row["code"], p.clones.min_statements)) is not None
+        if (code := clones.rewritable(row["code"], min_statements)) is not None
     ]
     neighbours: dict[int, list[int]] = {}
     for kind in ("neighbour_same_project", "neighbour_other_project"):
-        asked = [i for i, k in enumerate(kinds) if k == kind]
+        asked = [i for i, k in enumerate(pairs.kinds) if k == kind]
         found = clones.token_neighbours(
-            [(queries[i], pool[i]) for i in asked], candidates, same_project=kind == "neighbour_same_project"
+            [(pairs.queries[i], pairs.pool[i]) for i in asked], candidates, same_project=kind == "neighbour_same_project"
         )
         neighbours.update(zip(asked, found))
-    negatives = []
-    for i, (mine, kind) in enumerate(zip(queries, kinds)):
-        mutant = mutants.mutate(pool[i].members[0], rng) if kind == "mutant" else None
-        if kind == "mutant" and mutant is None:
-            kind = "random"  # nothing to mutate (no operator applies): a random class of another project
-        near = [n for n in neighbours.get(i, []) if distinct(i, candidates[n]["code"])]
-        if mutant is not None:
-            rewritten = mutant_rewritten.get(i)
-            theirs = like_a_member(mutant[0]) if rewritten is None else variant(mutant[0]) if rewritten else mutant[0]
-            other_id = f"{pool[i].ids[0]}~{mutant[1]}"
-        elif near:
-            partner = candidates[rng.choice(near)]
-            other_id, theirs = partner["id"], like_a_member(partner["code"])
-        else:  # random, or no neighbour of that kind (a one-function project): a random class of another project
-            others = [j for j in range(len(pool)) if other_project(i, j)]
-            j = next((j for j in (rng.choice(others) for _ in range(5 if others else 0)) if distinct(i, pool[j].members[0])), None)
-            if j is None:
-                continue
-            other_id, theirs, kind = pool[j].ids[0], rng.choice(pool[j].members), "random"
-        negatives.append({"id": f"{pool[i].ids[0]}-{other_id}", "code1": mine, "code2": theirs, "label": 0, "kind": kind})
-    n = min(len(positives), len(negatives))
-    return _interleave(positives[:n], negatives[:n])
+    return candidates, neighbours
 
 
-BUILDERS: dict[str, Callable[..., list[dict]]] = {
-    "lexical": lexical, "syntactic": syntactic, "structural": structural,
-    "code_search": code_search, "clone_detection": clone_detection, "code_summarization": code_summarization,
-    "code_generation": code_generation, "line_completion": line_completion,
+# ------------------------------------------------------------------ the sets
+
+SETS: dict[str, tuple[str, ProbingProperty | DownstreamTask]] = {
+    **{name: ("probing", prop) for name, prop in PROPERTIES.items()},
+    **{name: ("tasks", task) for name, task in TASKS.items()},
 }
+
+
+def _named(entry: ProbingProperty | DownstreamTask, field_name: str) -> Callable:
+    """The function of this module that ``entry.<field_name>`` names."""
+    return named(sys.modules[__name__], getattr(entry, field_name), f"{entry.name}.{field_name}")
+
+
+def _searches(entry: ProbingProperty | DownstreamTask) -> bool:
+    """Code search: its test queries are ranked against a code base (codebase.jsonl)."""
+    return isinstance(entry, DownstreamTask) and entry.head == "search"
 
 
 # ------------------------------------------------------------------ real data
 
 
-def real_rows(name: str, real: RealData, split: str, size: int | None, seed: int) -> tuple[list[dict], list[dict] | None]:
-    """Rows of one split of a real dataset (and UniXcoder's code base for code search's test split)."""
-    path = getattr(real, split)
-    if name == "code_search":
-        rows = _take(loaders.codesearchnet_search(path), size)
-        codebase = list(loaders.codesearchnet_codebase(real.codebase)) if real.codebase and split == "test" else None
-        return rows, codebase
-    readers: dict[str, Callable[[], Iterable[dict]]] = {
-        "code_summarization": lambda: loaders.codesearchnet_summarization(path),
-        "clone_detection": lambda: loaders.bigclonebench(real.data, path),
-        "semantic": lambda: loaders.poj104(path),
-        "code_generation": lambda: loaders.concode(path),
-        "line_completion": lambda: loaders.codexglue_lines(path, seed),
-    }
-    return _take(readers[name](), size), None
+def real_rows(
+    entry: ProbingProperty | DownstreamTask, real: RealData, split: str, size: int | None, seed: int
+) -> tuple[list[dict], list[dict] | None]:
+    """Rows of one split of a real dataset, read by its format's loader (and UniXcoder's code base for code
+    search's test split). A row keeps the set's fields, each read from the format's field of the same name
+    or from the one ``entry.source_fields`` names."""
+    rows = _take(loaders.FORMATS[entry.source_format](real, split, seed), size)
+    fields = [f for f in entry.fields if f != "id"]
+    rows = [{"id": row["id"], **{f: row[entry.source_fields.get(f, f)] for f in fields}} for row in rows]
+    searched = _searches(entry) and real.codebase and split == "test"
+    return rows, list(loaders.codesearchnet_codebase(real.codebase)) if searched else None
 
 
-# ---------------------------------------------------------------------- stage
+# ---------------------------------------------------------------- balance and token overlap
 
 
-def balance(name: str, rows: list[dict]) -> dict[str, float]:
-    """Label shares (token-type shares for lexical); what the table and metrics report."""
-    if not rows:
-        return {}
-    if name == "lexical":
-        counts = Counter(t[2] for r in rows for t in r["tokens"])
-    elif name == "structural":
-        counts = Counter(analysis.COMPLEXITY_CLASSES[r["label"]] for r in rows)
-    elif name == "syntactic":
-        counts = Counter(str(r["label"]) for r in rows)
-    elif name == "clone_detection":
-        counts = Counter(str(r["label"]) for r in rows)
-        negatives = [r for r in rows if r["label"] == 0]
-        shares = {k: round(v / len(rows), 4) for k, v in sorted(counts.items())}
-        if negatives and "kind" in negatives[0]:  # built from the corpus: the share of hard negatives
-            shares["hard_negatives"] = round(sum(r["kind"] != "random" for r in negatives) / len(negatives), 4)
-        return shares
-    elif name == "semantic":
-        labels = Counter(r["label"] for r in rows)
-        return {"classes": len(labels), "members_per_class": round(len(rows) / len(labels), 2)}
-    else:
-        return {"mean_target_chars": round(sum(len(r.get("target", r.get("query", ""))) for r in rows) / len(rows), 1)}
+def _shares(counts: Counter) -> dict[str, float]:
     total = sum(counts.values())
     return {k: round(v / total, 4) for k, v in sorted(counts.items())}
 
 
-def token_overlap(name: str, rows: list[dict]) -> dict[str, float]:
+def token_type_shares(rows: list[dict]) -> dict[str, float]:
+    return _shares(Counter(t[2] for r in rows for t in r["tokens"]))
+
+
+def complexity_shares(rows: list[dict]) -> dict[str, float]:
+    return _shares(Counter(analysis.COMPLEXITY_CLASSES[r["label"]] for r in rows))
+
+
+def label_shares(rows: list[dict]) -> dict[str, float]:
+    return _shares(Counter(str(r["label"]) for r in rows))
+
+
+def pair_shares(rows: list[dict]) -> dict[str, float]:
+    """Label shares and, for pairs built from the corpus, the share of hard negatives."""
+    shares = label_shares(rows)
+    negatives = [r for r in rows if r["label"] == 0]
+    if negatives and "kind" in negatives[0]:
+        shares["hard_negatives"] = round(sum(r["kind"] != "random" for r in negatives) / len(negatives), 4)
+    return shares
+
+
+def class_sizes(rows: list[dict]) -> dict[str, float]:
+    labels = Counter(r["label"] for r in rows)
+    return {"classes": len(labels), "members_per_class": round(len(rows) / len(labels), 2)}
+
+
+def target_length(rows: list[dict]) -> dict[str, float]:
+    return {"mean_target_chars": round(sum(len(r.get("target", r.get("query", ""))) for r in rows) / len(rows), 1)}
+
+
+def balance(entry: ProbingProperty | DownstreamTask, rows: list[dict]) -> dict[str, float]:
+    """Label shares (token-type shares for lexical); what the table and metrics report."""
+    return _named(entry, "balance")(rows) if rows else {}
+
+
+def pair_overlap(rows: list[dict]) -> dict[str, float]:
+    score = baselines.clone_detection_auc(rows)
+    return {} if score is None else {"jaccard_roc_auc": round(score, 4)}
+
+
+def class_overlap(rows: list[dict]) -> dict[str, float]:
+    score = baselines.semantic_map_at_r(rows)
+    return {} if score is None else {"jaccard_map_at_r": round(score, 2)}
+
+
+def token_overlap(entry: ProbingProperty | DownstreamTask, rows: list[dict]) -> dict[str, float]:
     """How much plain token overlap already solves a clone set (docs/datasets.md): the baseline to beat."""
-    if name == "clone_detection":
-        score = baselines.clone_detection_auc(rows)
-        return {} if score is None else {"jaccard_roc_auc": round(score, 4)}
-    if name == "semantic":
-        score = baselines.semantic_map_at_r(rows)
-        return {} if score is None else {"jaccard_map_at_r": round(score, 2)}
-    return {}
+    return _named(entry, "overlap")(rows) if entry.overlap else {}
+
+
+# ---------------------------------------------------------------------- stage
 
 
 def _corpus(params: Params) -> dict[str, Functions]:
@@ -483,6 +570,57 @@ def check_splits(functions: dict[str, Functions], files: dict[str, Path | str]) 
             )
 
 
+def _functions(
+    params: Params, entry: ProbingProperty | DownstreamTask, real: RealData | None, corpus: dict[str, Functions] | None
+) -> tuple[dict[str, Functions] | None, dict[str, Functions] | None]:
+    """The functions a set is built from (None: its real data are its rows), checked; and the corpus, read once."""
+    if real is not None and entry.real_data == "rows":
+        return None, corpus
+    if real is None:
+        corpus = corpus or _corpus(params)
+        functions = corpus
+        corpus_dir = Path(params.data.corpus_dir) / params.prepare.language
+        files: dict[str, Path | str] = {split: corpus_dir / f"{split}.jsonl" for split in SPLITS}
+    else:
+        functions = _functions_from_real(real, params.prepare.language)
+        files = {split: getattr(real, split) for split in SPLITS}
+    check_splits(functions, files)
+    return functions, corpus
+
+
+def _write_set(
+    entry: ProbingProperty | DownstreamTask,
+    task_set: TaskSet,
+    functions: dict[str, Functions] | None,
+    folder: Path,
+    p: TasksParams,
+) -> dict:
+    """Write the three splits of one set; return their rows, balance and token overlap."""
+    real = task_set.source if isinstance(task_set.source, RealData) else None
+    metrics: dict = {}
+    earlier: list[list[dict]] = []
+    for split in SPLITS:
+        size = getattr(task_set.sizes, split)
+        codebase = None
+        if functions is None:
+            rows, codebase = real_rows(entry, real, split, size, p.seed)
+        else:
+            rows = _named(entry, "builder")(functions[split], size, p, split, earlier)
+            if _searches(entry) and split == "test" and task_set.codebase_size is not None:
+                codebase = code_search_codebase(functions[split], rows, task_set.codebase_size, p)
+        earlier.append(rows)
+        write_jsonl(folder / f"{split}.jsonl", unique_ids(rows))
+        if codebase is not None:
+            write_jsonl(folder / "codebase.jsonl", codebase)
+        elif _searches(entry) and split == "test":  # no stale codebase from an earlier setting
+            (folder / "codebase.jsonl").unlink(missing_ok=True)
+        metrics[split] = {"rows": len(rows), "balance": balance(entry, rows)}
+        if overlap := token_overlap(entry, rows):
+            metrics[split]["token_overlap"] = overlap
+        log.info("%s/%s: %d rows", entry.name, split, len(rows))
+    return metrics
+
+
 def build(params: Params) -> dict:
     """Write every set; return the metrics."""
     p = params.tasks
@@ -490,44 +628,12 @@ def build(params: Params) -> dict:
         raise ConfigError("params: the 'tasks' section is missing (see params.yaml in the repository)")
     corpus: dict[str, Functions] | None = None
     metrics: dict = {"probing": {}, "tasks": {}, "unparsable": {}}
-    for name in (*PROBING, *DOWNSTREAM):
+    for name, (group, entry) in SETS.items():
         task_set: TaskSet = getattr(p, name)
-        group, folder = ("probing", Path(p.probing_dir)) if name in PROBING else ("tasks", Path(p.out_dir))
-        metrics[group][name] = {}
         real = task_set.source if isinstance(task_set.source, RealData) else None
-        functions = None
-        if real is None or real.format == "codesearchnet" and name in PROBING:
-            if real is None:
-                corpus = corpus or _corpus(params)
-                functions = corpus
-                corpus_dir = Path(params.data.corpus_dir) / params.prepare.language
-                files = {split: corpus_dir / f"{split}.jsonl" for split in SPLITS}
-            else:
-                functions = _functions_from_real(real, params.prepare.language)
-                files = {split: getattr(real, split) for split in SPLITS}
-            check_splits(functions, files)
-        label_offset = 0
-        for split in SPLITS:
-            size = getattr(task_set.sizes, split)
-            codebase = None
-            if functions is None:
-                rows, codebase = real_rows(name, real, split, size, p.seed)
-            elif name == "semantic":
-                rows = semantic(functions[split], size, p, split, label_offset)
-                label_offset += len({r["label"] for r in rows})
-            else:
-                rows = BUILDERS[name](functions[split], size, p, split)
-                if name == "code_search" and split == "test" and task_set.codebase_size is not None:
-                    codebase = code_search_codebase(functions[split], rows, task_set.codebase_size, p)
-            write_jsonl(folder / name / f"{split}.jsonl", unique_ids(rows))
-            if codebase is not None:
-                write_jsonl(folder / name / "codebase.jsonl", codebase)
-            elif name == "code_search" and split == "test":  # no stale codebase from an earlier setting
-                (folder / name / "codebase.jsonl").unlink(missing_ok=True)
-            metrics[group][name][split] = {"rows": len(rows), "balance": balance(name, rows)}
-            if overlap := token_overlap(name, rows):
-                metrics[group][name][split]["token_overlap"] = overlap
-            log.info("%s/%s: %d rows", name, split, len(rows))
+        functions, corpus = _functions(params, entry, real, corpus)
+        folder = Path(p.probing_dir if group == "probing" else p.out_dir) / name
+        metrics[group][name] = _write_set(entry, task_set, functions, folder, p)
         if functions is not None:
             metrics["unparsable"][name] = sum(len(f.unparsable) for f in functions.values())
     return metrics

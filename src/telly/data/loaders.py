@@ -2,8 +2,10 @@
 
 Where a copy of the real data is at hand, ``params.yaml`` points a task at it
 (``tasks.<set>.source``) instead of the built-in corpus. Each loader reads the
-exact public layout and yields the task rows of docs/architecture.md; a file with
-the wrong schema fails naming the file, the line and the missing field.
+exact public layout and yields rows with an ``id``; a file with the wrong schema fails
+naming the file, the line and the missing field. :data:`FORMATS` holds one loader per
+format; each set of the registries names its format (``source_format``) and the tasks
+stage keeps the set's fields of the rows (docs/architecture.md).
 
 - CodeSearchNet jsonl (and UniXcoder/GraphCodeBERT's cleaned copy + ``codebase.jsonl``)
 - BigCloneBench (CodeXGLUE): ``data.jsonl`` ``{"func", "idx"}`` + ``train/valid/test.txt`` ``idx1<TAB>idx2<TAB>label``
@@ -16,8 +18,9 @@ the wrong schema fails naming the file, the line and the missing field.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from telly.errors import TellyError
 from telly.jsonl import SchemaError, iter_jsonl
@@ -61,15 +64,6 @@ def codesearchnet(path: str | Path) -> Iterator[dict]:
         code = _tokens(row, path, lineno, "code_tokens", "function_tokens")
         doc = _tokens(row, path, lineno, "docstring_tokens")
         yield {"id": row["url"], "query": " ".join(doc), "code": " ".join(code)}
-
-
-def codesearchnet_search(path: str | Path) -> Iterator[dict]:
-    yield from codesearchnet(path)
-
-
-def codesearchnet_summarization(path: str | Path) -> Iterator[dict]:
-    for row in codesearchnet(path):
-        yield {"id": row["id"], "source": row["code"], "target": row["query"]}
 
 
 def codesearchnet_codebase(path: str | Path) -> Iterator[dict]:
@@ -173,3 +167,15 @@ def codexglue_lines(path: str | Path, seed: int = 0) -> Iterator[dict]:
                 "source": " ".join(["<s>", *body[: cut + 1]]),
                 "target": " ".join(body[cut + 1 : nxt]),
             }
+
+
+# --------------------------------------------------------------------- registry
+
+# format -> the rows of one split of a real dataset: (tasks.<set>.source, split, seed) -> rows with an "id"
+FORMATS: dict[str, Callable[[Any, str, int], Iterator[dict]]] = {
+    "codesearchnet": lambda real, split, seed: codesearchnet(getattr(real, split)),
+    "bigclonebench": lambda real, split, seed: bigclonebench(real.data, getattr(real, split)),
+    "poj104": lambda real, split, seed: poj104(getattr(real, split)),
+    "concode": lambda real, split, seed: concode(getattr(real, split)),
+    "codexglue_line": lambda real, split, seed: codexglue_lines(getattr(real, split), seed),
+}

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from telly import tasks
 from telly.config import Params
 from telly.data.baselines import pair_jaccard
 from telly.errors import TellyError
@@ -38,6 +40,7 @@ from telly.finetuning import examples as E
 from telly.finetuning import metrics as M
 from telly.finetuning.data import load_split
 from telly.jsonl import read_jsonl, write_json
+from telly.registry import named
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,17 @@ class BM25:
 # ------------------------------------------------------------------ the five baselines
 
 
+def describe(method: str) -> Callable:
+    """Mark a baseline (the function a task's ``baseline`` names) with the method its result reports."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.method = method
+        return fn
+
+    return mark
+
+
+@describe("BM25 of the query over the test codes (bm25s)")
 def code_search(
     train: list[dict], valid: list[dict], test: list[dict], codebase: list[dict] | None = None
 ) -> tuple[dict, list[dict]]:
@@ -104,6 +118,7 @@ def code_search(
     return {**out, "score": out["mrr"]}, E.search_rows(ranks)
 
 
+@describe("token-set Jaccard, threshold chosen on valid")
 def clone_detection(train: list[dict], valid: list[dict], test: list[dict]) -> tuple[dict, list[dict]]:
     def jaccard(rows: list[dict]) -> np.ndarray:
         return pair_jaccard([r["code1"] for r in rows], [r["code2"] for r in rows])
@@ -116,22 +131,11 @@ def clone_detection(train: list[dict], valid: list[dict], test: list[dict]) -> t
 
 def _generated(task: str, hyps: list[str], test: list[dict]) -> tuple[dict, list[dict]]:
     """The task's metrics of whitespace-normalised hypotheses, as :func:`telly.finetuning.evaluate.evaluate`."""
+    spec = tasks.get(task)
     hyps = [" ".join(h.split()) for h in hyps]
     refs = [" ".join(r["target"].split()) for r in test]
-    rows = E.generation_rows(task, refs, hyps)
-    if task == "code_summarization":
-        out = {
-            "bleu": M.smoothed_bleu4(refs, hyps),
-            "meteor": M.meteor(refs, hyps),
-            "rouge_l": M.rouge_l(refs, hyps),
-            "cider": M.cider(refs, hyps),
-        }
-        return {**out, "score": out["bleu"]}, rows
-    if task == "code_generation":
-        out = {"bleu": M.corpus_bleu_codexglue(refs, hyps), "em": M.exact_match(refs, hyps)}
-        return {**out, "score": out["bleu"] + out["em"]}, rows
-    out = {"em": M.exact_match(refs, hyps), "edit_sim": M.edit_similarity(refs, hyps)}
-    return {**out, "score": out["em"] + out["edit_sim"]}, rows
+    out = {name: getattr(M, function)(refs, hyps) for name, function in spec.text_metrics.items()}
+    return {**out, "score": spec.score(out)}, E.generation_rows(task, refs, hyps)
 
 
 def nearest_target(train: list[dict], test: list[dict]) -> list[str]:
@@ -140,10 +144,12 @@ def nearest_target(train: list[dict], test: list[dict]) -> list[str]:
     return [train[i]["target"] for i in bm25.nearest([r["source"] for r in test])]
 
 
+@describe("docstring of the BM25-nearest training function")
 def code_summarization(train: list[dict], valid: list[dict], test: list[dict]) -> tuple[dict, list[dict]]:
     return _generated("code_summarization", nearest_target(train, test), test)
 
 
+@describe("code of the BM25-nearest training description")
 def code_generation(train: list[dict], valid: list[dict], test: list[dict]) -> tuple[dict, list[dict]]:
     return _generated("code_generation", nearest_target(train, test), test)
 
@@ -192,19 +198,10 @@ class NgramLines:
         return "".join(line).strip()
 
 
+@describe(f"{NGRAM_ORDER}-gram model of the training lines, greedy with backoff")
 def line_completion(train: list[dict], valid: list[dict], test: list[dict]) -> tuple[dict, list[dict]]:
     model = NgramLines([r["source"] + r["target"] for r in train])
     return _generated("line_completion", [model.complete(r["source"]) for r in test], test)
-
-
-# registry: the no-training baseline of each task (method name, function)
-BASELINES = {
-    "code_search": ("BM25 of the query over the test codes (bm25s)", code_search),
-    "clone_detection": ("token-set Jaccard, threshold chosen on valid", clone_detection),
-    "code_summarization": ("docstring of the BM25-nearest training function", code_summarization),
-    "code_generation": ("code of the BM25-nearest training description", code_generation),
-    "line_completion": (f"{NGRAM_ORDER}-gram model of the training lines, greedy with backoff", line_completion),
-}
 
 
 # ------------------------------------------------------------------ the stage
@@ -214,8 +211,7 @@ def compute(params: Params, task: str) -> dict[str, Any]:
     """The baseline's run-like result of ``task`` (with per-example ``examples`` and their row ``ids``)."""
     if params.finetune is None:
         raise TellyError("params: the finetune section is missing (the baselines read its task sizes)")
-    if task not in BASELINES:
-        raise TellyError(f"telly baseline: unknown task {task!r}; expected one of {', '.join(BASELINES)}")
+    spec = tasks.get(task)
     settings = params.finetune
     cfg = getattr(settings.tasks, task)
     seed = data_seed(params)
@@ -223,10 +219,10 @@ def compute(params: Params, task: str) -> dict[str, Any]:
         split: load_split(settings.tasks_dir, task, split, size, seed, min_rows=2)
         for split, size in (("train", cfg.train_size), ("valid", cfg.valid_size), ("test", cfg.test_size))
     }
-    method, fn = BASELINES[task]
-    extra = {}
-    if task == "code_search":
-        path = Path(settings.tasks_dir) / "code_search" / "codebase.jsonl"  # evaluate.codebase_path (no torch here)
+    fn = named(sys.modules[__name__], spec.baseline, f"{task}.baseline")
+    method, extra = fn.method, {}
+    if spec.head == "search":
+        path = Path(settings.tasks_dir) / task / "codebase.jsonl"  # evaluate.codebase_path (no torch here)
         if path.exists():  # the model ranks against it: so does the baseline
             extra["codebase"] = read_jsonl(path, required=("code",))
             method += f" among the {len(extra['codebase'])} codes of {path.name}"

@@ -16,15 +16,18 @@ Each task's main metric is a function of per-row *statistics* summed over rows (
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from telly import tasks
 from telly.errors import TellyError
 from telly.finetuning import metrics as M
 from telly.jsonl import read_jsonl, write_jsonl
+from telly.registry import named
 
 
 def search_rows(ranks: Sequence[float], cutoff: int = M.UNIXCODER_CUTOFF) -> list[dict]:
@@ -36,24 +39,27 @@ def clone_rows(predicted: Sequence[int], labels: Sequence[int]) -> list[dict]:
     return [{"pred": int(p), "gold": int(g)} for p, g in zip(predicted, labels)]
 
 
+def summary_row(ref: str, hyp: str) -> dict:
+    return {"hyp": hyp, "bleu": 100.0 * M.sentence_bleu_csn(ref, hyp)}
+
+
+def code_row(ref: str, hyp: str) -> dict:
+    return {
+        "hyp": hyp,
+        "bleu": 100.0 * M.sentence_bleu_csn(ref, hyp),
+        "em": M.exact_match([ref], [hyp]),
+        "bleu_counts": M.bleu_counts(ref, hyp),
+    }
+
+
+def line_row(ref: str, hyp: str) -> dict:
+    return {"hyp": hyp, "em": M.exact_match([ref], [hyp]), "edit_sim": M.edit_similarity([ref], [hyp])}
+
+
 def generation_rows(task: str, references: Sequence[str], hypotheses: Sequence[str]) -> list[dict]:
-    """Rows of a generation task from whitespace-normalised references and hypotheses."""
-    rows = []
-    for ref, hyp in zip(references, hypotheses):
-        if task == "line_completion":
-            rows.append({"hyp": hyp, "em": M.exact_match([ref], [hyp]), "edit_sim": M.edit_similarity([ref], [hyp])})
-        elif task == "code_generation":
-            rows.append(
-                {
-                    "hyp": hyp,
-                    "bleu": 100.0 * M.sentence_bleu_csn(ref, hyp),
-                    "em": M.exact_match([ref], [hyp]),
-                    "bleu_counts": M.bleu_counts(ref, hyp),
-                }
-            )
-        else:
-            rows.append({"hyp": hyp, "bleu": 100.0 * M.sentence_bleu_csn(ref, hyp)})
-    return rows
+    """Rows of a generation task from whitespace-normalised references and hypotheses (its ``example_row``)."""
+    score = named(sys.modules[__name__], tasks.get(task).example_row, f"{task}.example_row")
+    return [score(ref, hyp) for ref, hyp in zip(references, hypotheses)]
 
 
 # ---------------------------------------------------------------- main metric from per-row statistics
@@ -82,28 +88,28 @@ class Statistic:
     combine: Callable[[np.ndarray, int], np.ndarray]
 
 
-# registry: each task's main metric (the first of finetuning.table.METRICS) from per-example rows
-STATISTICS = {
-    "code_search": Statistic("mrr", lambda r: [r["rr"]], _mean),
-    "clone_detection": Statistic(
-        "f1",
-        lambda r: [r["pred"] * r["gold"], r["pred"] * (1 - r["gold"]), (1 - r["pred"]) * r["gold"]],
-        _f1,
-    ),
-    "code_summarization": Statistic("bleu", lambda r: [r["bleu"]], _mean),
-    "code_generation": Statistic("bleu", lambda r: list(r["bleu_counts"]), _bleu),
-    "line_completion": Statistic("edit_sim", lambda r: [r["edit_sim"]], _mean),
-}
+# the main metrics a task's ``statistic`` names (telly.tasks)
+MRR = Statistic("mrr", lambda r: [r["rr"]], _mean)
+F1 = Statistic("f1", lambda r: [r["pred"] * r["gold"], r["pred"] * (1 - r["gold"]), (1 - r["pred"]) * r["gold"]], _f1)
+SENTENCE_BLEU = Statistic("bleu", lambda r: [r["bleu"]], _mean)  # the corpus figure is the mean of the rows'
+CORPUS_BLEU = Statistic("bleu", lambda r: list(r["bleu_counts"]), _bleu)  # from the summed n-gram counts
+EDIT_SIMILARITY = Statistic("edit_sim", lambda r: [r["edit_sim"]], _mean)
+
+
+def statistic(task: str) -> Statistic:
+    """The statistic of ``task``'s main metric (its ``statistic`` in telly.tasks)."""
+    return named(sys.modules[__name__], tasks.get(task).statistic, f"{task}.statistic")
 
 
 def statistics(task: str, rows: Sequence[dict]) -> np.ndarray:
     """``[d, n]``: the per-row statistics of the task's main metric, rows on the last axis."""
-    return np.asarray([STATISTICS[task].row_statistics(r) for r in rows], dtype=float).T
+    row_statistics = statistic(task).row_statistics
+    return np.asarray([row_statistics(r) for r in rows], dtype=float).T
 
 
 def main_metric(task: str, stats: np.ndarray) -> np.ndarray | float:
     """The main metric of ``stats`` (``[d, ..., n]``; extra axes are resamples), summed over the last axis."""
-    value = STATISTICS[task].combine(np.asarray(stats).sum(axis=-1), np.asarray(stats).shape[-1])
+    value = statistic(task).combine(np.asarray(stats).sum(axis=-1), np.asarray(stats).shape[-1])
     return float(value) if np.ndim(value) == 0 else value
 
 

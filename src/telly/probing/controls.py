@@ -1,4 +1,4 @@
-"""Control tasks (Hewitt & Liang, 2019) and the majority-class baseline.
+"""Control tasks (Hewitt & Liang, 2019): each property names its control here (``control``).
 
 A control task keeps a task's inputs and label distribution but replaces the
 labels with ones the representation cannot encode:
@@ -23,8 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from telly.probing import metrics
-from telly.probing.tasks import Split
+from telly.probing.objectives import Split
 
 
 def labels_per_type(types: Sequence[Sequence[str]], train_labels: np.ndarray, seed: int) -> list[np.ndarray]:
@@ -59,22 +58,19 @@ def deranged_pairs(split: Split, seed: int) -> Split:
     return Split(split.x, split.y, x2)
 
 
-def majority_baseline(task: str, train: Split, test: Split, n_classes: int, seed: int) -> dict[str, float]:
-    """Score of a probe that ignores its input: the majority train class, or chance for retrieval."""
-    if task == "lexical":
-        values, counts = np.unique(train.y, return_counts=True)
-        return {"acc": metrics.token_accuracy(test.y, np.full_like(test.y, values[counts.argmax()]))}
-    if task == "structural":
-        values, counts = np.unique(train.y, return_counts=True)
-        return metrics.class_scores(test.y, np.full_like(test.y, values[counts.argmax()]), n_classes)
-    rng = np.random.default_rng(seed)
-    if task == "syntactic":
-        values, counts = np.unique(train.y, return_counts=True)
-        n_true = int((test.y == 1).sum())
-        return {
-            "acc": float((test.y == values[counts.argmax()]).mean()),
-            "mrr": float(np.mean(1.0 / np.arange(1, n_true + 1))),  # expected MRR of a random ranking
-        }
-    if task == "semantic":
-        return {"map": metrics.map_at_r(rng.standard_normal((len(test), 64)), test.y)}
-    raise ValueError(f"unknown probing task {task!r}")
+# the controls a property names (telly.probing.properties): its real splits -> the control task's splits
+
+
+def token_type_control(real: dict[str, Split], seed: int) -> dict[str, Split]:
+    """Lexical: one random label per token string (the splits carry their ``types``)."""
+    splits = list(real)
+    labels = labels_per_type([real[s].types for s in splits], real["train"].y, seed)
+    return {s: Split(real[s].x, y) for s, y in zip(splits, labels)}
+
+
+def deranged_control(real: dict[str, Split], seed: int) -> dict[str, Split]:
+    return {s: deranged_pairs(split, seed + i) for i, (s, split) in enumerate(real.items())}
+
+
+def shuffled_control(real: dict[str, Split], seed: int) -> dict[str, Split]:
+    return {s: shuffled_labels(split, seed + i) for i, (s, split) in enumerate(real.items())}

@@ -28,17 +28,12 @@ import numpy as np
 from telly.errors import TellyError
 from telly.fingerprint import model_fingerprint
 from telly.jsonl import read_jsonl
+from telly.probing.properties import PROPERTIES
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 LEXICAL_LABELS = {"<pad>": 0, "KEYWORD": 1, "NAME": 2, "NUMBER": 3, "STRING": 4, "OPERATOR": 5}  # the paper's vocab
-REQUIRED = {
-    "lexical": ("id", "code", "tokens"),
-    "syntactic": ("id", "code", "ast_only", "label"),
-    "structural": ("id", "code", "label"),
-    "semantic": ("id", "code", "label"),
-}
 
 
 @dataclass(frozen=True)
@@ -55,7 +50,7 @@ def read_rows(probing_dir: Path, prop: str, split: str, limit: int | None) -> li
     path = Path(probing_dir) / prop / f"{split}.jsonl"
     if not path.exists():
         raise TellyError(f"{path}: probing set not found (run `dvc repro tasks` first)")
-    rows = read_jsonl(path, required=REQUIRED[prop])
+    rows = read_jsonl(path, required=PROPERTIES[prop].fields)
     return rows[:limit] if limit else rows
 
 

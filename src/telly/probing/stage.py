@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,13 @@ from telly.config import Params
 from telly.errors import TellyError
 from telly.files import write_text
 from telly.jsonl import write_json
-from telly.probing import controls
+from telly.probing import controls, objectives, properties
 from telly.probing.features import SPLITS, FeatureBuilder, ModelState, ast_text, lexical_arrays, read_rows
+from telly.probing.objectives import ProbingTask, Split
+from telly.probing.properties import ProbingProperty
 from telly.probing.suite import run_suite
-from telly.probing.tasks import CloneRetrievalTask, PairTask, ProbingTask, Split, TaggingTask
 from telly.probing.train import TrainSettings
+from telly.registry import named
 from telly.runtime import set_seed
 
 log = logging.getLogger(__name__)
@@ -67,64 +70,70 @@ def _pooled(reps, pooling: str) -> np.ndarray:
 
 
 def build_tasks(params: Params, prop: str, builder: FeatureBuilder) -> tuple[ProbingTask, ProbingTask]:
-    """The property's task on real labels, and its control task on the same inputs."""
+    """The property's objective on real labels, and on its control task's labels over the same inputs."""
     p = _section(params)
+    entry = properties.get(prop)
     rows = {s: read_rows(p.probing_dir, prop, s, p.max_rows[s]) for s in SPLITS}
     for split, split_rows in rows.items():
         if len(split_rows) < 2:
             raise TellyError(
                 f"{p.probing_dir / prop / (split + '.jsonl')}: {len(split_rows)} row(s); a probe needs at least 2"
             )
-    ids = {s: [str(r["id"]) for r in rows[s]] for s in SPLITS}
-    codes = {s: [r["code"] for r in rows[s]] for s in SPLITS}
     # labels are checked before any extraction, so a bad file costs nothing
-    labels = {s: _int_labels(rows[s], prop, Path(p.probing_dir) / prop / f"{s}.jsonl") for s in SPLITS}
-
-    if prop == "lexical":
-        arrays = {
-            s: lexical_arrays(rows[s], builder.representations(prop, s, codes[s], ids[s], tokens=True)) for s in SPLITS
-        }
-        real = {s: Split(x, y) for s, (x, y, _) in arrays.items()}
-        control_y = controls.labels_per_type([arrays[s][2] for s in SPLITS], real["train"].y, p.control_seed)
-        fake = {s: Split(real[s].x, y) for s, y in zip(SPLITS, control_y)}
-        make = lambda splits: TaggingTask("lexical", *splits, n_classes=6, pad_label=0)  # noqa: E731
-    elif prop == "syntactic":
-        real = {}
-        for s in SPLITS:
-            code = _pooled(builder.representations(prop, s, codes[s], ids[s]), p.pooling)
-            ast = _pooled(
-                builder.representations(prop, s, [ast_text(r) for r in rows[s]], ids[s], side="ast"), p.pooling
-            )
-            real[s] = Split(code, labels[s], ast)
-        fake = {s: controls.deranged_pairs(real[s], p.control_seed + i) for i, s in enumerate(SPLITS)}
-        make = lambda splits: PairTask("syntactic", *splits)  # noqa: E731
-    elif prop in ("structural", "semantic"):
-        real = {
-            s: Split(_pooled(builder.representations(prop, s, codes[s], ids[s]), p.pooling), labels[s]) for s in SPLITS
-        }
-        fake = {s: controls.shuffled_labels(real[s], p.control_seed + i) for i, s in enumerate(SPLITS)}
-        if prop == "structural":
-            make = lambda splits: TaggingTask("structural", *splits, n_classes=6)  # noqa: E731
-        else:
-            make = lambda splits: CloneRetrievalTask("semantic", *splits)  # noqa: E731
-    else:
-        raise TellyError(f"unknown probing property {prop!r}")
-    return make([real[s] for s in SPLITS]), make([fake[s] for s in SPLITS])
+    labels = {s: _int_labels(rows[s], entry, Path(p.probing_dir) / prop / f"{s}.jsonl") for s in SPLITS}
+    module = sys.modules[__name__]
+    real = named(module, entry.features, f"{prop}.features")(entry, rows, labels, builder, p.pooling)
+    fake = named(controls, entry.control, f"{prop}.control")(real, p.control_seed)
+    objective = named(objectives, entry.objective, f"{prop}.objective")
+    return objective.of(entry, [real[s] for s in SPLITS]), objective.of(entry, [fake[s] for s in SPLITS])
 
 
-def _int_labels(rows: list[dict[str, Any]], prop: str, path: Path) -> np.ndarray | None:
+# the features a property names (telly.probing.properties): its rows -> a Split per split
+
+
+def token_features(entry: ProbingProperty, rows: dict, labels: dict, builder: FeatureBuilder, pooling: str) -> dict:
+    """One row per source token: its last subword's hidden states, its type label and its string."""
+    out = {}
+    for s in SPLITS:
+        ids, codes = [str(r["id"]) for r in rows[s]], [r["code"] for r in rows[s]]
+        x, y, types = lexical_arrays(rows[s], builder.representations(entry.name, s, codes, ids, tokens=True))
+        out[s] = Split(x, y, types=types)
+    return out
+
+
+def pair_features(entry: ProbingProperty, rows: dict, labels: dict, builder: FeatureBuilder, pooling: str) -> dict:
+    """The pooled code and the pooled AST-only sequence of each pair."""
+    out = {}
+    for s in SPLITS:
+        ids, codes = [str(r["id"]) for r in rows[s]], [r["code"] for r in rows[s]]
+        code = _pooled(builder.representations(entry.name, s, codes, ids), pooling)
+        asts = [ast_text(r) for r in rows[s]]
+        out[s] = Split(code, labels[s], _pooled(builder.representations(entry.name, s, asts, ids, side="ast"), pooling))
+    return out
+
+
+def pooled_features(entry: ProbingProperty, rows: dict, labels: dict, builder: FeatureBuilder, pooling: str) -> dict:
+    """The pooled function."""
+    out = {}
+    for s in SPLITS:
+        ids, codes = [str(r["id"]) for r in rows[s]], [r["code"] for r in rows[s]]
+        out[s] = Split(_pooled(builder.representations(entry.name, s, codes, ids), pooling), labels[s])
+    return out
+
+
+def _int_labels(rows: list[dict[str, Any]], entry: ProbingProperty, path: Path) -> np.ndarray | None:
     """Integer labels of a split, or a TellyError naming the file and the first bad rows."""
-    allowed = {"structural": range(6), "syntactic": range(2)}.get(prop)
-    if allowed is not None:
+    if entry.labels == "classes":
+        allowed = range(entry.n_classes)
         bad = [r["id"] for r in rows if not (isinstance(r["label"], int) and r["label"] in allowed)]
         if bad:
             raise TellyError(
                 f"{path}: rows {bad[:3]}: label must be an integer class {allowed.start}..{allowed.stop - 1}"
             )
         return np.asarray([r["label"] for r in rows], dtype=np.int64)
-    if prop == "semantic":  # clone classes: any label type
+    if entry.labels == "clone_classes":  # any label type
         return np.unique([str(r["label"]) for r in rows], return_inverse=True)[1].astype(np.int64)
-    return None
+    return None  # tokens: the features read them
 
 
 # ------------------------------------------------------------------ outputs

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from telly.probing.controls import majority_baseline
-from telly.probing.tasks import ProbingTask
+from telly.probing.objectives import ProbingTask
 from telly.probing.train import TrainSettings, train_probe
 
 PROBE_TYPES = ("layer-wise", "weighted-layer-wise")
@@ -36,7 +35,6 @@ def run_suite(
     probe_types: Sequence[str] = PROBE_TYPES,
 ) -> dict[str, Any]:
     """Train every probe and aggregate; the dict is written as details.json by the stage."""
-    n_classes = getattr(task, "n_classes", 0)
     result: dict[str, Any] = {
         "property": name,
         "metric": task.primary,
@@ -45,7 +43,7 @@ def run_suite(
         "sizes": {"train": len(task.train), "valid": len(task.valid), "test": len(task.test)},
         "seeds": list(seeds),
         "head": settings.head,
-        "baseline": majority_baseline(name, task.train, task.test, n_classes, seeds[0]),
+        "baseline": task.majority(seeds[0]),
     }
     jobs = [(p, s) for p in probe_types for s in seeds]
     raw: dict[str, dict[str, list]] = {p: {"task": [], "control": [], "weights": [], "epochs": []} for p in probe_types}

@@ -20,6 +20,7 @@ from typing import Any
 
 from telly.config import Params
 from telly.jsonl import write_json
+from telly.probing.properties import PROPERTIES
 from telly.probing.stage import _section, flat_metrics, out_folder, peak_line
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,8 @@ def load_results(params: Params) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def _percent(result: dict[str, Any], values: list[float]) -> list[float]:
-    # the paper reports syntactic accuracy in [0, 1]; plot every property in percent
-    return [100 * v for v in values] if result["property"] == "syntactic" else values
+    # the paper reports some metrics in [0, 1] (syntactic accuracy); plot every property in percent
+    return [100 * v for v in values] if PROPERTIES[result["property"]].fraction else values
 
 
 def plot_state(state: str, results: dict[str, dict[str, Any]], folder: Path) -> list[Path]:

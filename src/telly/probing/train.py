@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from telly.probing.objectives import ProbingTask
 from telly.probing.probes import build_probe
-from telly.probing.tasks import ProbingTask
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from telly.files import atomic_path
+from telly.probing.properties import PROPERTIES
 from telly.reporting.claims import MAIN_METRIC, variant_k
-from telly.reporting.inputs import PROPERTIES, STATES, Inputs
+from telly.reporting.inputs import STATES, Inputs
 
 STATE_COLORS = {"random": "tab:gray", "pretrained": "tab:blue", "finetuned": "tab:orange"}
 
@@ -35,7 +36,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def _percent(prop: str, values: list[float]) -> list[float]:
-    return [100 * v for v in values] if prop == "syntactic" else list(values)  # syntactic acc is in [0, 1]
+    return [100 * v for v in values] if PROPERTIES[prop].fraction else list(values)  # metrics in [0, 1]
 
 
 def probe_curves(inputs: Inputs, path: Path) -> Path | None:

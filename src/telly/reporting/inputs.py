@@ -11,11 +11,12 @@ from typing import Any
 
 from telly.config import Params
 from telly.errors import TellyError
+from telly.probing.properties import PROPERTY_NAMES
 from telly.tasks import TASK_NAMES as TASKS
 
 log = logging.getLogger(__name__)
 
-PROPERTIES = ("lexical", "syntactic", "structural", "semantic")
+PROPERTIES = PROPERTY_NAMES  # telly.probing.properties
 STATES = ("random", "pretrained", "finetuned")
 
 

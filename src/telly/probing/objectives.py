@@ -1,9 +1,10 @@
-"""The four probing tasks as losses and metrics on cached hidden states.
+"""The probing objectives: what a probe of a property is trained on and scored by, on cached hidden states.
 
-Each task holds its splits as arrays ``x`` of shape ``[N, L+1, H]`` (token rows for
-the lexical task, function rows for the others), and knows three things: how to
-draw a training batch, the per-head loss of a batch, and the paper's metrics of
-every head on a split. Features are standardised per hidden state with the
+Each property of :mod:`telly.probing.properties` names one of these classes (its ``objective``).
+An objective holds the property's splits as arrays ``x`` of shape ``[N, L+1, H]`` (token rows for
+the lexical property, function rows for the others), and knows four things: how to
+draw a training batch, the per-head loss of a batch, the paper's metrics of
+every head on a split, and the score of a probe that ignores its input (``majority``). Features are standardised per hidden state with the
 training split's statistics, so that one learning rate suits every layer and the
 scalar mix compares layers on an equal footing.
 """
@@ -18,17 +19,20 @@ import torch
 import torch.nn.functional as F
 
 from telly.probing import metrics
+from telly.probing.properties import ProbingProperty
 
 INFO_NCE_SCALE = 20.0  # the paper's in-batch contrastive scale (telly-paper.md 1.3)
 
 
 @dataclass
 class Split:
-    """One split: ``x`` features, ``y`` labels, ``x2`` the paired AST-only features (syntactic only)."""
+    """One split: ``x`` features, ``y`` labels, ``x2`` the paired AST-only features (syntactic only),
+    ``types`` the string of each token row (lexical only: its control task labels strings)."""
 
     x: np.ndarray
     y: np.ndarray
     x2: np.ndarray | None = None
+    types: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim != 3:
@@ -72,6 +76,11 @@ class ProbingTask:
         extra = [self.train.x2] if self.train.x2 is not None else []
         self.scaler = Scaler.fit(self.train.x, *extra)
 
+    @classmethod
+    def of(cls, prop: ProbingProperty, splits: list[Split]) -> ProbingTask:
+        """The objective of ``prop`` on its (train, valid, test) splits."""
+        return cls(prop.name, *splits)
+
     @property
     def n_states(self) -> int:
         return self.train.x.shape[1]
@@ -96,6 +105,14 @@ class ProbingTask:
         """The paper's metrics for every head of ``probe`` on ``split``."""
         raise NotImplementedError
 
+    def majority(self, seed: int) -> dict[str, float]:
+        """The test score of a probe that ignores its input: the majority train class, or chance for retrieval."""
+        raise NotImplementedError
+
+    def _majority_class(self) -> np.ndarray:
+        values, counts = np.unique(self.train.y, return_counts=True)
+        return values[counts.argmax()]
+
     @torch.no_grad()
     def outputs(self, probe: torch.nn.Module, x: np.ndarray, chunk: int = 4096) -> np.ndarray:
         probe.eval()
@@ -111,9 +128,19 @@ class TaggingTask(ProbingTask):
     n_classes: int = 6
     pad_label: int | None = None
 
+    @classmethod
+    def of(cls, prop: ProbingProperty, splits: list[Split]) -> TaggingTask:
+        return cls(prop.name, *splits, n_classes=prop.n_classes, pad_label=prop.pad_label)
+
     @property
     def out_size(self) -> int:
         return self.n_classes
+
+    def majority(self, seed: int) -> dict[str, float]:
+        guess = np.full_like(self.test.y, self._majority_class())
+        if self.pad_label is not None:
+            return {"acc": metrics.token_accuracy(self.test.y, guess)}
+        return metrics.class_scores(self.test.y, guess, self.n_classes)
 
     def loss(self, probe, idx, rng):
         logits = probe(self.scaler(self.train.x[idx]))  # [B, K, C]
@@ -174,6 +201,13 @@ class PairTask(ProbingTask):
             for k in range(code.shape[1])
         ]
 
+    def majority(self, seed: int) -> dict[str, float]:
+        n_true = int((self.test.y == 1).sum())
+        return {
+            "acc": float((self.test.y == self._majority_class()).mean()),
+            "mrr": float(np.mean(1.0 / np.arange(1, n_true + 1))),  # expected MRR of a random ranking
+        }
+
 
 @dataclass
 class CloneRetrievalTask(ProbingTask):
@@ -211,3 +245,7 @@ class CloneRetrievalTask(ProbingTask):
     def evaluate(self, probe, split):
         vecs = self.outputs(probe, split.x)
         return [{"map": metrics.map_at_r(vecs[:, k], split.y)} for k in range(vecs.shape[1])]
+
+    def majority(self, seed: int) -> dict[str, float]:
+        rng = np.random.default_rng(seed)  # chance: random vectors ranked by MAP@R
+        return {"map": metrics.map_at_r(rng.standard_normal((len(self.test), 64)), self.test.y)}
