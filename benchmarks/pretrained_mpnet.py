@@ -77,11 +77,12 @@ def main() -> None:
         out["probe"] = {"seconds": time.perf_counter() - t0, "summary": _short(probe)}
         print(json.dumps(out["probe"])[:2000], flush=True)
     if "rsa" in steps:
-        from telly.similarity.represent import REPRESENTATIONS, finetuned_tag, represent
+        from telly.similarity.represent import REPRESENTATIONS, represent
         from telly.similarity.stage import run as similarity
+        from telly.variants import model_tag
 
         t0 = time.perf_counter()
-        for tag in ("pretrained", "random", finetuned_tag("code_search", args.variant)):
+        for tag in ("pretrained", "random", model_tag("code_search", args.variant)):
             if not (REPRESENTATIONS / tag / "rsa" / "meta.json").exists():
                 represent(params, tag)
         out["rsa"] = {"seconds": time.perf_counter() - t0, "summary": similarity(params)}

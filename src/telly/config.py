@@ -444,14 +444,27 @@ ProbingProperty = Literal["lexical", "syntactic", "structural", "semantic"]
 ModelStateName = Literal["random", "pretrained", "finetuned"]
 
 
+class ProbedRun(Section):
+    """A fine-tuning run by task and variant; the run of the first of ``finetune.seeds`` stands for it."""
+
+    task: TaskName
+    variant: str
+
+    @field_validator("variant")
+    @classmethod
+    def _a_variant(cls, v: str) -> str:
+        from telly import variants
+
+        variants.parse(v)
+        return v
+
+
 class ProbeParams(Section):
     """RQ1: probes on cached hidden states of the probing sets (docs/probing.md)."""
 
     properties: list[ProbingProperty] = Field(min_length=1)
     states: list[ModelStateName] = Field(min_length=1, description="model states probed")
-    finetuned_model: str = Field(
-        description="the fine-tuned checkpoint probed as 'finetuned' (paper: code search, Base)"
-    )
+    finetuned: ProbedRun = Field(description="the fine-tuning run probed as 'finetuned' (paper: code search, Base)")
     probing_dir: Path = Field(description="probing sets written by the tasks stage")
     representations_dir: Path = Field(description="cache of extracted hidden states")
     out_dir: Path

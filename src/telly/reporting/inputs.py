@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from telly import variants
 from telly.config import Params
 from telly.errors import TellyError
 from telly.tasks import TASK_NAMES as TASKS
@@ -142,7 +143,9 @@ def read_regimes(params: Params) -> tuple[list[Regime], dict[str, str]]:
         folder = Path(params.report.paper_regime.results_dir)
         other = {t: read_runs(folder / t) for t in tasks}
         # Base freezes nothing, so its run is the same in both regimes
-        other = {t: [r for r in main.get(t, []) if r["variant"] == "base"] + runs for t, runs in other.items() if runs}
+        other = {
+            t: [r for r in main.get(t, []) if r["variant"] == variants.BASE] + runs for t, runs in other.items() if runs
+        }
         if other:
             regimes.append(Regime(_label(False), False, other))
         else:

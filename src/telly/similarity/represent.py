@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from telly import variants
 from telly.config import Params, SimilarityParams
 from telly.errors import TellyError
 from telly.jsonl import iter_jsonl
@@ -32,19 +33,8 @@ def section(params: Params) -> SimilarityParams:
     return params.similarity
 
 
-def finetuned_tag(task: str, variant: str) -> str:
-    return f"finetuned-{task}-{variant}"
-
-
 def folder(tag: str, dataset: str) -> Path:
     return REPRESENTATIONS / tag / dataset
-
-
-def check_tag(tag: str) -> None:
-    from telly.models.extract_stage import FINETUNED
-
-    if tag not in ("pretrained", "random") and not FINETUNED.fullmatch(tag):
-        raise TellyError(f"model tag {tag!r}: expected pretrained, random or finetuned-<task>-<variant>")
 
 
 def rsa_inputs(params: Params) -> tuple[list[str], list[str]]:
@@ -70,9 +60,9 @@ def represent(params: Params, tag: str) -> Path:
     from telly.runtime import device
 
     sp = section(params)
-    check_tag(tag)
+    kind = variants.parse_tag(tag).kind
     _, source = resolve_model(params, tag)
-    if tag.startswith("finetuned-") and not Path(source).exists():
+    if kind == "finetuned" and not Path(source).exists():
         raise TellyError(
             f"{source}: no fine-tuned checkpoint for model tag {tag!r}; run `dvc repro finetune` "
             f"(the finetune stage writes <finetune.output_dir>/<task>/<variant>/seed<S>/)"

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from telly import variants
 from telly.config import Params, SimilarityParams
 from telly.errors import TellyError
 from telly.jsonl import write_json
 from telly.similarity import outputs
 from telly.similarity.compute import METRICS, Comparison, compute, curves
-from telly.similarity.represent import finetuned_tag, folder, section
+from telly.similarity.represent import folder, section
 from telly.similarity.suggest import suggest_k, top_two_claim
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,10 @@ def plan(sp: SimilarityParams) -> list[Comparison]:
     """The comparisons of a run: each task's fine-tuned model, then the baselines."""
     comparisons = []
     for t in sp.tasks:  # a task's comparisons together, so its models' RSA vectors are freed soon
-        first = finetuned_tag(t, sp.variant)
+        first = variants.model_tag(t, sp.variant)
         comparisons.append(Comparison("finetuned", t, "pretrained", first))
         if sp.seed_variant:
-            second = finetuned_tag(t, sp.seed_variant)
+            second = variants.model_tag(t, sp.seed_variant)
             comparisons.append(Comparison("seed", t, "pretrained", second))
             comparisons.append(Comparison("seed_pair", t, first, second))
     comparisons.append(Comparison("random", "all", "pretrained", "random"))
