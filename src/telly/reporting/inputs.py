@@ -86,7 +86,7 @@ def read_probing(params: Params) -> tuple[Probing | None, str]:
 
 
 def read_similarity(params: Params, metric: str) -> tuple[Similarity | None, str]:
-    out_dir = Path("results/similarity")
+    out_dir = Path(params.similarity.out_dir) if params.similarity else Path("results/similarity")
     table = out_dir / "table.json"
     if not table.exists():
         return None, f"{table} not found: run `dvc repro similarity`"

@@ -23,7 +23,6 @@ from telly.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
-REPRESENTATIONS = Path("data/representations")
 POOLINGS = ("mean_unmasked", "mean")  # the paper's, and the real-token mean to compare
 
 
@@ -33,8 +32,9 @@ def section(params: Params) -> SimilarityParams:
     return params.similarity
 
 
-def folder(tag: str, dataset: str) -> Path:
-    return REPRESENTATIONS / tag / dataset
+def folder(sp: SimilarityParams, tag: str) -> Path:
+    """One model's RSA inputs: every tag of a dataset under one folder, the similarity stage's one dependency."""
+    return Path(sp.representations_dir) / sp.dataset / tag
 
 
 def rsa_inputs(params: Params) -> tuple[list[str], list[str]]:
@@ -77,7 +77,7 @@ def represent(params: Params, tag: str) -> Path:
             encoder.max_length,
             sp.max_length,
         )
-    out = folder(tag, sp.dataset)
+    out = folder(sp, tag)
     extract(
         encoder,
         texts,

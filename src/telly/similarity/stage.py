@@ -29,8 +29,6 @@ from telly.similarity.suggest import suggest_k, top_two_claim
 
 log = logging.getLogger(__name__)
 
-OUT = Path("results/similarity")
-
 
 def plan(sp: SimilarityParams) -> list[Comparison]:
     """The comparisons of a run: each task's fine-tuned model, then the baselines."""
@@ -52,7 +50,7 @@ def open_representations(tags: Sequence[str], sp: SimilarityParams) -> dict[str,
 
     reps = {}
     for tag in tags:
-        where = folder(tag, sp.dataset)
+        where = folder(sp, tag)
         if not (where / "meta.json").exists():
             hint = ""
             if tag.endswith(f"-{sp.seed_variant}") and sp.seed_variant:
@@ -126,8 +124,9 @@ def report(summary: dict[str, dict[str, Any]], sp: SimilarityParams, num_layers:
     return "\n".join(lines)
 
 
-def run(params: Params, out: Path = OUT) -> dict[str, dict[str, Any]]:
+def run(params: Params, out: Path | None = None) -> dict[str, dict[str, Any]]:
     sp = section(params)
+    out = Path(sp.out_dir) if out is None else out
     comparisons = plan(sp)
     tags = list(dict.fromkeys(tag for c in comparisons for tag in (c.a, c.b)))
     reps = open_representations(tags, sp)
