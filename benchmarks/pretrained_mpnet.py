@@ -22,6 +22,8 @@ import os
 import time
 from pathlib import Path
 
+from telly.config import read_params_file
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -33,7 +35,6 @@ def main() -> None:
     parser.add_argument("--variant", default="telly-9")
     parser.add_argument("--steps", default="finetune,zeroshot,probe,rsa", help="comma-separated subset, in this order")
     args = parser.parse_args()
-    import yaml
 
     model = str(Path(args.model).resolve())
     work = Path(args.work)
@@ -43,7 +44,7 @@ def main() -> None:
         if not link.exists():
             link.symlink_to(Path(args.data).resolve() / name)
     os.chdir(work)
-    raw = yaml.safe_load((REPO / "tests" / "fixtures" / "params-tiny.yaml").read_text())
+    raw = read_params_file(REPO / "tests" / "fixtures" / "params-tiny.yaml")
     raw["model"]["name_or_path"] = model
     raw["probe"].update(max_rows={"train": 200, "valid": 50, "test": 100}, max_length=128, seeds=[1])
     raw["similarity"].update(num_samples=64, max_length=128, tasks=["code_search"], variant=args.variant)
@@ -77,12 +78,13 @@ def main() -> None:
         out["probe"] = {"seconds": time.perf_counter() - t0, "summary": _short(probe)}
         print(json.dumps(out["probe"])[:2000], flush=True)
     if "rsa" in steps:
-        from telly.similarity.represent import REPRESENTATIONS, finetuned_tag, represent
+        from telly.similarity.represent import folder, represent
         from telly.similarity.stage import run as similarity
+        from telly.variants import model_tag
 
         t0 = time.perf_counter()
-        for tag in ("pretrained", "random", finetuned_tag("code_search", args.variant)):
-            if not (REPRESENTATIONS / tag / "rsa" / "meta.json").exists():
+        for tag in ("pretrained", "random", model_tag("code_search", args.variant)):
+            if not (folder(params.similarity, tag) / "meta.json").exists():
                 represent(params, tag)
         out["rsa"] = {"seconds": time.perf_counter() - t0, "summary": similarity(params)}
     out["load_end"] = os.getloadavg()

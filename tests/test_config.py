@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from telly.config import ConfigError, load_params, parse_params
+from telly.config import ConfigError, load_params, parse_params, read_params_file
 
 
 def test_repository_params_are_valid():
@@ -63,7 +63,7 @@ def test_every_param_a_dvc_stage_tracks_is_written_out(params_file):
     """DVC reads params.yaml itself, not our defaults: a key a stage tracks must be in every params file."""
     from conftest import REPO
 
-    params = yaml.safe_load((REPO / params_file).read_text())
+    params = read_params_file(REPO / params_file)
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     missing = []
     for name, stage in stages.items():

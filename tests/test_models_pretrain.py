@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from telly.config import parse_params
+from telly.config import parse_params, read_params_file
 from telly.errors import TellyError
 from telly.models import pretrain as stage
 from telly.models import pretrain_data as data
@@ -109,7 +109,6 @@ def tiny_model(tok):
 
 
 def yaml_params():
-    import yaml
 
     from conftest import REPO
 
@@ -165,7 +164,7 @@ def test_tiny_profile_runs_every_objective(tmp_path, tracking_env):
     exactly its max_steps."""
     from conftest import REPO
 
-    raw = yaml.safe_load((REPO / "tests/fixtures/params-tiny.yaml").read_text())
+    raw = read_params_file(REPO / "tests/fixtures/params-tiny.yaml")
     write_corpus(tmp_path)
     raw["pretrain"].update(
         train=str(tmp_path / "train.jsonl"),

@@ -7,12 +7,11 @@ from __future__ import annotations
 import copy
 
 import pytest
-import yaml
 
 from conftest import REPO
 from finetune_fixture import task_rows
 from model_fixture import CODE
-from telly.config import parse_params
+from telly.config import parse_params, read_params_file
 from telly.finetuning.train import train_variant
 from telly.jsonl import write_jsonl
 
@@ -41,7 +40,7 @@ def paper_params(tmp_path_factory):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     ).save_pretrained(shape)
-    raw = yaml.safe_load((REPO / "profiles" / "paper-unixcoder.yaml").read_text())
+    raw = read_params_file(REPO / "profiles" / "paper-unixcoder.yaml")
     paper = copy.deepcopy(raw["finetune"])
     for task in paper["tasks"]:
         for split, n in ROWS.items():

@@ -9,7 +9,7 @@ import torch
 
 from finetune_fixture import make_setup
 from telly import variants
-from telly.config import parse_params
+from telly.config import parse_params, read_params_file
 from telly.errors import TellyError
 from telly.finetuning.data import Tokens, collate, lm_labels, make_example
 from telly.finetuning.heads import TaskModel
@@ -123,7 +123,7 @@ def test_dvc_matrix_of_methods_tracks_what_finetune_run_does():
         "seed": "${finetune.deep_seeds}",  # the first seed
     }
     for profile in ("params.yaml", "tests/fixtures/params-tiny.yaml", "profiles/paper-unixcoder.yaml"):
-        raw = yaml.safe_load((REPO / profile).read_text())
+        raw = read_params_file(REPO / profile)
         layers = raw["pretrain"]["layers"] if profile != "profiles/paper-unixcoder.yaml" else 12
         for name in raw["finetune"]["peft"]["variants"]:
             variants.parse(name, layers)  # every default method fits its profile's model

@@ -44,12 +44,13 @@ def test_dvc_repro_on_tiny_profile(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     _copy_repo(repo)
-    shutil.copy(REPO / "tests/fixtures/params-tiny.yaml", repo / "params.yaml")
     write_lock(repo / "data/corpus.lock", make_corpus(repo / "data/raw"))
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env["DVC_NO_ANALYTICS"] = "1"
+    # the tiny profile laid over the repository's params.yaml, as a user applies a profile
+    _run(["telly", "params", "compose", "tests/fixtures/params-tiny.yaml", "--out", "params.yaml"], repo, env)
     _run(["git", "init", "-q"], repo, env)
     _run(["dvc", "commit", "-f", "-q", "data.dvc"], repo, env)  # the fixture corpus replaces the real one
 

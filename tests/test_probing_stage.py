@@ -71,8 +71,8 @@ def project(tmp_path_factory):
 def params(project, raw_params, tracking_env):
     root, model = project
     raw_params.setdefault("model", {})["name_or_path"] = str(model)
+    raw_params["finetune"]["output_dir"] = str(root / "models" / "finetuned")
     raw_params["probe"].update(
-        finetuned_model=str(root / "models" / "finetuned" / "code_search" / "base"),
         probing_dir=str(root / "data" / "probing"),
         representations_dir=str(root / "data" / "representations"),
         out_dir=str(root / "results" / "probe"),

@@ -124,7 +124,7 @@ def test_stage_scores_each_hidden_state_and_suggests_k(workspace, tmp_path, caps
 def test_missing_inputs_are_named(workspace):
     params = workspace
     with pytest.raises(
-        TellyError, match=r"data/representations/pretrained/rsa: no representations.*represent pretrained"
+        TellyError, match=r"data/representations/rsa/pretrained: no representations.*represent pretrained"
     ):
         run(params)
     bad = params.model_copy(update={"similarity": params.similarity.model_copy(update={"tasks": ["code_generation"]})})
@@ -141,7 +141,7 @@ def test_a_checkpoint_without_its_tokenizer_is_caught(workspace, tmp_path):
     # Caught when the checkpoint is loaded, before any representation is written for it.
     with pytest.raises(TellyError, match=r"models/finetuned/code_search/base/seed123456.*has no tokenizer"):
         represent(params, "finetuned-code_search-base")
-    assert not (tmp_path / "data/representations/finetuned-code_search-base").exists()
+    assert not (tmp_path / "data/representations/rsa/finetuned-code_search-base").exists()
 
 
 def test_representations_of_differently_tokenized_inputs_are_refused(workspace, tmp_path):

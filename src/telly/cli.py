@@ -342,6 +342,31 @@ def report_paper_regime(
     run_paper_regime(_params(params), task, variant)
 
 
+params_app = typer.Typer(no_args_is_help=True, help="Params files and profiles (profiles/, docs/paper-scale.md).")
+app.add_typer(params_app, name="params")
+
+
+@params_app.command("compose")
+def params_compose(
+    profile: Annotated[Path, typer.Argument(help="a profile: `extends: <params file>` plus the values it changes")],
+    out: Annotated[Path | None, typer.Option(help="write here (e.g. params.yaml) instead of printing")] = None,
+) -> None:
+    """Write the whole params file a profile stands for (validated), e.g. over params.yaml for `dvc repro`."""
+    import yaml
+
+    from telly.config import parse_params, read_params_file
+    from telly.files import write_text
+
+    raw = read_params_file(profile)
+    parse_params(raw, str(profile))
+    text = f"# composed by `telly params compose {profile}`\n" + yaml.safe_dump(raw, sort_keys=False, width=110)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        write_text(out, text)
+        console.print(f"{out}: the settings of {profile}")
+
+
 def main() -> None:
     try:
         app()

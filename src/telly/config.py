@@ -244,6 +244,10 @@ class SimilarityParams(Section):
     """RQ2: how much each hidden state changes with fine-tuning (RSA as the paper, CKA, Procrustes)."""
 
     dataset: str = Field(min_length=1, description="representations dataset name: the first num_samples training codes")
+    representations_dir: Path = Field(
+        default=Path("data/representations"), description="<representations_dir>/<dataset>/<model tag>/ per model"
+    )
+    out_dir: Path = Field(default=Path("results/similarity"), description="tables, figure, suggested K")
     num_samples: int = Field(ge=8, description="first N codes of the corpus train split (paper: 5000)")
     max_length: int = Field(ge=8, description="every input padded/truncated to this many tokens (paper: 256)")
     batch_size: int = Field(ge=1)
@@ -389,6 +393,10 @@ class FinetuneParams(Section):
     convergence_tolerance: float = Field(
         ge=0, lt=1, description="converged = first epoch with valid score >= best - tolerance x |best|"
     )
+    task_defaults: FinetuneTaskParams | None = Field(
+        default=None,
+        description="the settings every task shares; params.yaml merges them into each finetune.tasks entry (YAML `<<:`)",
+    )
     tasks: FinetuneTasks
     peft: FinetunePeftParams = Field(default_factory=FinetunePeftParams)
 
@@ -445,14 +453,27 @@ ProbingProperty = Literal[PROPERTY_NAMES]  # the properties of the registry (tel
 ModelStateName = Literal["random", "pretrained", "finetuned"]
 
 
+class ProbedRun(Section):
+    """A fine-tuning run by task and variant; the run of the first of ``finetune.seeds`` stands for it."""
+
+    task: TaskName
+    variant: str
+
+    @field_validator("variant")
+    @classmethod
+    def _a_variant(cls, v: str) -> str:
+        from telly import variants
+
+        variants.parse(v)
+        return v
+
+
 class ProbeParams(Section):
     """RQ1: probes on cached hidden states of the probing sets (docs/probing.md)."""
 
     properties: list[ProbingProperty] = Field(min_length=1)
     states: list[ModelStateName] = Field(min_length=1, description="model states probed")
-    finetuned_model: str = Field(
-        description="the fine-tuned checkpoint probed as 'finetuned' (paper: code search, Base)"
-    )
+    finetuned: ProbedRun = Field(description="the fine-tuning run probed as 'finetuned' (paper: code search, Base)")
     probing_dir: Path = Field(description="probing sets written by the tasks stage")
     representations_dir: Path = Field(description="cache of extracted hidden states")
     out_dir: Path
@@ -826,7 +847,31 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: params file not found (run from the repository root or pass --params)")
-    return parse_params(read_yaml(path), str(path))
+    return parse_params(read_params_file(path), str(path))
+
+
+PROFILE_BASE = "extends"  # a profile's key naming the params file it overlays (relative to the profile)
+
+
+def read_params_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> Any:
+    """A params file's settings. A profile (``extends: <params file>``) is that file with the profile's values laid
+    over it (:func:`overlay`), so a profile holds only what it changes (profiles/, tests/fixtures/params-tiny.yaml)."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict) or PROFILE_BASE not in raw:
+        return raw
+    base = (path.parent / str(raw.pop(PROFILE_BASE))).resolve()
+    if base in _seen or not base.is_file():
+        why = "extends itself" if base in _seen else "does not exist"
+        raise ConfigError(f"{path}: {PROFILE_BASE}: {base} {why}")
+    return overlay(read_params_file(base, (*_seen, base)), raw)
+
+
+def overlay(base: Any, changes: Any) -> Any:
+    """``changes`` laid over ``base``: mappings merge key by key; any other value (lists too) replaces."""
+    if not (isinstance(base, dict) and isinstance(changes, dict)):
+        return changes
+    return {**base, **{k: overlay(base[k], v) if k in base else v for k, v in changes.items()}}
 
 
 def read_yaml(path: Path) -> Any:

@@ -103,6 +103,54 @@ def split_seed(text: str) -> tuple[str, int | None]:
     return text, None
 
 
+@dataclass(frozen=True)
+class ModelTag:
+    """A parsed model tag (the folder name of a model's representations): ``pretrained``, ``random`` or
+    ``finetuned-<task>-<variant>[-seed<S>]`` (``seed`` None: the run of the first of ``finetune.seeds``)."""
+
+    kind: str  # pretrained | random | finetuned
+    task: str | None = None
+    variant: str | None = None
+    seed: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.kind != "finetuned" else model_tag(self.task, self.variant, self.seed)
+
+
+_FINETUNED = re.compile(r"finetuned-(?P<task>[a-z][a-z0-9_]*)-(?P<variant>.+)")
+UNTRAINED_TAGS = ("pretrained", "random")
+
+
+def model_tag(task: str, variant: str, seed: int | None = None) -> str:
+    """``finetuned-<task>-<variant>``, with ``-seed<S>`` when ``seed`` is given: the inverse of :func:`parse_tag`."""
+    return f"finetuned-{task}-{variant}" + ("" if seed is None else f"-seed{seed}")
+
+
+def parse_tag(tag: str) -> ModelTag:
+    """``pretrained`` / ``random`` / ``finetuned-<task>-<variant>[-seed<S>]`` -> :class:`ModelTag`; anything else
+    is a clear error."""
+    if tag in UNTRAINED_TAGS:
+        return ModelTag(tag)
+    found = _FINETUNED.fullmatch(tag)
+    if found:
+        variant, seed = split_seed(found["variant"])
+        try:
+            parse(variant)
+        except TellyError as err:
+            raise TellyError(f"model tag {tag!r}: {err}") from None
+        return ModelTag("finetuned", found["task"], variant, seed)
+    raise TellyError(f"model tag {tag!r}: expected pretrained, random or finetuned-<task>-<variant>[-seed<S>]")
+
+
+def is_model_tag(tag: str) -> bool:
+    try:
+        parse_tag(tag)
+    except TellyError:
+        return False
+    return True
+
+
 def run_dir(root: str | Path, task: str, variant: str, seed: int) -> Path:
     """``<root>/<task>/<variant>/seed<S>``: the folder of one run's model (and its results' stem)."""
     return Path(root) / task / variant / f"seed{seed}"

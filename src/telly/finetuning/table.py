@@ -55,13 +55,13 @@ def task_table(task: str, runs: list[dict]) -> pd.DataFrame:
     by_variant: dict[str, list[dict]] = {}
     for r in runs:
         by_variant.setdefault(r["variant"], []).append(r)
-    if "base" not in by_variant:
+    if variants.BASE not in by_variant:
         raise TellyError(f"{task}: no Base run among {sorted(by_variant)}; ratios need one")
 
     def mean(group: list[dict], get) -> float:
         return float(np.mean([get(r) for r in group]))
 
-    base = by_variant["base"]
+    base = by_variant[variants.BASE]
     b = {
         key: mean(base, lambda r, key=key: r["cost"][key])
         for key in ("paper_params", "epoch_seconds", "time_to_convergence")

@@ -9,7 +9,6 @@ Any other value is taken as a model folder or hub id, with ``tag`` naming the ou
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +18,20 @@ from telly.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
-FINETUNED = re.compile(r"finetuned-(?P<task>[a-z_]+)-(?P<variant>.+)")
-
-
 def resolve_model(params: Params, model: str, tag: str | None = None) -> tuple[str, str]:
-    """(tag, name_or_path) for a model tag or a model folder / hub id."""
+    """(tag, name_or_path) for a model tag (:func:`telly.variants.parse_tag`) or a model folder / hub id."""
+    from telly import variants
+
     configured = _section(params, "model").name_or_path
     if model == "pretrained":
         return tag or "pretrained", configured
     if model == "random":
         return tag or "random", f"random:{configured}"
-    found = FINETUNED.fullmatch(model)
-    if found:
-        from telly import variants
-
-        root = Path(params.finetune.output_dir) if params.finetune is not None else Path("models/finetuned")
-        variant, seed = variants.split_seed(found["variant"])  # no seed suffix: the first seed's run
-        if seed is None:
-            seed = params.finetune.first_seed if params.finetune is not None else 123456
-        return tag or model, str(variants.run_dir(root, found["task"], variant, seed))
+    if model.startswith("finetuned-"):
+        parsed = variants.parse_tag(model)
+        finetune = _section(params, "finetune")
+        seed = parsed.seed if parsed.seed is not None else finetune.first_seed  # no seed suffix: the first seed's run
+        return tag or model, str(variants.run_dir(finetune.output_dir, parsed.task, parsed.variant, seed))
     return tag or Path(model.rstrip("/")).name, model
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,16 +51,18 @@ def model_state(params: Params, name: str) -> tuple[ModelState | None, str]:
         return ModelState("random", "random", "random", pretrained), ""
     if name == "pretrained":
         return ModelState("pretrained", "pretrained", pretrained, pretrained), ""
-    folder = Path(_section(params).finetuned_model)
+    from telly import variants
+    from telly.models.extract_stage import resolve_model
+
+    run = _section(params).finetuned
+    tag = variants.model_tag(run.task, run.variant, params.finetune.first_seed)
+    folder = Path(resolve_model(params, tag)[1])
     for candidate in (folder, folder / "encoder"):
         if (candidate / "config.json").exists():
-            # <task>/<variant>[/seed<S>] -> finetuned-<task>-<variant>[-seed<S>], as the model tags elsewhere
-            seeded = re.fullmatch(r"seed\d+", folder.name) and len(folder.parts) >= 3
-            parts = folder.parts[-3:] if seeded else folder.parts[-2:] if len(folder.parts) >= 2 else (folder.name,)
-            return ModelState("finetuned", "finetuned-" + "-".join(parts), str(candidate), pretrained), ""
+            return ModelState("finetuned", tag, str(candidate), pretrained), ""
     return None, (
-        f"probe.finetuned_model = {str(folder)!r} does not exist yet (no config.json): the fine-tuned state "
-        "is skipped; run the fine-tuning stage (code search, Base) and `dvc repro probe` again"
+        f"probe.finetuned ({run.task}, {run.variant}): {folder} does not exist yet (no config.json): the fine-tuned "
+        "state is skipped; run its fine-tuning stage and `dvc repro probe` again"
     )
 
 

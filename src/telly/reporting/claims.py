@@ -15,7 +15,7 @@ from telly.errors import TellyError
 from telly.finetuning import examples as E
 from telly.reporting import evidence as ev
 from telly.reporting import verdicts as vd
-from telly.reporting.inputs import Inputs, Regime
+from telly.reporting.inputs import Inputs
 from telly.reporting.paper import paper_variant_metrics
 from telly.tasks import TASKS
 
@@ -127,26 +127,12 @@ def similarity_curves(inputs: Inputs) -> dict[str, list[float]]:
     return {t: v for t, v in inputs.similarity.curves.items() if all(x is not None for x in v)}
 
 
-def variant_k(variant: str) -> int | None:
-    return variants.k_of(variant)
-
-
 def num_layers(runs: list[dict[str, Any]]) -> int | None:
     for r in runs:
         m = re.search(r"-L(\d+)-", str(r.get("settings", {}).get("architecture", "")))
         if m:
             return int(m.group(1))
     return None
-
-
-def task_metrics(regime: Regime | None, task: str) -> dict[int | None, float]:
-    """Main test metric per K (None = Base), the mean over the variant's seeds."""
-    if regime is None:
-        return {}
-    values: dict[int | None, list[float]] = {}
-    for r in regime.runs.get(task, []):
-        values.setdefault(variant_k(r["variant"]), []).append(r["test"][MAIN_METRIC[task]])
-    return {k: float(np.mean(v)) for k, v in values.items()}
 
 
 # ------------------------------------------------------------------ RQ3 evidence
@@ -187,7 +173,7 @@ def per_seed_statistics(task: str, runs: list[dict[str, Any]], baseline: dict[st
     by_k: dict[int | None, list[np.ndarray]] = {}
     for name, r in named.items():
         if name in stats:
-            by_k.setdefault(variant_k(r["variant"]), []).append(stats[name])
+            by_k.setdefault(variants.k_of(r["variant"]), []).append(stats[name])
     return by_k, stats.get("baseline")
 
 

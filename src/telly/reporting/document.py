@@ -7,6 +7,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from telly import variants
 from telly.config import Params
 from telly.reporting import peft, tables
 from telly.reporting.claims import MAIN_METRIC, Claim, probe_peaks
@@ -104,9 +105,9 @@ def answers(inputs: Inputs, claims: list[Claim], params: Params) -> str:
                 parts.append(f"{task}: no Telly-K non-inferior to Base ({MARK[e['verdict']]})")
             else:
                 k = e["deepest_k"]
-                row = _row(inputs.regimes[0].runs[task], f"telly-{k}")
+                row = _row(inputs.regimes[0].runs[task], variants.name(k))
                 parts.append(
-                    f"{task}: non-inferior up to Telly-{k} ({tables.millions(row['paper_params_m'])} M trainable, "
+                    f"{task}: non-inferior up to {variants.label(variants.name(k))} ({tables.millions(row['paper_params_m'])} M trainable, "
                     f"{-row['params_reduction_pct']:+.0f}% parameters and {-row['epoch_reduction_pct']:+.0f}% "
                     f"epoch time vs Base; {MARK[e['verdict']]})"
                 )
@@ -226,7 +227,7 @@ def rq3_evidence(task: str, inputs: Inputs, evidence: dict[str, Any] | None) -> 
     if evidence and evidence["per_k"]:
         rows = [
             [
-                f"Telly-{k}",
+                variants.label(variants.name(k)),
                 f"{v['interval']['estimate']:+.2f}",
                 f"[{v['interval']['low']:+.2f}, {v['interval']['high']:+.2f}]",
                 f"±{v['interval']['half_width']:.2f}",
@@ -267,7 +268,7 @@ def rq3_section(
             runs = regime.runs.get(task)
             if not runs:
                 out.append(f"*{regime.label}*: no runs of this task yet.\n")
-            elif not any(r["variant"] == "base" for r in runs):
+            elif not any(r["variant"] == variants.BASE for r in runs):
                 out.append(f"*{regime.label}*: no Base run yet (`dvc repro finetune-run`), so no ratios.\n")
             else:
                 baseline = inputs.baselines.get(task) if regime is inputs.regimes[0] else None

@@ -11,9 +11,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from telly import variants
 from telly.files import atomic_path
 from telly.probing.properties import PROPERTIES
-from telly.reporting.claims import MAIN_METRIC, variant_k
+from telly.reporting.claims import MAIN_METRIC
 from telly.reporting.inputs import STATES, Inputs
 
 STATE_COLORS = {"random": "tab:gray", "pretrained": "tab:blue", "finetuned": "tab:orange"}
@@ -205,7 +206,7 @@ def _relative(runs: list[dict[str, Any]], metric: str) -> list[tuple[int | None,
     ascending."""
     grouped: dict[int | None, list[dict[str, Any]]] = {}
     for r in runs:
-        grouped.setdefault(variant_k(r["variant"]), []).append(r)
+        grouped.setdefault(variants.k_of(r["variant"]), []).append(r)
     if None not in grouped:
         return []
 

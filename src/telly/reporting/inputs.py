@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from telly import variants
 from telly.config import Params
 from telly.errors import TellyError
 from telly.probing.properties import PROPERTY_NAMES
@@ -86,7 +87,7 @@ def read_probing(params: Params) -> tuple[Probing | None, str]:
 
 
 def read_similarity(params: Params, metric: str) -> tuple[Similarity | None, str]:
-    out_dir = Path("results/similarity")
+    out_dir = Path(params.similarity.out_dir) if params.similarity else Path("results/similarity")
     table = out_dir / "table.json"
     if not table.exists():
         return None, f"{table} not found: run `dvc repro similarity`"
@@ -143,7 +144,9 @@ def read_regimes(params: Params) -> tuple[list[Regime], dict[str, str]]:
         folder = Path(params.report.paper_regime.results_dir)
         other = {t: read_runs(folder / t) for t in tasks}
         # Base freezes nothing, so its run is the same in both regimes
-        other = {t: [r for r in main.get(t, []) if r["variant"] == "base"] + runs for t, runs in other.items() if runs}
+        other = {
+            t: [r for r in main.get(t, []) if r["variant"] == variants.BASE] + runs for t, runs in other.items() if runs
+        }
         if other:
             regimes.append(Regime(_label(False), False, other))
         else:

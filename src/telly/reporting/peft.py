@@ -37,7 +37,7 @@ from telly.reporting.verdicts import REPRODUCED
 
 AXES = {"trainable_params": "trainable parameters", "epoch_seconds": "epoch time (s)"}
 FAMILY_COLORS = {  # registry: a colour per variant family (telly.variants.family)
-    "base": "black",
+    variants.BASE: "black",
     "telly": "tab:blue",
     "lora": "tab:orange",
     "lora-all": "tab:red",

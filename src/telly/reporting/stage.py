@@ -44,7 +44,7 @@ def plots_data(inputs: Inputs, folder: Path) -> list[Path]:
         frames = {}
         for regime in inputs.regimes:
             runs = regime.runs.get(task, [])
-            if any(r["variant"] == "base" for r in runs):
+            if any(r["variant"] == variants.BASE for r in runs):
                 frames[regime.cached] = task_table(task, runs)
         if not frames:
             continue

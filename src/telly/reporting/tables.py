@@ -153,7 +153,7 @@ def telly_table(task: str, runs: list[dict[str, Any]], baseline: dict[str, Any] 
     ]
     rows = []
     if baseline is not None:
-        base_main = float(df[df["variant"] == "base"][main].iloc[0])
+        base_main = float(df[df["variant"] == variants.BASE][main].iloc[0])
         value = baseline["test"][main]
         rows.append(
             ["no-training baseline", "0", "–", "–", "–", "–", "–", "–", "–"]
@@ -197,7 +197,7 @@ def paper_telly_table(task: str, paper: dict[str, Any]) -> str:
     ]
     rows = [
         [
-            r["variant"].replace("telly-", "Telly-").replace("base", "Base"),
+            variants.label(r["variant"]),
             f"{r['params_m']:.2f}",
             r["params_reduction_pct"],
             r["epoch_time"],
@@ -277,8 +277,10 @@ def tuning_table(
                 num(best.get("valid_score"), 4),
                 _spread((study or {}).get("repeats")),
                 ", ".join(f"{k} {v}" for k, v in trials.items() if v) or "–",
-                ("Base" if sk.get("suggested_k") is None else f"Telly-{sk['suggested_k']}") if sk else "–",
-                "–" if task not in deepest else ("none" if deepest[task] is None else f"Telly-{deepest[task]}"),
+                variants.label(variants.name(sk.get("suggested_k"))) if sk else "–",
+                "–"
+                if task not in deepest
+                else ("none" if deepest[task] is None else variants.label(variants.name(deepest[task]))),
                 f"{base_lr[task]:.1e}" if task in base_lr else "–",
             ]
         )

@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from telly import variants
 from telly.config import Params, SimilarityParams
 from telly.errors import TellyError
 from telly.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
-REPRESENTATIONS = Path("data/representations")
 POOLINGS = ("mean_unmasked", "mean")  # the paper's, and the real-token mean to compare
 
 
@@ -32,19 +32,9 @@ def section(params: Params) -> SimilarityParams:
     return params.similarity
 
 
-def finetuned_tag(task: str, variant: str) -> str:
-    return f"finetuned-{task}-{variant}"
-
-
-def folder(tag: str, dataset: str) -> Path:
-    return REPRESENTATIONS / tag / dataset
-
-
-def check_tag(tag: str) -> None:
-    from telly.models.extract_stage import FINETUNED
-
-    if tag not in ("pretrained", "random") and not FINETUNED.fullmatch(tag):
-        raise TellyError(f"model tag {tag!r}: expected pretrained, random or finetuned-<task>-<variant>")
+def folder(sp: SimilarityParams, tag: str) -> Path:
+    """One model's RSA inputs: every tag of a dataset under one folder, the similarity stage's one dependency."""
+    return Path(sp.representations_dir) / sp.dataset / tag
 
 
 def rsa_inputs(params: Params) -> tuple[list[str], list[str]]:
@@ -70,9 +60,9 @@ def represent(params: Params, tag: str) -> Path:
     from telly.runtime import device
 
     sp = section(params)
-    check_tag(tag)
+    kind = variants.parse_tag(tag).kind
     _, source = resolve_model(params, tag)
-    if tag.startswith("finetuned-") and not Path(source).exists():
+    if kind == "finetuned" and not Path(source).exists():
         raise TellyError(
             f"{source}: no fine-tuned checkpoint for model tag {tag!r}; run `dvc repro finetune` "
             f"(the finetune stage writes <finetune.output_dir>/<task>/<variant>/seed<S>/)"
@@ -87,7 +77,7 @@ def represent(params: Params, tag: str) -> Path:
             encoder.max_length,
             sp.max_length,
         )
-    out = folder(tag, sp.dataset)
+    out = folder(sp, tag)
     extract(
         encoder,
         texts,

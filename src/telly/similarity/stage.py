@@ -18,27 +18,26 @@ from typing import Any
 
 import numpy as np
 
+from telly import variants
 from telly.config import Params, SimilarityParams
 from telly.errors import TellyError
 from telly.jsonl import write_json
 from telly.similarity import outputs
 from telly.similarity.compute import METRICS, Comparison, compute, curves
-from telly.similarity.represent import finetuned_tag, folder, section
+from telly.similarity.represent import folder, section
 from telly.similarity.suggest import suggest_k, top_two_claim
 
 log = logging.getLogger(__name__)
-
-OUT = Path("results/similarity")
 
 
 def plan(sp: SimilarityParams) -> list[Comparison]:
     """The comparisons of a run: each task's fine-tuned model, then the baselines."""
     comparisons = []
     for t in sp.tasks:  # a task's comparisons together, so its models' RSA vectors are freed soon
-        first = finetuned_tag(t, sp.variant)
+        first = variants.model_tag(t, sp.variant)
         comparisons.append(Comparison("finetuned", t, "pretrained", first))
         if sp.seed_variant:
-            second = finetuned_tag(t, sp.seed_variant)
+            second = variants.model_tag(t, sp.seed_variant)
             comparisons.append(Comparison("seed", t, "pretrained", second))
             comparisons.append(Comparison("seed_pair", t, first, second))
     comparisons.append(Comparison("random", "all", "pretrained", "random"))
@@ -51,7 +50,7 @@ def open_representations(tags: Sequence[str], sp: SimilarityParams) -> dict[str,
 
     reps = {}
     for tag in tags:
-        where = folder(tag, sp.dataset)
+        where = folder(sp, tag)
         if not (where / "meta.json").exists():
             hint = ""
             if tag.endswith(f"-{sp.seed_variant}") and sp.seed_variant:
@@ -125,8 +124,9 @@ def report(summary: dict[str, dict[str, Any]], sp: SimilarityParams, num_layers:
     return "\n".join(lines)
 
 
-def run(params: Params, out: Path = OUT) -> dict[str, dict[str, Any]]:
+def run(params: Params, out: Path | None = None) -> dict[str, dict[str, Any]]:
     sp = section(params)
+    out = Path(sp.out_dir) if out is None else out
     comparisons = plan(sp)
     tags = list(dict.fromkeys(tag for c in comparisons for tag in (c.a, c.b)))
     reps = open_representations(tags, sp)
