@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -89,3 +91,31 @@ def test_deep_task_names_default_to_every_task_and_must_be_tasks(raw_params):
     raw_params["finetune"]["deep_task_names"] = ["code_search", "line_completion"]
     with pytest.raises(ConfigError, match=r"deep_task_names \['line_completion'\] are not in task_names"):
         parse_params(raw_params)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("finetune.tasks.code_search", "learning_rate", float("inf")),
+        ("finetune", "max_grad_norm", float("nan")),
+        ("pretrain", "lr", float("inf")),
+        ("prepare", "valid_fraction", float("nan")),
+        ("similarity", "ci_level", float("nan")),
+    ],
+)
+def test_nan_and_infinity_are_rejected_in_every_section(raw_params, section, key, value):
+    node = raw_params
+    for part in section.split("."):
+        node = node[part]
+    node[key] = value
+    with pytest.raises(ConfigError, match=re.escape(f"{section}.{key}: value {value!r} is not allowed")):
+        parse_params(raw_params, "params.yaml")
+
+
+def test_yaml_infinity_is_rejected(tmp_path, raw_params):
+    text = re.sub(r"learning_rate: [0-9.e+-]+", "learning_rate: .inf", yaml.safe_dump(raw_params), count=1)
+    assert "learning_rate: .inf" in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"learning_rate: value inf is not allowed"):
+        load_params(path)
