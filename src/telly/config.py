@@ -157,8 +157,11 @@ class PretrainParams(Section):
     )
     weight_decay: float = Field(ge=0)
     max_steps: int = Field(ge=1, description="training steps: the one thing that decides how long it trains")
-    time_budget_minutes: float = Field(
-        gt=0, description="a guard: training that takes longer fails the stage (resumable) instead of saving"
+    time_budget_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        description="an optional wall-clock guard: training that takes longer fails the stage (resumable) "
+        "instead of saving; null = none (the default: load or a slower machine must not fail the pipeline)",
     )
     objectives: PretrainObjectives
     mlm_first_steps: int = Field(
