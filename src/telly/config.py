@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from telly import files
 from telly.errors import TellyError
 from telly.tasks import TASK_NAMES, TASKS
 
@@ -834,12 +835,60 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         raise ConfigError(format_validation_error(err, raw, source)) from None
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
-    """Read and validate a params file; raise :class:`ConfigError` naming what is wrong."""
+def load_params(path: str | Path = DEFAULT_PARAMS, *, guard_outputs: bool = False) -> Params:
+    """Read and validate a params file; raise :class:`ConfigError` naming what is wrong.
+
+    ``guard_outputs`` (a stage run by the CLI): every output this process writes afterwards first
+    checks that the file still holds what was read now (:class:`ParamsGuard`)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: params file not found (run from the repository root or pass --params)")
-    return parse_params(read_yaml(path), str(path))
+    stat = path.stat()
+    raw = read_yaml(path)
+    params = parse_params(raw, str(path))
+    if guard_outputs:
+        files.check_before_publish(ParamsGuard(path, raw, (stat.st_mtime_ns, stat.st_size)))
+    return params
+
+
+class ParamsGuard:
+    """Fails when the params file no longer holds the values a stage read at its start.
+
+    DVC records a stage's params in dvc.lock when the stage ends, from the file as it is then; an
+    edit during the run would lock values the outputs were not computed with. Run before each
+    output is put in place (telly.files), it stops the stage instead, naming the changed keys.
+    An unchanged file (same modification time and size) is not read again."""
+
+    def __init__(self, path: Path, raw: Any, stamp: tuple[int, int]):
+        self.path, self.raw, self.stamp = path, raw, stamp
+
+    def __call__(self) -> None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            raise ConfigError(f"{self.path}: removed while this stage ran; its outputs were not written") from None
+        if (stat.st_mtime_ns, stat.st_size) == self.stamp:
+            return
+        if changed := changed_keys(self.raw, read_yaml(self.path)):
+            raise ConfigError(
+                f"{self.path} changed while this stage ran: {', '.join(changed)}; the outputs were not written "
+                "(DVC would record values they were not computed with). Run the stage again."
+            )
+        self.stamp = (stat.st_mtime_ns, stat.st_size)  # an edit of comments or layout only
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two parsed YAML documents (added and removed ones too)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [prefix or "<whole file>"]
+    out = []
+    for key in sorted(old.keys() | new.keys(), key=str):
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if key not in old or key not in new:
+            out.append(name)
+        else:
+            out += changed_keys(old[key], new[key], name)
+    return out
 
 
 def read_yaml(path: Path) -> Any:

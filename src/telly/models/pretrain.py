@@ -52,6 +52,7 @@ import numpy as np
 
 from telly.config import Params
 from telly.errors import NonFiniteError, TellyError
+from telly.files import atomic_dir
 from telly.jsonl import write_json
 from telly.models import pretrain_data as data
 
@@ -541,17 +542,12 @@ def prepare_training(cfg: Any, train_rows: list[dict], lang: str, dev: Any) -> T
 
 def save_model(cfg: Any, model: Any, tokenizer: Any) -> Path:
     out = Path(cfg.out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is shared
     # Later stages fine-tune from this config: give them RoBERTa's dropout, whatever pre-training used.
     model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = cfg.finetune_dropout
     model.config.initializer_range = 0.02  # and RoBERTa's init for any head they add
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out
 
 
