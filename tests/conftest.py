@@ -51,6 +51,15 @@ def _isolated_mlflow(_session_mlflow, monkeypatch):
     return _session_mlflow
 
 
+@pytest.fixture(autouse=True)
+def _no_params_guard_after_the_test():
+    """A CLI command run in-process guards its params file (telly.files); the next test starts without it."""
+    yield
+    from telly import files
+
+    files.check_before_publish(None)
+
+
 @pytest.fixture
 def tracking_env(tmp_path, monkeypatch):
     """Point MLflow at a throw-away store inside the test's own folder."""

@@ -1,3 +1,6 @@
+import json
+import re
+
 import pytest
 import yaml
 
@@ -89,3 +92,67 @@ def test_deep_task_names_default_to_every_task_and_must_be_tasks(raw_params):
     raw_params["finetune"]["deep_task_names"] = ["code_search", "line_completion"]
     with pytest.raises(ConfigError, match=r"deep_task_names \['line_completion'\] are not in task_names"):
         parse_params(raw_params)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("finetune.tasks.code_search", "learning_rate", float("inf")),
+        ("finetune", "max_grad_norm", float("nan")),
+        ("pretrain", "lr", float("inf")),
+        ("prepare", "valid_fraction", float("nan")),
+        ("similarity", "ci_level", float("nan")),
+    ],
+)
+def test_nan_and_infinity_are_rejected_in_every_section(raw_params, section, key, value):
+    node = raw_params
+    for part in section.split("."):
+        node = node[part]
+    node[key] = value
+    with pytest.raises(ConfigError, match=re.escape(f"{section}.{key}: value {value!r} is not allowed")):
+        parse_params(raw_params, "params.yaml")
+
+
+def test_yaml_infinity_is_rejected(tmp_path, raw_params):
+    text = re.sub(r"learning_rate: [0-9.e+-]+", "learning_rate: .inf", yaml.safe_dump(raw_params), count=1)
+    assert "learning_rate: .inf" in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"learning_rate: value inf is not allowed"):
+        load_params(path)
+
+
+@pytest.fixture
+def guarded(tmp_path, raw_params):
+    """params.yaml in a folder of its own, read as the CLI reads it (conftest lifts the guard afterwards)."""
+    from telly import cli
+
+    path = tmp_path / "params.yaml"
+    path.write_text("# the team's settings\n" + yaml.safe_dump(raw_params))
+    cli._params(path)
+    return path
+
+
+def test_an_edit_of_params_during_a_stage_stops_its_outputs_naming_the_keys(guarded, tmp_path):
+    from telly.files import atomic_dir
+    from telly.jsonl import write_json
+
+    write_json(tmp_path / "out" / "metrics.json", {"mrr": 0.5})  # unchanged: written
+    text = guarded.read_text()
+    guarded.write_text(text.replace("# the team's settings", "# the team's settings, reformatted\n"))
+    write_json(tmp_path / "out" / "metrics.json", {"mrr": 0.6})  # a comment only: still the same params
+    raw = yaml.safe_load(text)
+    raw["finetune"]["tasks"]["code_search"]["learning_rate"] = 1e-4
+    raw["pretrain"]["new_key"] = 1
+    guarded.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as err:
+        write_json(tmp_path / "out" / "metrics.json", {"mrr": 0.7})
+    assert "finetune.tasks.code_search.learning_rate, pretrain.new_key; the outputs were not written" in str(err.value)
+    assert str(guarded) in str(err.value)
+    with pytest.raises(ConfigError, match="learning_rate"), atomic_dir(tmp_path / "out" / "model") as tmp:
+        (tmp / "weights").write_text("x")
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == {"mrr": 0.6}
+    assert not (tmp_path / "out" / "model").exists()
+    guarded.unlink()
+    with pytest.raises(ConfigError, match="removed while this stage ran"):
+        write_json(tmp_path / "out" / "metrics.json", {"mrr": 0.7})

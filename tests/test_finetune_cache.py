@@ -75,6 +75,53 @@ def test_published_once_reused_by_the_next_run_and_keyed_by_k_and_weights(encode
     assert len(list((tmp_path / "hidden").iterdir())) == 3
 
 
+@pytest.mark.parametrize("damage", ["flip", "truncate", "offsets", "meta"])
+def test_a_damaged_cache_is_rebuilt_with_one_warning_never_reused(encoder, tmp_path, caplog, monkeypatch, damage):
+    from telly.finetuning import caching
+
+    monkeypatch.setattr(caching, "BLOCK_BYTES", 256)  # several blocks even for this tiny cache
+    examples, tok = clone_examples(encoder, [("def a(): pass", "def b(): pass"), ("y = 2", "x = 1")] * 2)
+    settings = CacheSettings("float32", tmp_path)
+
+    def build():
+        return build_caches(encoder.model, 1, {"train": examples}, ("code1", "code2"), tok.pad, 4, settings)
+
+    first = build()
+    reference = first.get("train")["code1"].flat.clone()
+    (folder,) = (tmp_path / "hidden").iterdir()
+    hidden = folder / "hidden.bin"
+    data = bytearray(hidden.read_bytes())
+    assert len(data) > 4 * 256
+    middle = len(data) // 2
+    if damage == "flip":
+        data[middle : middle + 256] = bytes(b ^ 0xFF for b in data[middle : middle + 256])
+        hidden.write_bytes(data)
+    elif damage == "truncate":
+        hidden.write_bytes(data[:middle])
+    elif damage == "offsets":
+        (folder / "offsets.npy").write_bytes((folder / "offsets.npy").read_bytes()[:-8] + bytes(8))
+    else:
+        (folder / "meta.json").write_text("{")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = build()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "rebuilding" in warnings[0]
+    assert str(folder) in warnings[0]
+    expected = {
+        "flip": f"hidden.bin: checksum mismatch in {len({(middle + i) // 256 for i in range(256)})} block(s), "
+        f"the first at byte {middle // 256 * 256}",
+        "truncate": f"hidden.bin: {middle} bytes, expected {len(data)}",
+        "offsets": "offsets.npy: checksum mismatch",
+        "meta": "meta.json: ",
+    }[damage]
+    assert expected in warnings[0]
+    assert (again.built, again.reused) == (1, 0)
+    assert torch.equal(again.get("train")["code1"].flat, reference)
+    assert [p.name for p in (tmp_path / "hidden").iterdir()] == [folder.name]  # the damaged copy is gone
+    assert build().reused == 1  # the rebuilt cache passes its check
+
+
 def test_over_budget_falls_back_to_uncached_with_one_warning(setup, encoder, tracking_env, tmp_path, caplog):
     examples, tok = clone_examples(encoder, [("def a(): pass", "def b(): pass")] * 2)
     with caplog.at_level(logging.WARNING):

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from finetune_fixture import make_setup
 from telly import tasks, variants
 from telly.config import parse_params
-from telly.errors import TellyError
+from telly.errors import NonFiniteError, TellyError
 from telly.finetuning.caching import HiddenCache, bottom, top
 from telly.finetuning.data import Seq, Tokens, attention_mask, collate, load_split, make_example
 from telly.finetuning.examples import main_metric, read_examples, statistics
@@ -336,3 +336,26 @@ def test_bf16_autocast_trains_on_a_bf16_cpu_and_evaluates_in_fp32(monkeypatch):
     monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
     with train.autocast(cpu, True, training=True):
         assert layer(x).dtype == torch.float32
+
+
+def test_a_non_finite_loss_stops_the_run_keeps_its_state_and_publishes_nothing(setup, tracking_env, tmp_path):
+    _, params, _ = setup
+    params = override(params, "code_search", epochs=2)
+
+    def stop(epoch, record):
+        raise KeyboardInterrupt
+
+    out, results = tmp_path / "out", tmp_path / "result.json"
+    with pytest.raises(KeyboardInterrupt):
+        train_variant(params, "code_search", "base", on_epoch=stop, output_dir=out, results_path=results)
+    state = params.finetune.checkpoint_dir / "code_search" / "base" / "seed7" / "last.pt"
+    saved = torch.load(state, weights_only=True)
+    saved["model"] = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in saved["model"].items()
+    }
+    torch.save(saved, state)  # a diverged run: the next step's loss is NaN
+    with pytest.raises(NonFiniteError, match=r"code_search/base seed 7: training loss is nan at epoch 2, step 1"):
+        train_variant(params, "code_search", "base", output_dir=out, results_path=results)
+    assert state.exists(), "the state saved after epoch 1 is kept for a rerun"
+    assert not results.exists() and not out.exists(), "nothing is published"
+    state.unlink()

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from telly.errors import NonFiniteError
 from telly.finetuning import metrics as M
 
 
@@ -76,6 +77,27 @@ def test_gold_ranks_rejects_a_gold_row_outside_the_codebase():
 
     with pytest.raises(ValueError, match="0..2"):
         M.gold_ranks(torch.ones(2, 4), torch.ones(3, 4), [0, 3])
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_score_fails_the_metric_instead_of_ranking_gold_first(bad):
+    import torch
+
+    scores = np.eye(3)
+    scores[1, 0] = bad  # NaN > gold is false: the query would rank its code first
+    with pytest.raises(NonFiniteError, match="retrieval scores: 1 of 9 values are NaN or infinite"):
+        M.retrieval_metrics(scores)
+    queries, codes = torch.eye(3), torch.eye(3)
+    broken = queries.clone()
+    broken[2, 1] = bad
+    with pytest.raises(NonFiniteError, match="query embeddings 0..2"):
+        M.gold_ranks(broken, codes, [0, 1, 2], query_block=3, code_chunk=2)
+    with pytest.raises(NonFiniteError, match="against codes 2..2"):
+        M.gold_ranks(queries, broken, [0, 1, 2], query_block=3, code_chunk=2)
+    with pytest.raises(NonFiniteError, match="clone scores"):
+        M.best_threshold([0.9, bad, 0.1], [1, 1, 0])
+    with pytest.raises(NonFiniteError, match="clone scores"):
+        M.classification_metrics([0.9, bad, 0.1], [1, 1, 0], 0.5)
 
 
 def test_threshold_and_f1():

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from telly.config import parse_params, read_params_file
-from telly.errors import TellyError
+from telly.errors import NonFiniteError, TellyError
 from telly.models import pretrain as stage
 from telly.models import pretrain_data as data
 from telly.models.loading import load_encoder
@@ -401,12 +401,32 @@ def test_steps_decide_the_length_and_the_clock_guard_fails_the_stage(params, tmp
     assert not (tmp_path / "pretrained").exists() and not (tmp_path / "results" / "metrics.json").exists()
     assert torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)["step"] == 1
 
-    params["pretrain"]["time_budget_minutes"] = 60
+    # no guard by default: a rerun after days of (say) a suspended machine still finishes
+    state_file = tmp_path / "ckpt" / "state.pt"
+    state = torch.load(state_file, weights_only=True)
+    torch.save({**state, "elapsed": 10 * 24 * 3600.0}, state_file)
+    del params["pretrain"]["time_budget_minutes"]
+    assert parse_params(params).pretrain.time_budget_minutes is None
     assert stage.run(parse_params(params))["steps"] == 12
     resumed = load_encoder(str(tmp_path / "pretrained"), device="cpu").model.state_dict()
     for key, value in reference.items():
         if not key.startswith("pooler."):
             torch.testing.assert_close(resumed[key], value, msg=key)
+
+
+def test_a_non_finite_loss_stops_pretraining_before_its_step_and_saves_nothing(params, tmp_path, monkeypatch):
+    params["pretrain"]["max_steps"] = 12
+    real_loss, calls = stage.training_loss, {"n": 0}
+
+    def diverges_at_step_3(model, objective, batch):
+        calls["n"] += 1
+        loss = real_loss(model, objective, batch)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(stage, "training_loss", diverges_at_step_3)
+    with pytest.raises(NonFiniteError, match=r"pretrain: the \w+ loss is nan at step 3; stopped, no model saved"):
+        stage.run(parse_params(params))
+    assert not (tmp_path / "pretrained").exists() and not (tmp_path / "results" / "metrics.json").exists()
 
 
 def test_held_out_masks_do_not_follow_the_training_masking_rate(params):

@@ -147,3 +147,14 @@ def test_peak_layer_breaks_ties_on_the_next_metric():
     assert peak_layer({"acc": [0.5, 0.5, 0.5, 0.5], "mrr": [0.05, 0.07, 0.10, 0.09]}) == 2
     # a clear winner on the first metric wins whatever the others say
     assert peak_layer({"acc": [0.6, 0.9, 0.7], "mrr": [0.9, 0.1, 0.5]}) == 1
+
+
+def test_a_nan_hidden_state_stops_the_probe_instead_of_scoring_it():
+    from telly.errors import NonFiniteError
+    from telly.probing.train import train_probe
+
+    train, valid, test = [classes_at(2, n, s) for n, s in ((200, 0), (50, 1), (50, 2))]
+    train.x[5, 1, 3] = np.nan  # a broken representation
+    task = TaggingTask("structural", train, valid, test, n_classes=CLASSES)
+    with pytest.raises(NonFiniteError, match="probe layer-wise on structural: loss is nan at epoch 1"):
+        train_probe(task, "layer-wise", FAST, seed=0)

@@ -32,7 +32,7 @@ def _params(path: Path) -> Params:
     logging.basicConfig(
         level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
     )
-    return load_params(path)
+    return load_params(path, guard_outputs=True)  # a stage's outputs are written only if its params still hold
 
 
 @data_app.command("fetch")

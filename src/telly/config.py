@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from telly import files
 from telly.errors import TellyError
 from telly.probing.properties import PROPERTIES, PROPERTY_NAMES
 from telly.tasks import TASK_NAMES, TASKS
@@ -27,7 +28,8 @@ class ConfigError(TellyError, ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity pass every bound (``gt=0`` lets ``.inf`` through): no float setting takes them
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- data
@@ -157,8 +159,11 @@ class PretrainParams(Section):
     )
     weight_decay: float = Field(ge=0)
     max_steps: int = Field(ge=1, description="training steps: the one thing that decides how long it trains")
-    time_budget_minutes: float = Field(
-        gt=0, description="a guard: training that takes longer fails the stage (resumable) instead of saving"
+    time_budget_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        description="an optional wall-clock guard: training that takes longer fails the stage (resumable) "
+        "instead of saving; null = none (the default: load or a slower machine must not fail the pipeline)",
     )
     objectives: PretrainObjectives
     mlm_first_steps: int = Field(
@@ -842,12 +847,60 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         raise ConfigError(format_validation_error(err, raw, source)) from None
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
-    """Read and validate a params file; raise :class:`ConfigError` naming what is wrong."""
+def load_params(path: str | Path = DEFAULT_PARAMS, *, guard_outputs: bool = False) -> Params:
+    """Read and validate a params file; raise :class:`ConfigError` naming what is wrong.
+
+    ``guard_outputs`` (a stage run by the CLI): every output this process writes afterwards first
+    checks that the file still holds what was read now (:class:`ParamsGuard`)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: params file not found (run from the repository root or pass --params)")
-    return parse_params(read_params_file(path), str(path))
+    stat = path.stat()
+    raw = read_params_file(path)
+    params = parse_params(raw, str(path))
+    if guard_outputs:
+        files.check_before_publish(ParamsGuard(path, raw, (stat.st_mtime_ns, stat.st_size)))
+    return params
+
+
+class ParamsGuard:
+    """Fails when the params file no longer holds the values a stage read at its start.
+
+    DVC records a stage's params in dvc.lock when the stage ends, from the file as it is then; an
+    edit during the run would lock values the outputs were not computed with. Run before each
+    output is put in place (telly.files), it stops the stage instead, naming the changed keys.
+    An unchanged file (same modification time and size) is not read again."""
+
+    def __init__(self, path: Path, raw: Any, stamp: tuple[int, int]):
+        self.path, self.raw, self.stamp = path, raw, stamp
+
+    def __call__(self) -> None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            raise ConfigError(f"{self.path}: removed while this stage ran; its outputs were not written") from None
+        if (stat.st_mtime_ns, stat.st_size) == self.stamp:
+            return
+        if changed := changed_keys(self.raw, read_params_file(self.path)):
+            raise ConfigError(
+                f"{self.path} changed while this stage ran: {', '.join(changed)}; the outputs were not written "
+                "(DVC would record values they were not computed with). Run the stage again."
+            )
+        self.stamp = (stat.st_mtime_ns, stat.st_size)  # an edit of comments or layout only
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two parsed YAML documents (added and removed ones too)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [prefix or "<whole file>"]
+    out = []
+    for key in sorted(old.keys() | new.keys(), key=str):
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if key not in old or key not in new:
+            out.append(name)
+        else:
+            out += changed_keys(old[key], new[key], name)
+    return out
 
 
 PROFILE_BASE = "extends"  # a profile's key naming the params file it overlays (relative to the profile)

@@ -3,6 +3,9 @@
 An interrupted stage must never leave a half-written output that DVC would cache or a later
 stage would read. Every writer goes through these: write to a temporary sibling, then rename
 it into place (a rename within one folder is atomic on POSIX).
+
+Just before each rename they run the process's publish check (:func:`check_before_publish`): the
+CLI sets one that fails when ``params.yaml`` changed since the stage read it (``telly.config``).
 """
 
 from __future__ import annotations
@@ -11,8 +14,22 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+_publish_check: Callable[[], None] | None = None
+
+
+def check_before_publish(check: Callable[[], None] | None) -> None:
+    """Run ``check`` before every atomic write of this process puts a file or folder in place (it
+    raises to stop the write); None: no check."""
+    global _publish_check
+    _publish_check = check
+
+
+def _before_publish() -> None:
+    if _publish_check is not None:
+        _publish_check()
 
 
 @contextlib.contextmanager
@@ -25,6 +42,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _before_publish()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -41,6 +59,7 @@ def atomic_dir(folder: str | Path) -> Iterator[Path]:
     tmp.chmod(0o755)  # mkdtemp makes it private; an output folder is shared data
     try:
         yield tmp
+        _before_publish()
         if folder.exists():
             old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
             os.replace(folder, old / folder.name)

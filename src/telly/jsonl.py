@@ -19,8 +19,14 @@ def iter_jsonl(path: str | Path, required: Sequence[str] = ()) -> Iterator[dict[
     path = Path(path)
     if not path.exists():
         raise TellyError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:  # bytes: a bad byte is reported with its own line number
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise SchemaError(
+                    f"{path}:{lineno}: not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -40,18 +46,26 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict[str,
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Write rows atomically; return how many were written."""
+    """Write rows atomically; return how many were written. NaN and infinity are errors: they are not JSON."""
     n = 0
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as fh:
         for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False))
+            fh.write(_dumps(path, row, f"row {n + 1}"))
             fh.write("\n")
             n += 1
     return n
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write one JSON document atomically (metrics files, tables)."""
+    """Write one JSON document atomically (metrics files, tables); NaN and infinity are errors (not JSON)."""
+    text = _dumps(path, obj, "document", indent=2)
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as fh:
-        json.dump(obj, fh, indent=2, ensure_ascii=False)
+        fh.write(text)
         fh.write("\n")
+
+
+def _dumps(path: str | Path, obj: Any, what: str, indent: int | None = None) -> str:
+    try:
+        return json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False)
+    except ValueError as err:  # NaN or infinity: a result computed from a broken run
+        raise TellyError(f"{path}: not written: its {what} holds a value JSON cannot hold ({err})") from None

@@ -20,6 +20,9 @@ cache in RAM is ~300 GB, so the cache is a file (docs/paper-scale.md):
   every variant, seed and process with the same frozen prefix and inputs reuses it. A build
   writes ``<key>.tmp-<pid>-<n>`` and renames it into place; a process that loses the race keeps
   the winner's copy and drops its own.
+- ``meta.json`` records the file's size and a CRC-32 per 64 MiB block (and of the offsets); a
+  cache is checked against them when it is opened (one sequential read, about 3 GB/s), and a
+  short or corrupted one is rebuilt with one warning naming the file, never trained on.
 - Before building, the size is logged; above ``finetune.cache_budget_gb`` the run falls back
   to the uncached regime (the frozen layers run every step) with one warning.
 
@@ -36,6 +39,7 @@ import logging
 import os
 import shutil
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +52,8 @@ from telly.models.architectures import adapter_for
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the files' layout changes: old caches are then never read
+FORMAT = 2  # bump when the files' layout changes: old caches are then never read
+BLOCK_BYTES = 64 << 20  # hidden.bin is checksummed per block of this size
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _tmp_counter = itertools.count()
 
@@ -95,6 +100,36 @@ def _sequences_digest(seqs: list[Seq]) -> str:
     for s in seqs:
         digest.update(np.asarray((s.prefix, len(s.ids), *s.ids), dtype=np.int64).tobytes())
     return digest.hexdigest()
+
+
+class CacheDamaged(Exception):
+    """A published cache whose files do not match its ``meta.json``: rebuilt, never read."""
+
+
+def block_checksums(path: Path, block_bytes: int = BLOCK_BYTES) -> list[int]:
+    """CRC-32 of each ``block_bytes`` block of ``path`` (the last may be shorter)."""
+    out = []
+    with open(path, "rb") as fh:
+        while block := fh.read(block_bytes):
+            out.append(zlib.crc32(block))
+    return out
+
+
+def check_files(folder: Path, meta: dict) -> None:
+    """Raise :class:`CacheDamaged` unless ``folder``'s files have the size and checksums ``meta`` records."""
+    hidden, offsets = folder / "hidden.bin", folder / "offsets.npy"
+    for path in (hidden, offsets):
+        if not path.exists():
+            raise CacheDamaged(f"{path}: missing")
+    if zlib.crc32(offsets.read_bytes()) != meta["offsets_crc32"]:
+        raise CacheDamaged(f"{offsets}: checksum mismatch")
+    size = hidden.stat().st_size
+    if size != meta["bytes"]:
+        raise CacheDamaged(f"{hidden}: {size} bytes, expected {meta['bytes']}")
+    sums = block_checksums(hidden, meta["block_bytes"])
+    if bad := [i for i, (a, b) in enumerate(zip(sums, meta["checksums"], strict=True)) if a != b]:
+        start = bad[0] * meta["block_bytes"]
+        raise CacheDamaged(f"{hidden}: checksum mismatch in {len(bad)} block(s), the first at byte {start}")
 
 
 class HiddenCache:
@@ -172,8 +207,13 @@ class HiddenCache:
 
     @classmethod
     def open(cls, folder: Path, rows: np.ndarray | None = None) -> HiddenCache:
-        """A published cache, memory-mapped read-only (pages come in as batches touch them)."""
-        meta = json.loads((folder / "meta.json").read_text())
+        """A published cache, checked against its ``meta.json`` (:class:`CacheDamaged` if it does not
+        match), then memory-mapped read-only (pages come in as batches touch them)."""
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            check_files(folder, meta)
+        except (OSError, ValueError, KeyError, TypeError) as err:  # unreadable, not JSON, fields missing
+            raise CacheDamaged(f"{folder / 'meta.json'}: {err}") from None
         offsets = np.load(folder / "offsets.npy")
         total = int(offsets[-1]) * meta["hidden_size"]
         flat = torch.from_file(str(folder / "hidden.bin"), shared=False, size=total, dtype=DTYPES[meta["dtype"]])
@@ -287,11 +327,17 @@ def build_caches(
 
 
 def _build_or_open(model, seqs, k, pad_id, batch_size, settings: CacheSettings, final: Path, split: str):
-    """(cache, True when this process built it). A finished cache is a folder with ``meta.json``."""
+    """(cache, True when this process built it). A finished cache is a folder with ``meta.json``;
+    one whose files fail their check is moved aside, removed and built again."""
     if (final / "meta.json").exists():
         _, rows = unique_sequences(seqs)
-        log.info("frozen-prefix cache %s: reusing %s", split, final)
-        return HiddenCache.open(final, rows), False
+        try:
+            cache = HiddenCache.open(final, rows)
+            log.info("frozen-prefix cache %s: reusing %s", split, final)
+            return cache, False
+        except CacheDamaged as err:
+            log.warning("frozen-prefix cache %s: %s; rebuilding it", split, err)
+            _discard(final)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{next(_tmp_counter)}")
     shutil.rmtree(tmp, ignore_errors=True)
     dtype = DTYPES[settings.dtype]
@@ -306,6 +352,9 @@ def _build_or_open(model, seqs, k, pad_id, batch_size, settings: CacheSettings, 
         "tokens": int(cache.offsets[-1]),
         "bytes": cache.nbytes,
         "architecture": type(model).__name__,
+        "block_bytes": BLOCK_BYTES,
+        "checksums": block_checksums(tmp / "hidden.bin", BLOCK_BYTES),
+        "offsets_crc32": zlib.crc32((tmp / "offsets.npy").read_bytes()),
     }
     rows = cache.rows
     del cache  # unmap before the rename
@@ -315,3 +364,13 @@ def _build_or_open(model, seqs, k, pad_id, batch_size, settings: CacheSettings, 
     except OSError:  # another process published first: same inputs, same content; keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return HiddenCache.open(final, rows), True
+
+
+def _discard(folder: Path) -> None:
+    """Move a damaged cache aside (atomic: no process opens it half-removed), then remove it."""
+    aside = folder.with_name(f"{folder.name}.damaged-{os.getpid()}-{next(_tmp_counter)}")
+    try:
+        os.rename(folder, aside)
+    except FileNotFoundError:  # another process discarded it first
+        return
+    shutil.rmtree(aside, ignore_errors=True)

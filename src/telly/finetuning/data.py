@@ -30,6 +30,11 @@ from telly.jsonl import read_jsonl
 from telly.models.inputs import Mode, Seq, attention_mask, collate, wrap  # noqa: F401 - re-exported
 
 MIN_ROWS = 2  # in-batch negatives, a threshold, a ranking: nothing works on fewer
+# A text goes to the tokenizer clipped to CLIP_CHARS_PER_TOKEN characters per token of the limit at each end
+# (no token of real code is that long on average, so no kept token changes), the limit at least
+# CLIP_MIN_TOKENS, so one tokenized form serves every length setting: memory per row stays bounded.
+CLIP_CHARS_PER_TOKEN = 32
+CLIP_MIN_TOKENS = 1024
 
 
 class DatasetError(TellyError):
@@ -67,8 +72,22 @@ class Tokens:
         return self.modes.get("mask0", self.bos)
 
 
-def token_ids(tokenizer: Any, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+def clip_tokens(*limits: int) -> int:
+    """The token limit texts are clipped for: the largest of ``limits``, at least ``CLIP_MIN_TOKENS``."""
+    return max(CLIP_MIN_TOKENS, *limits)
+
+
+def clip_text(text: str, max_tokens: int) -> str:
+    """``text`` as the tokenizer sees it: a text longer than twice the bound (``CLIP_CHARS_PER_TOKEN``
+    x ``max_tokens`` characters) keeps its first and its last bound characters, so both the first
+    ``max_tokens`` tokens (sources, targets) and the last (left contexts) come out as from the whole text."""
+    bound = CLIP_CHARS_PER_TOKEN * max_tokens
+    return text if len(text) <= 2 * bound else text[:bound] + text[-bound:]
+
+
+def token_ids(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
+    """The ids of ``text`` (no special tokens), tokenized from ``clip_text(text, max_tokens)``."""
+    return tokenizer(clip_text(text, clip_tokens(max_tokens)), add_special_tokens=False)["input_ids"]
 
 
 def encoder_only(tok: Tokens, pieces: list[int], max_length: int) -> Seq:
@@ -90,14 +109,14 @@ def decoder_only_context(tok: Tokens, pieces: list[int], max_length: int) -> lis
 
 def make_example(task: str, row: dict, tokenizer: Any, tok: Tokens, max_source: int, max_target: int) -> dict:
     """One task row as the sequences (and labels, references) its head needs, in the task's layout."""
-    pieces = {f: token_ids(tokenizer, row[f]) for f in tasks.get(task).text_fields}
+    pieces = {f: token_ids(tokenizer, row[f], max(max_source, max_target)) for f in tasks.get(task).text_fields}
     return example_from_pieces(task, pieces, row, tok, max_source, max_target)
 
 
 def example_from_pieces(
     task: str, pieces: dict[str, list[int]], row: dict, tok: Tokens, max_source: int, max_target: int
 ) -> dict:
-    """``make_example`` from the texts' token ids (untruncated, no special tokens); ``row`` gives
+    """``make_example`` from the texts' token ids (not yet cut to the lengths, no special tokens); ``row`` gives
     the label (clone detection) or the target text (the reference of the generation tasks)."""
     spec = tasks.get(task)
     if spec.layout == "encoder-only":
@@ -176,7 +195,7 @@ def load_examples(
     from telly.finetuning.tokens import tokenized_split
 
     path = _split_path(tasks_dir, task, split)
-    store = tokenized_split(path, task, tokenizer, Path(cache_dir) / "tokens")
+    store = tokenized_split(path, task, tokenizer, Path(cache_dir) / "tokens", clip_tokens(max_source, max_target))
     keep = sample_rows(len(store), limit, seed)
     labels = [int(store.labels[i]) for i in keep] if store.labels is not None else None
     _check_rows(path, task, split, len(keep), labels, min_rows)

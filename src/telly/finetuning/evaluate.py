@@ -80,7 +80,7 @@ def load_codebase(path: str | Path, queries: list[dict], tokenizer: Any, tok: To
         if query.get("id") not in row_of:
             raise DatasetError(f"{path}: has no code with the test query's id {query.get('id')!r}")
         gold.append(row_of[query["id"]])
-    codes = [encoder_only(tok, token_ids(tokenizer, row["code"]), max_length) for row in rows]
+    codes = [encoder_only(tok, token_ids(tokenizer, row["code"], max_length), max_length) for row in rows]
     log.info("code search: %d test queries ranked against the %d codes of %s", len(queries), len(codes), path)
     return Codebase(path, codes, gold)
 

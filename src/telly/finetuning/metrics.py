@@ -21,6 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from telly.errors import NonFiniteError
+
+
+def check_finite(values: Any, what: str) -> None:
+    """Fail on NaN or infinity: every comparison with NaN is false, so a broken model would rank every
+    gold answer first or call every pair a non-clone, and score as if it worked."""
+    bad = ~np.isfinite(np.asarray(values, dtype=float))
+    if bad.any():
+        raise NonFiniteError(f"{what}: {int(bad.sum())} of {bad.size} values are NaN or infinite; not scored")
+
+
 # ----------------------------------------------------------------- code search
 
 
@@ -34,6 +45,7 @@ def retrieval_metrics(scores: np.ndarray) -> dict[str, float]:
     n_queries, n_codes = scores.shape
     if n_queries != n_codes or n_queries < 2:
         raise ValueError(f"need a square score matrix of at least 2 x 2, got {scores.shape}")
+    check_finite(scores, "retrieval scores")
     return metrics_from_ranks(1 + (scores > np.diag(scores)[:, None]).sum(1))
 
 
@@ -77,6 +89,8 @@ def _rank_blocks(queries: Any, codes: Any, gold: Any, ranks: Any, query_block: i
     n_queries, n_codes = len(queries), len(codes)
     for q0 in range(0, n_queries, query_block):
         q = queries[q0 : q0 + query_block].to(device)
+        if not bool(torch.isfinite(q).all()):
+            check_finite(q.cpu(), f"query embeddings {q0}..{q0 + len(q) - 1}")
         g = gold[q0 : q0 + query_block].to(device)
         gold_score = torch.empty(len(q), dtype=q.dtype, device=device)
         higher = torch.zeros(len(q), dtype=torch.long, device=device)
@@ -86,6 +100,8 @@ def _rank_blocks(queries: Any, codes: Any, gold: Any, ranks: Any, query_block: i
                 tile = q @ c.T
                 rows = ((g >= c0) & (g < c0 + len(c))).nonzero().squeeze(1)
                 if not counting:
+                    if not bool(torch.isfinite(tile).all()):  # a broken code embedding, or an overflow
+                        check_finite(tile.cpu(), f"scores of queries {q0}.. against codes {c0}..{c0 + len(c) - 1}")
                     gold_score[rows] = tile[rows, g[rows] - c0]
                     continue
                 tile[rows, g[rows] - c0] = float("-inf")  # the gold code itself never counts
@@ -112,6 +128,7 @@ def best_threshold(scores: Sequence[float], labels: Sequence[int]) -> float:
     from sklearn.metrics import precision_recall_curve
 
     labels = np.asarray(labels)
+    check_finite(scores, "clone scores")
     if labels.min() == labels.max():
         raise ValueError("choosing a clone threshold needs both clone and non-clone pairs")
     precision, recall, thresholds = precision_recall_curve(labels, np.asarray(scores, dtype=float))
@@ -122,6 +139,8 @@ def best_threshold(scores: Sequence[float], labels: Sequence[int]) -> float:
 def classification_metrics(scores: Sequence[float], labels: Sequence[int], threshold: float) -> dict[str, float]:
     from sklearn.metrics import precision_recall_fscore_support
 
+    check_finite(scores, "clone scores")
+    check_finite(threshold, "clone threshold")
     predicted = (np.asarray(scores, dtype=float) >= threshold).astype(int)
     p, r, f1, _ = precision_recall_fscore_support(labels, predicted, average="binary", zero_division=0)
     return {"precision": float(p), "recall": float(r), "f1": float(f1), "threshold": float(threshold)}

@@ -7,20 +7,25 @@ run at BigCloneBench's size). Now the first run that needs a (task file, tokeniz
                                piece_offsets.npy, texts.bin + text_offsets.npy (the distinct texts, utf-8),
                                fields.npy ([rows, fields]: which distinct text each field is), labels.npy
 
-with ``key`` a hash of the file's bytes, the tokenizer's full definition (``tokenizer.json``) and the
-format. Ids are stored untruncated and without special tokens, so every length setting reuses the
-same files (``data.example_from_pieces`` cuts them); identical texts (clone pairs reuse functions)
-are tokenized and stored once. Later runs memory-map the arrays and touch only the sampled rows.
-Writing goes to ``<key>.tmp-<pid>`` and is renamed into place (concurrent runs: the first wins).
+with ``key`` a hash of the file's bytes, the tokenizer's full definition (``tokenizer.json``), the
+clip limit and the format. Ids are stored without special tokens and not cut to the lengths, so every
+length setting up to the clip limit reuses the same files (``data.example_from_pieces`` cuts them);
+the tokenizer sees each text clipped to a character bound (``data.clip_text``: memory per row stays
+bounded whatever a row holds). Identical texts (clone pairs reuse functions) are tokenized and stored
+once. Later runs memory-map the arrays and touch only the sampled rows. Writing goes to
+``<key>.tmp-<pid>`` and is renamed into place (concurrent runs: the first wins). ``meta.json`` records
+each file's size and CRC-32; a store that does not match is rebuilt with one warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import zlib
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -31,7 +36,7 @@ from telly.jsonl import read_jsonl
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 CHUNK = 4096  # texts per call of the (batched, Rust) tokenizer
 
 
@@ -50,12 +55,23 @@ def tokenizer_digest(tokenizer: Any) -> str:
     return hashlib.blake2b(f"{type(tokenizer).__name__}|{text}".encode(), digest_size=16).hexdigest()
 
 
+def _size_and_crc(path: Path) -> list[int]:
+    size, crc = 0, 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            size, crc = size + len(block), zlib.crc32(block, crc)
+    return [size, crc]
+
+
 class TokenizedSplit:
     """One task file, tokenized: row ``i``'s fields as token ids, its label and its texts."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.meta = json.loads((folder / "meta.json").read_text())
+        for name, expected in self.meta["files"].items():  # a short or damaged store is never read
+            if (found := _size_and_crc(folder / name)) != expected:
+                raise ValueError(f"{folder / name}: size and CRC-32 {found}, expected {expected}")
         self.fields = tuple(self.meta["fields"])
         self._piece_offsets = np.load(folder / "piece_offsets.npy", mmap_mode="r")
         self._pieces = np.load(folder / "pieces.npy", mmap_mode="r")
@@ -92,16 +108,30 @@ class TokenizedSplit:
         return out
 
 
-def tokenized_split(path: Path, task: str, tokenizer: Any, folder: Path) -> TokenizedSplit:
-    """The tokenized form of task file ``path``: reused when it exists, else built and published."""
-    from telly import tasks
-
+def tokenized_split(path: Path, task: str, tokenizer: Any, folder: Path, clip: int) -> TokenizedSplit:
+    """The tokenized form of task file ``path``, each text clipped for ``clip`` tokens (``data.clip_text``):
+    reused when it exists and passes its check, else built and published."""
     key = hashlib.blake2b(
-        f"{FORMAT}|{task}|{file_digest(path)}|{tokenizer_digest(tokenizer)}".encode(), digest_size=16
+        f"{FORMAT}|{task}|{file_digest(path)}|{tokenizer_digest(tokenizer)}|{clip}".encode(), digest_size=16
     ).hexdigest()
     final = folder / key
     if (final / "meta.json").exists():
-        return TokenizedSplit(final)
+        try:
+            return TokenizedSplit(final)
+        except (OSError, ValueError, KeyError, TypeError) as err:  # short, damaged, not JSON, fields missing
+            log.warning("tokenized %s in %s is damaged (%s); tokenizing it again", path, final, err)
+            aside = final.with_name(f"{key}.damaged-{os.getpid()}")
+            with contextlib.suppress(FileNotFoundError):  # another process moved it first
+                os.rename(final, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+    return _build(path, task, tokenizer, final, clip)
+
+
+def _build(path: Path, task: str, tokenizer: Any, final: Path, clip: int) -> TokenizedSplit:
+    from telly import tasks
+    from telly.finetuning.data import clip_text
+
+    key = final.name
     spec = tasks.get(task)
     fields = spec.text_fields
     rows = read_jsonl(path, required=spec.fields)
@@ -114,7 +144,8 @@ def tokenized_split(path: Path, task: str, tokenizer: Any, folder: Path) -> Toke
     log.info("tokenizing %s once: %d rows, %d distinct texts -> %s", path, len(rows), len(texts), final)
     ids: list[list[int]] = []
     for start in range(0, len(texts), CHUNK):
-        ids += tokenizer(texts[start : start + CHUNK], add_special_tokens=False, verbose=False)["input_ids"]
+        chunk = [clip_text(t, clip) for t in texts[start : start + CHUNK]]
+        ids += tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]
     tmp = final.with_name(f"{key}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -127,8 +158,10 @@ def tokenized_split(path: Path, task: str, tokenizer: Any, folder: Path) -> Toke
     np.save(tmp / "fields.npy", table.astype(np.int32 if len(texts) < 2**31 else np.int64))
     if "label" in spec.fields:
         np.save(tmp / "labels.npy", np.array([int(r["label"]) for r in rows], dtype=np.int8))
-    meta = {"format": FORMAT, "task": task, "source": str(path), "rows": len(rows), "texts": len(texts)}
-    (tmp / "meta.json").write_text(json.dumps({**meta, "fields": list(fields), "tokens": int(lengths.sum())}))
+    meta = {"format": FORMAT, "task": task, "source": str(path), "rows": len(rows), "texts": len(texts), "clip": clip}
+    files = {f.name: _size_and_crc(f) for f in sorted(tmp.iterdir())}
+    meta = {**meta, "fields": list(fields), "tokens": int(lengths.sum()), "files": files}
+    (tmp / "meta.json").write_text(json.dumps(meta))
     try:
         os.rename(tmp, final)
     except OSError:  # another process published it first

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -45,7 +46,7 @@ from tqdm.auto import tqdm
 
 from telly import tasks, variants
 from telly.config import FinetuneParams, FinetuneTaskParams, Params
-from telly.errors import TellyError
+from telly.errors import NonFiniteError, TellyError
 from telly.files import atomic_dir, atomic_path
 from telly.finetuning.caching import HiddenCache, frozen_caches
 from telly.finetuning.data import (
@@ -467,18 +468,33 @@ def train_epoch(run: Run, epoch: int) -> tuple[list[float], float, float]:
     _sync(run.device)
     t0, cpu0 = time.perf_counter(), time.process_time()
     desc = f"{run.task}/{run.variant} epoch {epoch}"
-    for batch in tqdm(run.loaders["train"], desc=desc, leave=False, disable=not run.main):
+    for step, batch in enumerate(tqdm(run.loaders["train"], desc=desc, leave=False, disable=not run.main), 1):
         with run.autocast(training=True):
             loss = run.model(batch)
+        losses.append(run.accelerator.reduce(loss.detach(), "mean").item())  # every process sees the same value
+        if not math.isfinite(losses[-1]):
+            _stop_non_finite(run, epoch, step, losses[-1])
         run.optimizer.zero_grad(set_to_none=True)
         run.accelerator.backward(loss)  # DDP: gradients averaged across processes
         run.accelerator.clip_grad_norm_(trainable, run.settings.max_grad_norm)
         run.optimizer.step()
         run.scheduler.step()
-        losses.append(run.accelerator.reduce(loss.detach(), "mean").item())
     _sync(run.device)
     # CPU seconds are robust to other jobs on a shared CPU
     return losses, time.perf_counter() - t0, time.process_time() - cpu0
+
+
+def _stop_non_finite(run: Run, epoch: int, step: int, loss: float) -> None:
+    """A NaN or infinite loss: stop before the step, keep the state saved after the last epoch."""
+    kept = (
+        f"the state saved after epoch {epoch - 1} is kept in {run.state_dir} (a rerun resumes from it)"
+        if (run.state_dir / "last.pt").exists()
+        else "no epoch was saved"
+    )
+    raise NonFiniteError(
+        f"{run.task}/{run.variant} seed {run.seed}: training loss is {loss} at epoch {epoch}, step {step}; "
+        f"stopped, nothing published; {kept}. A lower learning_rate or max_grad_norm may help"
+    )
 
 
 # -------------------------------------------------------------------- test

@@ -97,7 +97,7 @@ def extract(
             "dtype": "float16",
         }
         (tmp / "ids.json").write_text(json.dumps(list(ids), ensure_ascii=False), encoding="utf-8")
-        (tmp / "meta.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "meta.json").write_text(json.dumps(info, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
     log.info(
         "%s: %d inputs, %d real tokens in %.1f s (%.0f tokens/s), %d truncated",
         out_dir,

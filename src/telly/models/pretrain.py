@@ -17,10 +17,10 @@ modes on code, on the docstring with the code's flattened AST, and contrastively
    ``objectives: {mlm: 1, ...: 0}`` with ``ast_share: 0`` is RoBERTa's masked-LM-only recipe.
 3. Train the encoder (post-LayerNorm, as CodeBERT and UniXcoder; weights from ``init_std``,
    positions from sinusoids) with AdamW, linear warm-up and decay, for exactly ``max_steps``
-   steps: the same params give the same model whatever the machine's load. The wall clock
-   (``time_budget_minutes``) is only a guard: if training takes longer, the stage saves a
-   checkpoint and fails with a message naming the setting and the steps reached, instead of
-   handing a weaker model to every later stage.
+   steps: the same params give the same model whatever the machine's load. There is no
+   wall-clock limit unless ``time_budget_minutes`` sets one, as a guard: if training takes longer,
+   the stage saves a checkpoint and fails with a message naming the setting and the steps reached,
+   instead of handing a weaker model to every later stage.
 4. Measure on held-out code (the valid split: other projects), for the trained model and for
    the same architecture untrained: masked-token accuracy with fixed masks at BERT's 15 %,
    next-token accuracy in the decoder-only mode, and zero-shot comment-to-code retrieval MRR
@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 
 from telly.config import Params
-from telly.errors import TellyError
+from telly.errors import NonFiniteError, TellyError
+from telly.files import atomic_dir
 from telly.jsonl import write_json
 from telly.models import pretrain_data as data
 
@@ -420,11 +421,17 @@ def train_step(t: Training, dev: Any, autocast: Any) -> tuple[str, float, int]:
     batch = to_device(next_batch(cfg, step, objective, t.batcher, t.collator, t.sp), dev)
     with autocast:
         loss = training_loss(t.model, objective, batch)
+    value = float(loss.detach())
+    if not math.isfinite(value):  # stop before the step: the last checkpoint stays the one to resume from
+        raise NonFiniteError(
+            f"pretrain: the {objective} loss is {value} at step {step + 1}; stopped, no model saved; "
+            f"the last checkpoint in {cfg.checkpoint_dir} is kept. A lower pretrain.lr may help"
+        )
     loss.backward()
     torch.nn.utils.clip_grad_norm_(t.model.parameters(), 1.0)
     t.optimizer.step()
     t.optimizer.zero_grad(set_to_none=True)
-    return objective, float(loss.detach()), batch_tokens(batch, t.sp.pad)
+    return objective, value, batch_tokens(batch, t.sp.pad)
 
 
 def too_slow(cfg: Any, state: dict[str, Any]) -> TrainingTooSlow:
@@ -483,7 +490,8 @@ def train(t: Training, dev: Any, held: HeldOut) -> None:
                 mlflow.log_metrics({k: v for k, v in point.items() if k != "step"}, step=step)
                 bar.set_postfix(loss=f"{point['train_loss']:.3f}", tok_s=f"{point['tokens_per_s']:.0f}")
                 window, window_tokens, window_start = {}, 0, time.perf_counter()
-            if state["elapsed"] > cfg.time_budget_minutes * 60 and step < cfg.max_steps:
+            budget = cfg.time_budget_minutes
+            if budget is not None and state["elapsed"] > budget * 60 and step < cfg.max_steps:
                 bar.close()
                 t.checkpoint()
                 raise too_slow(cfg, state)
@@ -534,17 +542,12 @@ def prepare_training(cfg: Any, train_rows: list[dict], lang: str, dev: Any) -> T
 
 def save_model(cfg: Any, model: Any, tokenizer: Any) -> Path:
     out = Path(cfg.out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is shared
     # Later stages fine-tune from this config: give them RoBERTa's dropout, whatever pre-training used.
     model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = cfg.finetune_dropout
     model.config.initializer_range = 0.02  # and RoBERTa's init for any head they add
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out
 
 
@@ -571,9 +574,10 @@ def run(params: Params) -> dict[str, Any]:
     t = prepare_training(cfg, train_rows, lang, dev)
     held = held_out(cfg, t.tokenizer, valid_rows, lang)
     n_params = sum(p.numel() for p in t.model.parameters())
-    log.info("model: %d layers, hidden %d, %.2fM parameters; %d steps of %s; guard %.0f min",
+    log.info("model: %d layers, hidden %d, %.2fM parameters; %d steps of %s; wall-clock guard: %s",
              cfg.layers, cfg.hidden_size, n_params / 1e6, cfg.max_steps,
-             ", ".join(f"{k} {v:g}" for k, v in cfg.objectives.model_dump().items() if v), cfg.time_budget_minutes)
+             ", ".join(f"{k} {v:g}" for k, v in cfg.objectives.model_dump().items() if v),
+             f"{cfg.time_budget_minutes:g} min" if cfg.time_budget_minutes is not None else "none")
 
     with start_run(params, "pretrain", log_params={"pretrain": cfg.model_dump(mode="json")}):
         mlflow.log_metric("parameters", n_params)

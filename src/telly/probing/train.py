@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from telly.errors import NonFiniteError
 from telly.probing.objectives import ProbingTask
 from telly.probing.probes import build_probe
 
@@ -58,7 +59,10 @@ def train_probe(task: ProbingTask, probe_type: str, settings: TrainSettings, see
     for epoch in range(1, settings.epochs + 1):
         for idx in task.batches(rng, settings.batch_size):
             optimizer.zero_grad(set_to_none=True)
-            task.loss(probe, idx, rng).backward()
+            loss = task.loss(probe, idx, rng)
+            if not bool(torch.isfinite(loss)):  # NaN would pass every "better than best" test as false
+                raise NonFiniteError(f"probe {probe_type} on {task.name}: loss is {loss.item()} at epoch {epoch}")
+            loss.backward()
             optimizer.step()
         for k, scores in enumerate(task.evaluate(probe, task.valid)):
             if scores[task.primary] > best[k]:
