@@ -246,125 +246,37 @@ def setup(
 ) -> Run:
     """Seed, load and freeze the encoder, tokenize the splits, cache the frozen prefix, build the
     optimiser and schedule, and pick up a saved state of the same settings."""
-    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-    from transformers import get_linear_schedule_with_warmup
-
-    from telly.models import peft_methods
-    from telly.models.freezing import freeze_bottom
-    from telly.models.loading import load_encoder
-    from telly.runtime import device as pick_device
     from telly.runtime import set_seed
 
     settings = _settings(params)
     cfg = _task_settings(settings, task)
-    spec = tasks.get(task)
     seed = settings.first_seed if seed is None else seed
     set_seed(seed)
-    accelerator = Accelerator(  # one process: plain PyTorch on the chosen device
-        cpu=pick_device(settings.device).type == "cpu",
-        dataloader_config=DataLoaderConfiguration(split_batches=True),  # batch sizes are global
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # the pooler: trainable, unused
-    )
-    _check_batches(task, cfg.batch_size, settings.eval_batch_size, accelerator.num_processes)
+    accelerator = _accelerator(settings, task, cfg)
     device = accelerator.device
-    encoder = load_encoder(params.finetune_model, device=device, seed=seed)
-    parsed = variants.parse(variant, encoder.num_layers)
+    encoder, parsed, counts, adapted, method = _encoder(params, settings, cfg, task, variant, device, seed)
     k = parsed.k
-    _check_lengths(task, cfg, encoder.max_length)
-    counts = freeze_bottom(encoder.model, k)
-    adapted, method_settings, learning_rate = None, {}, cfg.learning_rate
-    if parsed.method is not None:  # after Telly-K: the method goes on layers K..L-1 only, the prefix stays cacheable
-        lora = peft_methods.LoraSettings(alpha=settings.peft.lora_alpha, dropout=settings.peft.lora_dropout)
-        adapted, counts = peft_methods.apply(encoder.model, parsed, lora)
-        learning_rate = cfg.learning_rate * settings.peft.learning_rate_scale
-        method_settings = {"method": parsed.method_name, "learning_rate_scale": settings.peft.learning_rate_scale}
-        if parsed.rank is not None:
-            method_settings |= {"lora_alpha": lora.alpha, "lora_dropout": lora.dropout}
-    cached = bool(settings.cache_frozen and k is not None)
     tok = Tokens.of(encoder.tokenizer)
-
-    splits = {}
-    codebase: Codebase | None = None
-    for split, size in (("train", cfg.train_size), ("valid", cfg.valid_size), ("test", cfg.test_size)):
-        splits[split] = load_examples(  # same rows for every seed; tokenized once under cache_dir/tokens
-            settings.tasks_dir,
-            task,
-            split,
-            size,
-            settings.data_seed,
-            encoder.tokenizer,
-            tok,
-            cfg.max_source_length,
-            cfg.max_target_length,
-            cache_dir=settings.cache_dir,
-            min_rows=2,
-        )
-    train, valid, test_examples = splits["train"], splits["valid"], splits["test"]
-    test_rows = load_split(settings.tasks_dir, task, "test", cfg.test_size, settings.data_seed, min_rows=2)
-    test_ids = [r["id"] for r in test_rows]  # the per-example scores' keys (the same rows as test_examples)
-    if spec.head == "search" and codebase_path(settings.tasks_dir, task).exists():
-        # the paper's protocol: test queries ranked against the codebase (valid: among its own codes)
-        path = codebase_path(settings.tasks_dir, task)
-        codebase = load_codebase(path, test_rows, encoder.tokenizer, tok, cfg.max_source_length)
+    data = _splits(settings, cfg, task, encoder, tok)
     # Frozen-prefix caching (caching.py): hidden state K of every training (and, for the encoder tasks,
     # valid) sequence, reused from finetune.cache_dir when built before; None over the budget -> uncached.
-    caches = frozen_caches(encoder.model, k, train, valid, task, tok.pad, settings) if cached else None
+    cached = bool(settings.cache_frozen and k is not None)
+    caches = frozen_caches(encoder.model, k, data.train, data.valid, task, tok.pad, settings) if cached else None
     cached = caches is not None
-
     cache_dropout = settings.cache_dropout if cached else 0.0
     task_model = TaskModel(encoder.model, task, k, cache_dropout).to(device)
-    log_settings = {
-        "task": task,
-        "variant": variant,
-        "k": k,
-        "lr": learning_rate,
-        "epochs": cfg.epochs,
-        "cache_frozen": cached,
-        "cache_dropout": cache_dropout,
-        "model": params.finetune_model,
-        "architecture": _architecture(encoder),
-        "seed": seed,
-        **cfg.model_dump(exclude={"learning_rate", "epochs"}),
-        "weight_decay": settings.weight_decay,
-        "warmup_fraction": settings.warmup_fraction,
-        "max_grad_norm": settings.max_grad_norm,
-        "n_train": len(train),
-        "n_valid": len(valid),
-        "n_test": len(test_examples),
-        **method_settings,
-    }
-    if codebase is not None:
-        log_settings["n_codebase"] = len(codebase.codes)
+    log_settings = _log_settings(params, settings, cfg, task, variant, k, seed, encoder, data, method)
+    log_settings |= {"cache_frozen": cached, "cache_dropout": cache_dropout}
     fingerprint = hashlib.sha256(json.dumps(log_settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
     train_caches, valid_caches = (caches.get("train"), caches.get("valid")) if caches else ({}, {})
-    cache_seconds, cache_bytes = (caches.seconds, caches.nbytes) if caches else (0.0, 0)
-
     shuffle = torch.Generator()  # the training order, re-seeded every epoch
-    train_loader = index_loader(
-        len(train),
-        cfg.batch_size,
-        shuffle=shuffle,
-        collate_fn=lambda idx: make_batch(task, [train[i] for i in idx], idx, tok.pad, train_caches),
+    loaders, optimizer, scheduler = _optimisation(
+        settings, cfg, task, task_model, data, tok, train_caches, shuffle, method
     )
-    valid_loader = index_loader(len(valid), settings.eval_batch_size)
-    test_loader = index_loader(len(test_examples), settings.eval_batch_size)
-    optimizer = _optimizer(task_model, learning_rate, settings.weight_decay)
-    total_steps = len(train_loader) * cfg.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_fraction * total_steps), total_steps)
-
-    # one folder per seed: <root>/<task>/<variant>/seed<S>[.json]
-    output_dir = Path(output_dir) if output_dir else variants.run_dir(settings.output_dir, task, variant, seed)
-    results_dir = settings.results_dir if parsed.method is None else settings.peft.results_dir
-    results_path = (
-        Path(results_path) if results_path else variants.run_dir(results_dir, task, variant, seed).with_suffix(".json")
-    )
-    state_dir = variants.run_dir(settings.checkpoint_dir, task, variant, seed)
+    output_dir, results_path, state_dir = _paths(settings, task, variant, seed, parsed, output_dir, results_path)
     with accelerator.main_process_first():  # it discards a stale state before the others look
         resumed = _resume(state_dir, fingerprint, task_model, optimizer, scheduler, device)
-    model, optimizer, train_loader, valid_loader, test_loader = accelerator.prepare(
-        task_model, optimizer, train_loader, valid_loader, test_loader
-    )
+    model, optimizer, *prepared = accelerator.prepare(task_model, optimizer, *loaders.values())
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     system = _system_tags(device, accelerator.num_processes)
@@ -381,21 +293,21 @@ def setup(
         counts=counts,
         model=model,
         task_model=task_model,
-        train=train,
-        valid=valid,
-        test=test_examples,
+        train=data.train,
+        valid=data.valid,
+        test=data.test,
         valid_caches=valid_caches,
-        codebase=codebase,
+        codebase=data.codebase,
         shuffle=shuffle,
-        loaders={"train": train_loader, "valid": valid_loader, "test": test_loader},
+        loaders=dict(zip(loaders, prepared)),
         optimizer=optimizer,
         scheduler=scheduler,
-        cache_seconds=cache_seconds,
-        cache_bytes=cache_bytes,
+        cache_seconds=caches.seconds if caches else 0.0,
+        cache_bytes=caches.nbytes if caches else 0,
         output_dir=output_dir,
         results_path=results_path,
         state_dir=state_dir,
-        test_ids=test_ids,
+        test_ids=data.test_ids,
         fingerprint=fingerprint,
         log=log_settings,
         tags={
@@ -415,6 +327,181 @@ def setup(
         run.history, run.best, run.start_epoch = resumed["history"], resumed["best"], resumed["epoch"] + 1
         log.info("%s/%s: resuming after epoch %d from %s", task, variant, resumed["epoch"], state_dir)
     return run
+
+
+def _accelerator(settings: FinetuneParams, task: str, cfg: FinetuneTaskParams) -> Any:
+    """One process: plain PyTorch on the chosen device; several (torchrun, accelerate launch): DDP."""
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+
+    from telly.runtime import device as pick_device
+
+    accelerator = Accelerator(
+        cpu=pick_device(settings.device).type == "cpu",
+        dataloader_config=DataLoaderConfiguration(split_batches=True),  # batch sizes are global
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # the pooler: trainable, unused
+    )
+    _check_batches(task, cfg.batch_size, settings.eval_batch_size, accelerator.num_processes)
+    return accelerator
+
+
+@dataclass
+class _Method:
+    """What a PEFT method changes in a run: its learning rate and the settings it logs."""
+
+    learning_rate: float
+    settings: dict[str, Any]
+
+
+def _encoder(
+    params: Params,
+    settings: FinetuneParams,
+    cfg: FinetuneTaskParams,
+    task: str,
+    variant: str,
+    device: torch.device,
+    seed: int,
+) -> tuple[Any, variants.Variant, Any, Any, _Method]:
+    """The encoder with Telly-K frozen and, for a method variant, its adapters on layers K..L-1 (the prefix stays
+    cacheable)."""
+    from telly.models import peft_methods
+    from telly.models.freezing import freeze_bottom
+    from telly.models.loading import load_encoder
+
+    encoder = load_encoder(params.finetune_model, device=device, seed=seed)
+    parsed = variants.parse(variant, encoder.num_layers)
+    _check_lengths(task, cfg, encoder.max_length)
+    counts = freeze_bottom(encoder.model, parsed.k)
+    adapted, method = None, _Method(cfg.learning_rate, {})
+    if parsed.method is not None:
+        lora = peft_methods.LoraSettings(alpha=settings.peft.lora_alpha, dropout=settings.peft.lora_dropout)
+        adapted, counts = peft_methods.apply(encoder.model, parsed, lora)
+        scale = settings.peft.learning_rate_scale
+        method = _Method(cfg.learning_rate * scale, {"method": parsed.method_name, "learning_rate_scale": scale})
+        if parsed.rank is not None:
+            method.settings |= {"lora_alpha": lora.alpha, "lora_dropout": lora.dropout}
+    return encoder, parsed, counts, adapted, method
+
+
+@dataclass
+class _Splits:
+    train: list[dict]
+    valid: list[dict]
+    test: list[dict]
+    test_ids: list[str]  # the per-example scores' keys (the same rows as ``test``)
+    codebase: Codebase | None
+
+
+def _splits(settings: FinetuneParams, cfg: FinetuneTaskParams, task: str, encoder: Any, tok: Tokens) -> _Splits:
+    """The task's rows, the same for every seed (``finetune.data_seed``), tokenized once under cache_dir/tokens."""
+    examples = {
+        split: load_examples(
+            settings.tasks_dir,
+            task,
+            split,
+            size,
+            settings.data_seed,
+            encoder.tokenizer,
+            tok,
+            cfg.max_source_length,
+            cfg.max_target_length,
+            cache_dir=settings.cache_dir,
+            min_rows=2,
+        )
+        for split, size in (("train", cfg.train_size), ("valid", cfg.valid_size), ("test", cfg.test_size))
+    }
+    test_rows = load_split(settings.tasks_dir, task, "test", cfg.test_size, settings.data_seed, min_rows=2)
+    codebase = None
+    if tasks.get(task).head == "search" and codebase_path(settings.tasks_dir, task).exists():
+        # the paper's protocol: test queries ranked against the codebase (valid: among its own codes)
+        path = codebase_path(settings.tasks_dir, task)
+        codebase = load_codebase(path, test_rows, encoder.tokenizer, tok, cfg.max_source_length)
+    return _Splits(examples["train"], examples["valid"], examples["test"], [r["id"] for r in test_rows], codebase)
+
+
+def _log_settings(
+    params: Params,
+    settings: FinetuneParams,
+    cfg: FinetuneTaskParams,
+    task: str,
+    variant: str,
+    k: int | None,
+    seed: int,
+    encoder: Any,
+    data: _Splits,
+    method: _Method,
+) -> dict[str, Any]:
+    """The settings a run logs and is fingerprinted by (a saved state of other settings is not resumed)."""
+    logged = {
+        "task": task,
+        "variant": variant,
+        "k": k,
+        "lr": method.learning_rate,
+        "epochs": cfg.epochs,
+        "cache_frozen": None,  # filled in once the cache is built (or refused over its budget)
+        "cache_dropout": None,
+        "model": params.finetune_model,
+        "architecture": _architecture(encoder),
+        "seed": seed,
+        **cfg.model_dump(exclude={"learning_rate", "epochs"}),
+        "weight_decay": settings.weight_decay,
+        "warmup_fraction": settings.warmup_fraction,
+        "max_grad_norm": settings.max_grad_norm,
+        "n_train": len(data.train),
+        "n_valid": len(data.valid),
+        "n_test": len(data.test),
+        **method.settings,
+    }
+    if data.codebase is not None:
+        logged["n_codebase"] = len(data.codebase.codes)
+    return logged
+
+
+def _optimisation(
+    settings: FinetuneParams,
+    cfg: FinetuneTaskParams,
+    task: str,
+    task_model: torch.nn.Module,
+    data: _Splits,
+    tok: Tokens,
+    train_caches: dict[str, HiddenCache],
+    shuffle: torch.Generator,
+    method: _Method,
+) -> tuple[dict[str, Any], torch.optim.Optimizer, Any]:
+    """The train / valid / test loaders, the optimiser and the linear schedule (warm-up, then decay to 0)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    train = data.train
+    loaders = {
+        "train": index_loader(
+            len(train),
+            cfg.batch_size,
+            shuffle=shuffle,
+            collate_fn=lambda idx: make_batch(task, [train[i] for i in idx], idx, tok.pad, train_caches),
+        ),
+        "valid": index_loader(len(data.valid), settings.eval_batch_size),
+        "test": index_loader(len(data.test), settings.eval_batch_size),
+    }
+    optimizer = _optimizer(task_model, method.learning_rate, settings.weight_decay)
+    total_steps = len(loaders["train"]) * cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_fraction * total_steps), total_steps)
+    return loaders, optimizer, scheduler
+
+
+def _paths(
+    settings: FinetuneParams,
+    task: str,
+    variant: str,
+    seed: int,
+    parsed: variants.Variant,
+    output_dir: str | Path | None,
+    results_path: str | Path | None,
+) -> tuple[Path, Path, Path]:
+    """The run's model folder, results file and resumable state: one per seed, <root>/<task>/<variant>/seed<S>."""
+    output_dir = Path(output_dir) if output_dir else variants.run_dir(settings.output_dir, task, variant, seed)
+    results_dir = settings.results_dir if parsed.method is None else settings.peft.results_dir
+    if not results_path:
+        results_path = variants.run_dir(results_dir, task, variant, seed).with_suffix(".json")
+    return output_dir, Path(results_path), variants.run_dir(settings.checkpoint_dir, task, variant, seed)
 
 
 # --------------------------------------------------------------------- fit
