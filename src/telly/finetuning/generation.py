@@ -20,6 +20,7 @@ computed here, by the embedding's own rule.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -180,9 +181,7 @@ def _beam_batch(
     kv.beams, kv.capacity = beams, width + max_new_tokens
     hidden = embeddings(input_ids=ids)
     mask = _layer_mask(model, _unilm_keep(lengths, torch.tensor(prefixes, device=device), width), hidden.dtype)
-    for layer in layers:
-        hidden = layer(hidden, mask, cache=kv)
-        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    hidden = _through_layers(layers, hidden, mask, kv)
     kv.prompt_mode, kv.filled = False, width
     last = hidden[torch.arange(n, device=device), lengths - 1]
     logprobs = torch.log_softmax(model.lm_logits(last).float(), dim=-1).repeat_interleave(beams, 0)
@@ -242,17 +241,32 @@ def _beam_batch(
             position = prompt_lengths + step
         hidden = embeddings(input_ids=new[:, None], position_ids=position[:, None])
         mask = step_mask[..., : kv.filled + 1]
-        for layer in layers:
-            hidden = layer(hidden, mask, cache=kv)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        hidden = _through_layers(layers, hidden, mask, kv)
         kv.filled += 1
         logprobs = torch.log_softmax(model.lm_logits(hidden[:, 0]).float(), dim=-1)
 
-    # an example with finished hypotheses returns the best of them (the first on ties, as the
-    # reference's max); one cut at max_new_tokens with none, its best live beam
+    return _best_hypotheses(done, example_of, scores, tokens, beams)
+
+
+def _through_layers(layers: Any, hidden: torch.Tensor, mask: torch.Tensor, kv: Any) -> torch.Tensor:
+    for layer in layers:
+        hidden = layer(hidden, mask, cache=kv)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    return hidden
+
+
+def _best_hypotheses(
+    done: list[list[tuple[list[int], float]]],
+    example_of: list[int],
+    scores: torch.Tensor,
+    tokens: torch.Tensor,
+    beams: int,
+) -> list[list[int]]:
+    """An example with finished hypotheses returns the best of them (the first on ties, as the reference's max);
+    one cut at max_new_tokens with none, its best live beam."""
     live = {e: b for b, e in enumerate(example_of)}
     results = []
-    for e in range(n):
+    for e in range(len(done)):
         if done[e]:
             results.append(max(done[e], key=lambda c: c[1])[0])
             continue
