@@ -349,6 +349,9 @@ class FinetuneParams(Section):
     tasks_dir: Path
     output_dir: Path = Field(description="best-on-valid encoders: <output_dir>/<task>/<variant>/")
     results_dir: Path = Field(description="metrics json per run and the per-task tables")
+    baselines_dir: Path = Field(
+        default=Path("results/baselines"), description="<task>.json: each task's no-training baseline, same test rows"
+    )
     checkpoint_dir: Path = Field(description="last-epoch state for resuming (not a DVC output)")
     task_names: list[TaskName] = Field(min_length=1, description="tasks of the DVC matrix")
     variants: list[str] = Field(

@@ -44,7 +44,6 @@ from telly.registry import named
 
 log = logging.getLogger(__name__)
 
-RESULTS_DIR = Path("results/baselines")
 NGRAM_ORDER = 4
 MAX_LINE_TOKENS = 64
 WORD = re.compile(r"\w+")
@@ -248,10 +247,11 @@ def data_seed(params: Params) -> int:
     return params.finetune.data_seed
 
 
-def run(params: Params, task: str, out_dir: Path = RESULTS_DIR) -> Path:
-    """``telly baseline <task>``: write ``<out_dir>/<task>.json`` and ``<task>.examples.jsonl``."""
+def run(params: Params, task: str, out_dir: Path | None = None) -> Path:
+    """``telly baseline <task>``: write ``<out_dir>/<task>.json`` and ``<task>.examples.jsonl``
+    (``finetune.baselines_dir`` by default)."""
     result = compute(params, task)
-    path = Path(out_dir) / f"{task}.json"
+    path = Path(out_dir or params.finetune.baselines_dir) / f"{task}.json"
     E.write_examples(path, result.pop("ids"), result.pop("examples"))
     write_json(path, result)
     log.info("%s baseline (%s): %s", task, result["method"], result["test"])

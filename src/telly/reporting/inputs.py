@@ -174,7 +174,7 @@ def read_tuning(params: Params) -> tuple[dict[str, dict[str, Any]], str]:
     return found, ""
 
 
-def read_baselines(folder: Path = Path("results/baselines")) -> tuple[dict[str, dict[str, Any]], str]:
+def read_baselines(folder: Path) -> tuple[dict[str, dict[str, Any]], str]:
     """The no-training baselines (``<task>.json`` with ``<task>.examples.jsonl``) of the ``baseline`` stage."""
     from telly.finetuning.examples import read_examples
 
@@ -203,7 +203,9 @@ def read_inputs(params: Params) -> Inputs:
     inputs.tuning, why = read_tuning(params)
     if why:
         inputs.missing["tuning"] = why
-    inputs.baselines, why = read_baselines()
+    inputs.baselines, why = read_baselines(
+        Path(params.finetune.baselines_dir) if params.finetune else Path("results/baselines")
+    )
     if why:
         inputs.missing["baselines"] = why
     for section, why in inputs.missing.items():
