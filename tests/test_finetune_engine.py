@@ -336,3 +336,25 @@ def test_bf16_autocast_trains_on_a_bf16_cpu_and_evaluates_in_fp32(monkeypatch):
     monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
     with train.autocast(cpu, True, training=True):
         assert layer(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize(("warmup", "total"), [(0, 12), (3, 12), (5, 5), (0, 1)])
+def test_linear_schedule_matches_transformers(warmup, total):
+    """The stage's own schedule (no transformers.optimization import at start-up) gives transformers' rates."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from telly.finetuning.train import linear_schedule
+
+    def rates(make):
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
+        schedule, out = make(opt, warmup, total), []
+        for _ in range(total + 2):
+            out.append(schedule.get_last_lr()[0])
+            opt.step()
+            schedule.step()
+        return out, schedule.state_dict()
+
+    ours, state = rates(linear_schedule)
+    theirs, _ = rates(get_linear_schedule_with_warmup)
+    assert ours == theirs
+    assert state["lr_lambdas"] == [{}]  # what transformers' schedule saved: older checkpoints resume alike

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,18 @@ class RunResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _linear_factor(step: int, *, warmup: int, total: int) -> float:
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    return max(0.0, float(total - step) / float(max(1, total - warmup)))
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' ``get_linear_schedule_with_warmup``, factor for factor (tested against it): importing
+    ``transformers.optimization`` pulls in its trainer and peft, ~1.8 s of every stage's start."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_linear_factor, warmup=warmup, total=total))
 
 
 # ----------------------------------------------------------------- the run
@@ -246,7 +259,6 @@ def setup(
     """Seed, load and freeze the encoder, tokenize the splits, cache the frozen prefix, build the
     optimiser and schedule, and pick up a saved state of the same settings."""
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-    from transformers import get_linear_schedule_with_warmup
 
     from telly.models import peft_methods
     from telly.models.freezing import freeze_bottom
@@ -350,7 +362,7 @@ def setup(
     test_loader = index_loader(len(test_examples), settings.eval_batch_size)
     optimizer = _optimizer(task_model, learning_rate, settings.weight_decay)
     total_steps = len(train_loader) * cfg.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_fraction * total_steps), total_steps)
+    scheduler = linear_schedule(optimizer, int(settings.warmup_fraction * total_steps), total_steps)
 
     # one folder per seed: <root>/<task>/<variant>/seed<S>[.json]
     output_dir = Path(output_dir) if output_dir else variants.run_dir(settings.output_dir, task, variant, seed)
