@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 
-.PHONY: setup sysdeps test lint format repro data ui bench clean lock
+.PHONY: setup sysdeps test lint format repro data ui bench bench-gpu clean lock
 
 setup: $(STAMP)
 
@@ -50,6 +50,10 @@ ui: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
+
+# one GPU, at most ~8 minutes: benchmarks/out/gpu.{json,md} (docs/paper-scale.md)
+bench-gpu: setup
+	$(BIN)/python benchmarks/gpu.py
 
 lock: setup
 	$(BIN)/pip freeze --exclude-editable | grep -v "^-e" | sed "s/^torch==\(.*\)+cpu/torch==\1/" > requirements.lock

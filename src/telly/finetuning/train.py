@@ -101,7 +101,10 @@ class RunResult:
         return asdict(self)
 
 
-# ----------------------------------------------------------------- the run
+def _linear_factor(step: int, *, warmup: int, total: int) -> float:
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    return max(0.0, float(total - step) / float(max(1, total - warmup)))
 
 
 def train_variant(
