@@ -15,10 +15,15 @@ VOCAB, PAD, EOS = 40, 1, 2
 
 def tiny(family: str, seed: int = 0) -> TaskModel:
     """A random 2-layer encoder whose next-token distributions are peaked enough to end beams early."""
-    from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+    from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel, RobertaConfig, RobertaModel
 
     name, _, attention = family.partition("-")
-    config_class, model_class = {"roberta": (RobertaConfig, RobertaModel), "bert": (BertConfig, BertModel)}[name]
+    families = {
+        "roberta": (RobertaConfig, RobertaModel),
+        "bert": (BertConfig, BertModel),
+        "mpnet": (MPNetConfig, MPNetModel),
+    }
+    config_class, model_class = families[name]
     config = config_class(
         vocab_size=VOCAB,
         hidden_size=32,
@@ -27,8 +32,8 @@ def tiny(family: str, seed: int = 0) -> TaskModel:
         intermediate_size=64,
         max_position_embeddings=80,
         pad_token_id=PAD,
-        type_vocab_size=1,
         initializer_range=0.3,
+        **({} if name == "mpnet" else {"type_vocab_size": 1}),
     )
     config._attn_implementation = attention or "sdpa"
     torch.manual_seed(seed)
@@ -92,20 +97,7 @@ def test_generated_pad_token_keeps_roberta_positions():
 
 def test_family_without_incremental_decoding_falls_back_to_reference():
     """MPNet's layers take no key/value cache: its adapter says so, and beam search re-encodes."""
-    from transformers import MPNetConfig, MPNetModel
-
-    config = MPNetConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=80,
-        pad_token_id=PAD,
-        initializer_range=0.3,
-    )
-    torch.manual_seed(0)
-    model = TaskModel(MPNetModel(config).eval(), "code_generation")
+    model = tiny("mpnet-eager")  # MPNet has no sdpa attention
     assert not model.adapter.incremental and not supports_incremental(model)
     assert supports_incremental(tiny("bert")) and supports_incremental(tiny("roberta"))
     ps, prefixes = prompts(5, 3, False)

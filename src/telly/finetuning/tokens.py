@@ -1,7 +1,7 @@
 """Tokenize each task file once: an on-disk form that every run, variant and seed reuses.
 
-A run used to read the whole split and tokenize it row by row (~400 pairs/s: 23 min per clone
-run at BigCloneBench's size). Now the first run that needs a (task file, tokenizer) pair writes
+Tokenizing row by row in every run is slow at the paper's scale (~400 pairs/s: 23 min per clone run at
+BigCloneBench's size; docs/benchmarks.md). The first run that needs a (task file, tokenizer) pair writes
 
     <cache_dir>/tokens/<key>/  meta.json, pieces.npy (int32, every distinct text's ids, concatenated),
                                piece_offsets.npy, texts.bin + text_offsets.npy (the distinct texts, utf-8),
