@@ -167,11 +167,6 @@ def load_adapter(model: Any, folder: str | Path) -> Any:
     return adapted
 
 
-def unwrap(adapted: Any) -> Any:
-    """The encoder inside a ``PeftModel`` (adapters injected in place)."""
-    return adapted.get_base_model()
-
-
 def describe(model_config: Any, variant: str, lora: LoraSettings | None = None) -> ParamCount:
     """The count of ``variant`` on a randomly initialised model of ``model_config`` (a ``transformers``
     config: no download), for the docs and the closed-form tests."""
