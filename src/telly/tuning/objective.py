@@ -11,7 +11,9 @@ Each trial is a nested MLflow run under the study's run, holding the sampled
 settings, the validation curve, the objective values and the trial's state. A
 trial that runs out of memory or reaches a non-finite score fails on its own and
 the study goes on; an interrupted trial is queued again and resumes from its last
-saved epoch.
+saved epoch. A team service that stops answering (:class:`telly.services.ServiceUnavailable`)
+or a trial that another worker took over stops the worker (:class:`~telly.tuning.study.WorkerStop`):
+the trial's folder stays for the retry.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import optuna
 
 from telly.config import Params
 from telly.errors import TellyError
+from telly.services import ServiceUnavailable
 from telly.tuning.space import Choice, SearchSpace
-from telly.tuning.study import origin, queue_again
+from telly.tuning.study import WorkerStop, origin, queue_again, taken_over
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,10 @@ class Objective:
             if not (math.isfinite(score) and math.isfinite(loss)):
                 raise NonFiniteScore(f"epoch {epoch}: valid score {score}, train loss {loss}")
             if report:
-                trial.report(score, epoch)
+                try:
+                    trial.report(score, epoch)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    raise WorkerStop(taken_over(trial.number)) from None
                 if not repeat and trial.should_prune():
                     raise optuna.TrialPruned(f"at epoch {epoch} (valid score {score:.4f})")
 
@@ -152,6 +158,10 @@ class Objective:
                 queue_again(trial.study, trial)
                 mlflow.set_tag("optuna.state", "INTERRUPTED")
                 raise  # the work folder stays: the queued copy resumes from it
+            except ServiceUnavailable as err:
+                raise WorkerStop(err) from None  # left RUNNING: retried from its folder once its heartbeat is stale
+            if trial.storage.get_trial(trial._trial_id).state != optuna.trial.TrialState.RUNNING:
+                raise WorkerStop(taken_over(trial.number))  # failed meanwhile by another worker, which retries it
             for epoch, score in curve:
                 if math.isfinite(score):
                     mlflow.log_metric("valid_score", score, step=epoch)
