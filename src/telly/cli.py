@@ -272,7 +272,10 @@ def tune(
     Exit code 75: a team service (the study database, the tracking server) stopped answering, or another
     worker took this one's trial over; rerun the worker once `telly services status` shows both up."""
     from telly.tuning import tune as run
+    from telly.tuning.study import check_not_secret
 
+    if storage is not None:
+        check_not_secret(storage)
     run(_params(params), task, storage=storage, n_trials=n_trials, timeout_minutes=timeout_minutes)
 
 

@@ -416,11 +416,12 @@ class Services:
 
     # the commands ----------------------------------------------------------------------------
 
-    def up(self, pg_port: int | None = None, mlflow_port: int | None = None) -> State:
-        """Start what is not running; keep the ports of an earlier start unless others are given."""
+    def up(self, pg_port: int | None = None, mlflow_port: int | None = None, *, mlflow: bool = True) -> State:
+        """Start what is not running (PostgreSQL, and the MLflow server unless ``mlflow`` is false); keep the
+        ports of an earlier start unless others are given."""
         _require_bin()
         self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o755)  # the system user enters it; the password file alone is private
+        os.chmod(self.root, 0o755)  # the system users enter it; the secret files alone are private
         for secret in (self.password_file, self.mlflow_password_file):
             if not secret.exists():
                 write_secret(secret, secrets.token_urlsafe(24) + "\n")
@@ -439,7 +440,7 @@ class Services:
             self.start_postgres(state, user)
         self._save(state)
         self._create_databases(state)
-        if not self.mlflow_healthy(state):
+        if mlflow and not self.mlflow_healthy(state):
             state.mlflow_pid = self._start_mlflow(state)
         self._save(state)
         # libpq's password file: host:port:database:user:password

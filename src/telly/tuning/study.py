@@ -100,21 +100,25 @@ def inputs_fingerprint(params: Params, task: str) -> str:
 def storage_url(params: Params, task: str, override: str | None = None) -> str:
     """``override`` (``--storage``), else ``$TELLY_TUNE_STORAGE``, else ``tune.storage``, else
     ``sqlite:///<abs results_dir>/<task>.db``. A password belongs in the environment or a libpq
-    password file (``PGPASSFILE``), never on the command line, where ``ps`` shows it to every user."""
-    from sqlalchemy.engine import make_url
-
-    if override and make_url(override).password:
-        raise TellyError(
-            f"telly tune --storage {printable(override)}: the URL holds a password, which the command line "
-            f"shows to every local user (`ps`); give it in {STORAGE_ENV} or a PGPASSFILE instead "
-            "(`source .services/services.env` sets both)"
-        )
+    password file (``PGPASSFILE``), never on the command line (:func:`check_not_secret`)."""
     url = override or os.environ.get(STORAGE_ENV) or params.tune.storage
     if url is None:
         db = (Path(params.tune.results_dir) / f"{task}.db").resolve()
         db.parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{db}"
     return url
+
+
+def check_not_secret(url: str) -> None:
+    """A URL given on the command line, which ``ps`` shows to every local user, must hold no password."""
+    from sqlalchemy.engine import make_url
+
+    if make_url(url).password:
+        raise TellyError(
+            f"telly tune --storage {printable(url)}: the URL holds a password, which the command line shows to "
+            f"every local user (`ps`); give the URL in {STORAGE_ENV} or the password in a PGPASSFILE instead "
+            "(`source .services/services.env` sets both)"
+        )
 
 
 def printable(url: str) -> str:
