@@ -72,6 +72,7 @@ class ServiceUnavailable(TellyError):
     (checkpoints, a trial's state) for the rerun once the service is back (``telly services up``)."""
 
     exit_code = 75
+    tracking_down = False  # the MLflow server, not the database
 
 
 def write_secret(path: Path, text: str, user: str | None = None) -> None:

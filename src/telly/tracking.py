@@ -67,11 +67,18 @@ def unavailable(err: BaseException, uri: str, stage: str) -> Exception:
     from telly.services import ServiceUnavailable
 
     reason = str(err).splitlines()[0][:300]
-    return ServiceUnavailable(
+    error = ServiceUnavailable(
         f"the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not answering: {reason}. Start it again "
         f"(`telly services up`), or unset MLFLOW_TRACKING_URI to log locally, and rerun `telly {stage}`: "
         "checkpoints and results saved so far are kept and the run resumes from them"
     )
+    error.tracking_down = True
+    return error
+
+
+def _gone(err: BaseException, uri: str) -> bool:
+    """``err`` (or the error a worker stop carries) is the tracking server being down."""
+    return server_down(err, uri) or getattr(getattr(err, "error", err), "tracking_down", False)
 
 
 def _project_uri(params: Params) -> str:
@@ -236,7 +243,7 @@ def start_run(
             mlflow.log_params(flatten(log_params))
         yield run
     except BaseException as err:
-        _end_failed(mlflow, run, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        _end_failed(mlflow, run, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", _gone(err, uri))
         if server_down(err, uri):
             raise unavailable(err, uri, stage) from None
         raise
@@ -248,15 +255,21 @@ def start_run(
         raise
 
 
-def _end_failed(mlflow: Any, run: Any, status: str) -> None:
+def _end_failed(mlflow: Any, run: Any, status: str, server_gone: bool) -> None:
     """End the active run as failed; a tracking server that is down leaves it RUNNING (a resumed run marks it
-    KILLED later) rather than hide the error that ended it."""
+    KILLED later) rather than hide the error that ended it (and, known to be down, is asked once, not retried)."""
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    if server_gone:
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     try:
         mlflow.end_run(status)  # forgets the run locally first, then tells the server
     except Exception as err:
         if not server_down(err, mlflow.get_tracking_uri()):
             raise
         log.warning("MLflow run %s could not be marked %s: the tracking server is down", run.info.run_id, status)
+    finally:
+        if retries is not None:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = retries
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
