@@ -84,6 +84,7 @@ def main() -> None:
             storage=storage,
             max_failed_trials=50,
             grace_seconds=args.grace,
+            repeats=0,  # the study-creating session runs trial 0 alone, outside the log
         )
         params_file = folder / "params.yaml"
         params_file.write_text(yaml.safe_dump(raw))
