@@ -18,7 +18,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from telly.services import Services, ServiceUnavailable, _stop_group, _system_user, free_port, postgres_bin
+from telly.errors import ServiceUnavailable
+from telly.services import Services, _stop_group, _system_user, free_port, postgres_bin
 from telly.tuning import tune
 from telly.tuning.study import TrialTakenOver, fail_stale, open_storage
 from tuning_fixture import LAYERS, TASK, fake_train, make_params

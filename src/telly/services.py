@@ -65,16 +65,6 @@ class ServiceError(TellyError):
     """A service that cannot be started, found or stopped; the message names the file or command."""
 
 
-class ServiceUnavailable(TellyError):
-    """A team service (the study database, the tracking server) stopped answering while a command ran.
-
-    The command stops with exit code 75 (``EX_TEMPFAIL``: try again later) and keeps what it saved
-    (checkpoints, a trial's state) for the rerun once the service is back (``telly services up``)."""
-
-    exit_code = 75
-    tracking_down = False  # the MLflow server, not the database
-
-
 def write_secret(path: Path, text: str, user: str | None = None) -> None:
     """Write ``text`` to ``path`` readable by its owner only (0600 from its creation, never wider), atomically;
     owned by ``user`` when given (we are root)."""

@@ -14,7 +14,7 @@ run KILLED.
 A tracking server that stops answering is retried for a bounded time (:data:`HTTP_DEFAULTS`,
 MLflow's own ``MLFLOW_HTTP_REQUEST_*`` settings, set here unless the user set them: about 15 s
 for a refused connection, at most about 90 s for a server that hangs), then the run stops with
-:class:`telly.services.ServiceUnavailable` naming the server and what to do. Whatever the run
+:class:`telly.errors.ServiceUnavailable` naming the server and what to do. Whatever the run
 saved before (checkpoints, results) stays for its rerun.
 """
 
@@ -64,7 +64,7 @@ def server_down(err: BaseException, uri: str) -> bool:
 
 
 def unavailable(err: BaseException, uri: str, stage: str) -> Exception:
-    from telly.services import ServiceUnavailable
+    from telly.errors import ServiceUnavailable
 
     reason = str(err).splitlines()[0][:300]
     error = ServiceUnavailable(

@@ -11,7 +11,7 @@ Each trial is a nested MLflow run under the study's run, holding the sampled
 settings, the validation curve, the objective values and the trial's state. A
 trial that runs out of memory or reaches a non-finite score fails on its own and
 the study goes on; an interrupted trial is queued again and resumes from its last
-saved epoch. A team service that stops answering (:class:`telly.services.ServiceUnavailable`)
+saved epoch. A team service that stops answering (:class:`telly.errors.ServiceUnavailable`)
 or a trial that another worker took over stops the worker (:class:`~telly.tuning.study.WorkerStop`):
 the trial's folder stays for the retry.
 """
@@ -28,8 +28,7 @@ from typing import Any
 import optuna
 
 from telly.config import Params
-from telly.errors import TellyError
-from telly.services import ServiceUnavailable
+from telly.errors import ServiceUnavailable, TellyError
 from telly.tuning.space import Choice, SearchSpace
 from telly.tuning.study import WorkerStop, origin, queue_again, taken_over
 

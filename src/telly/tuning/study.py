@@ -16,7 +16,7 @@ share).
 A database server (PostgreSQL) that stops or restarts under a worker: every storage call and
 heartbeat retries it for up to :func:`outage_seconds` (60 s, or ``tune.grace_seconds`` when
 shorter), reconnecting, so a short restart costs nothing. Past that the worker stops with
-:class:`telly.services.ServiceUnavailable` (exit code 75), its running trial left RUNNING: once
+:class:`telly.errors.ServiceUnavailable` (exit code 75), its running trial left RUNNING: once
 the database is back, the trial's stale heartbeat has it failed and retried from its saved state.
 A worker whose trial another worker failed meanwhile stops with :class:`TrialTakenOver`.
 
@@ -43,8 +43,7 @@ import optuna
 from optuna.trial import TrialState
 
 from telly.config import Params
-from telly.errors import TellyError
-from telly.services import ServiceUnavailable
+from telly.errors import ServiceUnavailable, TellyError
 from telly.tuning.space import NO_METHOD, SearchSpace
 
 log = logging.getLogger(__name__)
