@@ -86,7 +86,12 @@ def team_services():
     services = Services(folder / "services")
     try:
         state = services.up()
-        yield services, state
+        # what `source services.env` gives a client: the MLflow login and the PostgreSQL password file
+        with pytest.MonkeyPatch.context() as env:
+            for name, value in services.client_env(state).items():
+                if name not in ("MLFLOW_TRACKING_URI", "TELLY_TUNE_STORAGE"):  # tests choose their stores
+                    env.setenv(name, value)
+            yield services, state
     finally:
         services.down()
         shutil.rmtree(folder, ignore_errors=True)

@@ -253,7 +253,11 @@ def baseline(
 def tune(
     task: Annotated[str, typer.Argument(help=", ".join(TASK_NAMES))],
     storage: Annotated[
-        str | None, typer.Option(help="database URL shared by several workers (default: tune.storage)")
+        str | None,
+        typer.Option(
+            help="database URL shared by several workers, without a password (default: $TELLY_TUNE_STORAGE, "
+            "else tune.storage); the password comes from the URL in $TELLY_TUNE_STORAGE or a PGPASSFILE"
+        ),
     ] = None,
     n_trials: Annotated[
         int | None, typer.Option(help="finished trials the study should reach (default: tune.n_trials)")
@@ -263,9 +267,15 @@ def tune(
     ] = None,
     params: ParamsOption = DEFAULT_PARAMS,
 ) -> None:
-    """Optuna: tune freeze depth K and learning rate on one task; a rerun continues the study (docs/tuning.md)."""
-    from telly.tuning import tune as run
+    """Optuna: tune freeze depth K and learning rate on one task; a rerun continues the study (docs/tuning.md).
 
+    Exit code 75: a team service (the study database, the tracking server) stopped answering, or another
+    worker took this one's trial over; rerun the worker once `telly services status` shows both up."""
+    from telly.tuning import tune as run
+    from telly.tuning.study import check_not_secret
+
+    if storage is not None:
+        check_not_secret(storage)
     run(_params(params), task, storage=storage, n_trials=n_trials, timeout_minutes=timeout_minutes)
 
 
@@ -372,4 +382,4 @@ def main() -> None:
         app()
     except TellyError as err:
         console.print(f"[bold red]error:[/bold red] {err}")
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))  # 2, or 75 for a team service that is down (try again later)

@@ -7,15 +7,22 @@ workers (GPUs, machines) share one Optuna study and one tracking server instead:
   listening on 127.0.0.1 only, password-protected (the password is generated into
   ``<dir>/password``). It never runs as root: started by root, it runs as the ``postgres``
   system user (or a ``telly`` system user created for it) and that user owns the cluster.
-  Two databases: ``mlflow`` (the tracking server's store) and ``optuna`` (the studies).
-- An MLflow tracking server on 127.0.0.1 whose backend store is the ``mlflow`` database
-  and whose artifacts go to ``<dir>/artifacts`` (served by the server, so clients need no
-  access to the folder).
+  Three databases: ``mlflow`` (the tracking server's store), ``mlflow_auth`` (its users)
+  and ``optuna`` (the studies).
+- An MLflow tracking server on 127.0.0.1 with MLflow's basic authentication (user ``admin``,
+  password generated into ``<dir>/mlflow-password``) whose backend store is the ``mlflow``
+  database and whose artifacts go to ``<dir>/artifacts`` (served by the server, so clients
+  need no access to the folder). Started by root, it runs as the ``telly`` system user, who
+  owns the artifacts.
 
-``telly services up`` prints the two addresses to use: ``MLFLOW_TRACKING_URI`` and the
-``tune.storage`` URL (also written to ``<dir>/services.env``). Ports are free ones picked at
-the first start (or given) and kept in ``<dir>/state.json`` so the addresses stay the same.
-Other machines reach the servers through an SSH tunnel (docs/tuning.md).
+Secrets never go on a command line (``ps`` shows it to every local user) nor to the terminal:
+``<dir>/services.env`` (0600, ``source`` it) exports ``MLFLOW_TRACKING_URI``, the MLflow
+credentials (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``), ``TELLY_TUNE_STORAGE`` (the study
+database's URL, without its password) and ``PGPASSFILE``: ``<dir>/pgpass``, a libpq password
+file that PostgreSQL's client reads the password from. Every secret file is created 0600.
+Ports are free ones picked at the first start (or given) and kept in ``<dir>/state.json`` so
+the addresses stay the same. Other machines reach the servers through an SSH tunnel
+(docs/tuning.md).
 """
 
 from __future__ import annotations
@@ -44,13 +51,38 @@ log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 DB_USER = "telly"
-DATABASES = ("mlflow", "optuna")
+DATABASES = ("mlflow", "mlflow_auth", "optuna")
 SYSTEM_USERS = ("postgres", "telly")  # who runs PostgreSQL when root starts it: Debian's user, else our own
+MLFLOW_USER = "telly"  # who runs the MLflow server when root starts it
+MLFLOW_ADMIN = "admin"
 START_SECONDS = 180  # MLflow's first start creates its schema: slow on a busy machine
+# Runs the MLflow CLI with the project's packages under a Python the service user can execute
+# (when the project's own interpreter lives where that user cannot enter, e.g. /root).
+MLFLOW_LAUNCHER = "import site, sys; site.addsitedir(sys.argv.pop(1)); from mlflow.cli import cli; cli()"
 
 
 class ServiceError(TellyError):
     """A service that cannot be started, found or stopped; the message names the file or command."""
+
+
+def write_secret(path: Path, text: str, user: str | None = None) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600 from its creation, never wider), atomically;
+    owned by ``user`` when given (we are root)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask may only narrow the mode; this also drops any wider one
+        if user:
+            entry = pwd.getpwnam(user)
+            os.fchown(fd, entry.pw_uid, entry.pw_gid)
+        os.write(fd, text.encode())
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -87,20 +119,21 @@ def _require_bin() -> Path:
     return found
 
 
-def _system_user() -> str | None:
-    """The unprivileged user that runs PostgreSQL when we are root (None: we are not root, we run it)."""
+def _system_user(names: tuple[str, ...] = SYSTEM_USERS) -> str | None:
+    """The unprivileged user that runs a service when we are root: the first of ``names`` that exists,
+    else the last one, created (None: we are not root, we run it)."""
     if os.geteuid() != 0:
         return None
-    for name in SYSTEM_USERS:
+    for name in names:
         with contextlib.suppress(KeyError):
             pwd.getpwnam(name)
             return name
     subprocess.run(
-        ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", "telly"],
+        ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", names[-1]],
         check=True,
         capture_output=True,
     )
-    return "telly"
+    return names[-1]
 
 
 def _as_user(cmd: list[str], user: str | None) -> list[str]:
@@ -111,6 +144,31 @@ def _give_to(path: Path, user: str | None) -> None:
     if user:
         entry = pwd.getpwnam(user)
         os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _can_enter(path: Path) -> bool:
+    """Every folder above ``path`` lets others through (what a system user needs to reach it)."""
+    return all(os.stat(parent).st_mode & 0o001 for parent in path.resolve().parents)
+
+
+def _mlflow_command(user: str | None) -> tuple[list[str], dict[str, str]]:
+    """How ``user`` runs the MLflow CLI: the project's ``mlflow`` script, or (its interpreter out of the user's
+    reach) a system Python of the same version given the project's packages. Returns the command and its env."""
+    import sysconfig
+
+    packages = Path(sysconfig.get_paths()["purelib"])
+    mlflow = Path(sys.executable).parent / "mlflow"
+    if not user or (_can_enter(Path(sys.base_prefix) / "lib") and _can_enter(packages)):
+        return [str(mlflow) if mlflow.exists() else "mlflow"], {}
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (Path("/usr/bin") / version, Path("/usr/local/bin") / version):
+        if candidate.exists() and _can_enter(candidate) and _can_enter(packages / "mlflow"):
+            return [str(candidate), "-c", MLFLOW_LAUNCHER, str(packages)], {"PYTHONPATH": str(packages)}
+    raise ServiceError(
+        f"the {user} user that runs the MLflow server cannot run {sys.executable} (a folder above "
+        f"{sys.base_prefix} or {packages} is closed to other users) and there is no /usr/bin/{version}; "
+        "install the project's environment where other users can read it"
+    )
 
 
 def _check_reachable(folder: Path, user: str | None) -> None:
@@ -138,6 +196,9 @@ class Services:
         self.artifacts = self.root / "artifacts"
         self.state_file = self.root / "state.json"
         self.password_file = self.root / "password"
+        self.pgpass = self.root / "pgpass"
+        self.mlflow_password_file = self.root / "mlflow-password"
+        self.auth_config = self.root / "mlflow-auth.ini"
         self.env_file = self.root / "services.env"
         self.pg_log = self.root / "postgres.log"
         self.mlflow_log = self.root / "mlflow.log"
@@ -155,11 +216,26 @@ class Services:
     def password(self) -> str:
         return self.password_file.read_text().strip()
 
-    def database_url(self, database: str, state: State | None = None) -> str:
+    def mlflow_password(self) -> str:
+        return self.mlflow_password_file.read_text().strip()
+
+    def database_url(self, database: str, state: State | None = None, *, with_password: bool = True) -> str:
+        """The database's URL; without the password, the client reads it from :attr:`pgpass` (``PGPASSFILE``)."""
         state = state or self.state()
         if state is None:
             raise ServiceError(f"{self.state_file}: no services here yet; run `telly services up`")
-        return f"postgresql+psycopg2://{DB_USER}:{self.password()}@{HOST}:{state.pg_port}/{database}"
+        login = f"{DB_USER}:{self.password()}" if with_password else DB_USER
+        return f"postgresql+psycopg2://{login}@{HOST}:{state.pg_port}/{database}"
+
+    def client_env(self, state: State | None = None) -> dict[str, str]:
+        """What a client needs in its environment (what ``services.env`` exports): no secret in a URL."""
+        return {
+            "MLFLOW_TRACKING_URI": self.tracking_uri(state),
+            "MLFLOW_TRACKING_USERNAME": MLFLOW_ADMIN,
+            "MLFLOW_TRACKING_PASSWORD": self.mlflow_password(),
+            "TELLY_TUNE_STORAGE": self.database_url("optuna", state, with_password=False),
+            "PGPASSFILE": str(self.pgpass),
+        }
 
     def tracking_uri(self, state: State | None = None) -> str:
         state = state or self.state()
@@ -197,9 +273,7 @@ class Services:
         _give_to(self.data, user)
         os.chmod(self.data, 0o700)
         pwfile = self.root / ".initdb-password"
-        pwfile.write_text(self.password() + "\n")
-        os.chmod(pwfile, 0o600)
-        _give_to(pwfile, user)
+        write_secret(pwfile, self.password() + "\n", user)
         try:
             cmd = [
                 str(bin_dir / "initdb"),
@@ -220,13 +294,20 @@ class Services:
             shutil.rmtree(self.data, ignore_errors=True)
             raise ServiceError(f"initdb {self.data} failed: {(done.stderr or done.stdout).strip()[-1500:]}")
 
-    def _start_postgres(self, state: State, user: str | None) -> None:
+    def start_postgres(self, state: State, user: str | None) -> None:
         self.sockets.mkdir(parents=True, exist_ok=True)
         _give_to(self.sockets, user)
         self.pg_log.touch()
         _give_to(self.pg_log, user)
         options = f"-c listen_addresses={HOST} -p {state.pg_port} -k {self.sockets}"
         self._pg_ctl("start", "-w", "-t", str(START_SECONDS), "-l", str(self.pg_log), "-o", options, user=user)
+
+    def stop_postgres(self) -> bool:
+        """Stop PostgreSQL (fast: open connections are closed); False when it was not running."""
+        if not self.postgres_running():
+            return False
+        self._pg_ctl("stop", "-m", "fast", "-w", user=_system_user())
+        return True
 
     def _create_databases(self, state: State) -> None:
         import psycopg2
@@ -257,12 +338,32 @@ class Services:
         except OSError:
             return False
 
+    def _write_auth_config(self, state: State, user: str | None) -> None:
+        """MLflow's basic-auth settings: its user store (a database here) and the admin's first password."""
+        write_secret(
+            self.auth_config,
+            "[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = {self.database_url('mlflow_auth', state)}\n"
+            f"admin_username = {MLFLOW_ADMIN}\n"
+            f"admin_password = {self.mlflow_password()}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+            user,
+        )
+
     def _start_mlflow(self, state: State) -> int:
+        user = _system_user((MLFLOW_USER,))
         self.artifacts.mkdir(parents=True, exist_ok=True)
-        mlflow = Path(sys.executable).parent / "mlflow"
+        _check_reachable(self.artifacts, user)
+        _give_to(self.artifacts, user)
+        os.chmod(self.artifacts, 0o700)
+        self._write_auth_config(state, user)
+        mlflow, extra_env = _mlflow_command(user)
         cmd = [
-            str(mlflow) if mlflow.exists() else "mlflow",
+            *mlflow,
             "server",
+            "--app-name",
+            "basic-auth",
             "--host",
             HOST,
             "--port",
@@ -273,11 +374,26 @@ class Services:
             "1",
         ]
         # the store URL holds the password: the environment, not the command line (visible to `ps`)
-        env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": self.database_url("mlflow", state)}
-        env.pop("MLFLOW_TRACKING_URI", None)
+        env = {
+            **os.environ,
+            **extra_env,
+            "MLFLOW_BACKEND_STORE_URI": self.database_url("mlflow", state),
+            "MLFLOW_AUTH_CONFIG_PATH": str(self.auth_config),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),  # signs the UI's CSRF tokens
+        }
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSFILE"):
+            env.pop(name, None)
+        if user:
+            env["HOME"] = str(self.artifacts)  # the system user has no home; caches land beside its artifacts
         with open(self.mlflow_log, "ab") as out:
             proc = subprocess.Popen(
-                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                _as_user(cmd, user),
+                env=env,
+                cwd=self.artifacts,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         deadline = time.monotonic() + START_SECONDS
         while not self.mlflow_healthy(state):
@@ -291,14 +407,15 @@ class Services:
 
     # the commands ----------------------------------------------------------------------------
 
-    def up(self, pg_port: int | None = None, mlflow_port: int | None = None) -> State:
-        """Start what is not running; keep the ports of an earlier start unless others are given."""
+    def up(self, pg_port: int | None = None, mlflow_port: int | None = None, *, mlflow: bool = True) -> State:
+        """Start what is not running (PostgreSQL, and the MLflow server unless ``mlflow`` is false); keep the
+        ports of an earlier start unless others are given."""
         _require_bin()
         self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o755)  # the system user enters it; the password file alone is private
-        if not self.password_file.exists():
-            self.password_file.write_text(secrets.token_urlsafe(24) + "\n")
-            os.chmod(self.password_file, 0o600)
+        os.chmod(self.root, 0o755)  # the system users enter it; the secret files alone are private
+        for secret in (self.password_file, self.mlflow_password_file):
+            if not secret.exists():
+                write_secret(secret, secrets.token_urlsafe(24) + "\n")
         old = self.state()
         state = State(
             pg_port=pg_port or (old.pg_port if old else free_port()),
@@ -311,17 +428,15 @@ class Services:
         if self.postgres_running():
             state.pg_port = self._running_port() or state.pg_port
         else:
-            self._start_postgres(state, user)
+            self.start_postgres(state, user)
         self._save(state)
         self._create_databases(state)
-        if not self.mlflow_healthy(state):
+        if mlflow and not self.mlflow_healthy(state):
             state.mlflow_pid = self._start_mlflow(state)
         self._save(state)
-        self.env_file.write_text(
-            f"export MLFLOW_TRACKING_URI={self.tracking_uri(state)}\n"
-            f"export TELLY_TUNE_STORAGE={self.database_url('optuna', state)}\n"
-        )
-        os.chmod(self.env_file, 0o600)
+        # libpq's password file: host:port:database:user:password
+        write_secret(self.pgpass, f"{HOST}:{state.pg_port}:*:{DB_USER}:{self.password()}\n")
+        write_secret(self.env_file, "".join(f"export {k}={v}\n" for k, v in self.client_env(state).items()))
         return state
 
     def down(self) -> list[str]:
@@ -330,8 +445,7 @@ class Services:
         state = self.state()
         if state and state.mlflow_pid and _is_mlflow_server(state.mlflow_pid) and _stop_group(state.mlflow_pid):
             stopped.append("mlflow")
-        if self.postgres_running():
-            self._pg_ctl("stop", "-m", "fast", "-w", user=_system_user())
+        if self.stop_postgres():
             stopped.append("postgres")
         if state:
             state.mlflow_pid = None
@@ -371,7 +485,7 @@ def _is_mlflow_server(pid: int) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return any(a.endswith(b"mlflow") for a in argv) and b"server" in argv
+    return any(b"mlflow" in a for a in argv) and b"server" in argv
 
 
 def _group_alive(pgid: int) -> bool:
@@ -389,14 +503,15 @@ def _tail(path: Path, chars: int = 1500) -> str:
 
 
 def describe(services: Services, state: State) -> str:
-    """What ``up`` and ``status`` print: the two addresses and how to use them."""
+    """What ``up`` and ``status`` print: the addresses and how to use them; no password (they stay in files)."""
     tracking = services.tracking_uri(state)
-    storage = services.database_url("optuna", state)
+    storage = services.database_url("optuna", state, with_password=False)
     return (
-        f"MLflow tracking server: {tracking}  (UI: open it in a browser)\n"
+        f"MLflow tracking server: {tracking}  (UI: user {MLFLOW_ADMIN}, password in {services.mlflow_password_file})\n"
         f"PostgreSQL: {HOST}:{state.pg_port}, cluster {services.data}\n\n"
-        f"  export MLFLOW_TRACKING_URI={tracking}\n"
-        f"  tune.storage: {storage}\n"
-        f"      (in params.yaml, or `telly tune --storage {storage}`)\n\n"
-        f"Both lines are in {services.env_file} (`source` it). Stop with `telly services down`."
+        f"  source {services.env_file}\n"
+        f"      (exports MLFLOW_TRACKING_URI={tracking}, the MLflow login, TELLY_TUNE_STORAGE={storage}\n"
+        f"       and PGPASSFILE={services.pgpass}, where PostgreSQL's client reads the password)\n"
+        f"  then on each worker: telly tune <task>\n\n"
+        f"Stop with `telly services down`."
     )

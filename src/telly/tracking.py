@@ -10,6 +10,12 @@ Several stages may start at once on a fresh store: an embedded SQLite store's sc
 created once, under a file lock, before any of them uses it. A run that resumes the
 saved state of a run whose process was killed (left RUNNING in the store) marks that
 run KILLED.
+
+A tracking server that stops answering is retried for a bounded time (:data:`HTTP_DEFAULTS`,
+MLflow's own ``MLFLOW_HTTP_REQUEST_*`` settings, set here unless the user set them: about 15 s
+for a refused connection, at most about 90 s for a server that hangs), then the run stops with
+:class:`telly.errors.ServiceUnavailable` naming the server and what to do. Whatever the run
+saved before (checkpoints, results) stays for its rerun.
 """
 
 from __future__ import annotations
@@ -28,9 +34,51 @@ from telly.runtime import git_commit
 
 log = logging.getLogger(__name__)
 
+# MLflow's defaults retry a dead server for minutes (7 retries, backoff factor 2, 120 s timeout).
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
 
 def tracking_uri(params: Params) -> str:
+    """The store every client uses; a server's clients get bounded retries (:data:`HTTP_DEFAULTS`)."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     return os.environ.get("MLFLOW_TRACKING_URI") or _project_uri(params)
+
+
+def server_down(err: BaseException, uri: str) -> bool:
+    """``err`` says the tracking server at ``uri`` did not answer (refused, timed out, or failing with a
+    non-MLflow error page after the retries), not that it refused a request."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    return (
+        uri.startswith(("http://", "https://"))
+        and isinstance(err, MlflowException)
+        and not isinstance(err, RestException)  # the server answered with an MLflow error: a real one
+        and "API request to" in str(err)
+    )
+
+
+def unavailable(err: BaseException, uri: str, stage: str) -> Exception:
+    from telly.errors import ServiceUnavailable
+
+    reason = str(err).splitlines()[0][:300]
+    error = ServiceUnavailable(
+        f"the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not answering: {reason}. Start it again "
+        f"(`telly services up`), or unset MLFLOW_TRACKING_URI to log locally, and rerun `telly {stage}`: "
+        "checkpoints and results saved so far are kept and the run resumes from them"
+    )
+    error.tracking_down = True
+    return error
+
+
+def _gone(err: BaseException, uri: str) -> bool:
+    """``err`` (or the error a worker stop carries) is the tracking server being down."""
+    return server_down(err, uri) or getattr(getattr(err, "error", err), "tracking_down", False)
 
 
 def _project_uri(params: Params) -> str:
@@ -176,18 +224,52 @@ def start_run(
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     uri = tracking_uri(params)
-    ensure_store(uri)
-    mlflow.set_tracking_uri(uri)
-    if not nested:
-        mlflow.set_experiment(_experiment(mlflow, params, stage))
-    all_tags = {"telly.stage": stage, "mlflow.source.git.commit": git_commit(), **(tags or {})}
-    name = None if run_id else run_name or stage
-    with mlflow.start_run(run_id=run_id, run_name=name, nested=nested, tags=all_tags) as run:
+    try:
+        ensure_store(uri)
+        mlflow.set_tracking_uri(uri)
+        if not nested:
+            mlflow.set_experiment(_experiment(mlflow, params, stage))
+        all_tags = {"telly.stage": stage, "mlflow.source.git.commit": git_commit(), **(tags or {})}
+        name = None if run_id else run_name or stage
+        run = mlflow.start_run(run_id=run_id, run_name=name, nested=nested, tags=all_tags)
+    except Exception as err:
+        if server_down(err, uri):
+            raise unavailable(err, uri, stage) from None
+        raise
+    try:
         if all_tags.get(RESUMED_TAG) == "true":
             close_killed_predecessors(run, all_tags[RESUME_TAG])
         if log_params:
             mlflow.log_params(flatten(log_params))
         yield run
+    except BaseException as err:
+        _end_failed(mlflow, run, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", _gone(err, uri))
+        if server_down(err, uri):
+            raise unavailable(err, uri, stage) from None
+        raise
+    try:
+        mlflow.end_run()
+    except Exception as err:
+        if server_down(err, uri):
+            raise unavailable(err, uri, stage) from None
+        raise
+
+
+def _end_failed(mlflow: Any, run: Any, status: str, server_gone: bool) -> None:
+    """End the active run as failed; a tracking server that is down leaves it RUNNING (a resumed run marks it
+    KILLED later) rather than hide the error that ended it (and, known to be down, is asked once, not retried)."""
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    if server_gone:
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        mlflow.end_run(status)  # forgets the run locally first, then tells the server
+    except Exception as err:
+        if not server_down(err, mlflow.get_tracking_uri()):
+            raise
+        log.warning("MLflow run %s could not be marked %s: the tracking server is down", run.info.run_id, status)
+    finally:
+        if retries is not None:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = retries
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

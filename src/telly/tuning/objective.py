@@ -11,7 +11,9 @@ Each trial is a nested MLflow run under the study's run, holding the sampled
 settings, the validation curve, the objective values and the trial's state. A
 trial that runs out of memory or reaches a non-finite score fails on its own and
 the study goes on; an interrupted trial is queued again and resumes from its last
-saved epoch.
+saved epoch. A team service that stops answering (:class:`telly.errors.ServiceUnavailable`)
+or a trial that another worker took over stops the worker (:class:`~telly.tuning.study.WorkerStop`):
+the trial's folder stays for the retry.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from typing import Any
 import optuna
 
 from telly.config import Params
-from telly.errors import TellyError
+from telly.errors import ServiceUnavailable, TellyError
 from telly.tuning.space import Choice, SearchSpace
-from telly.tuning.study import origin, queue_again
+from telly.tuning.study import WorkerStop, origin, queue_again, taken_over
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,10 @@ class Objective:
             if not (math.isfinite(score) and math.isfinite(loss)):
                 raise NonFiniteScore(f"epoch {epoch}: valid score {score}, train loss {loss}")
             if report:
-                trial.report(score, epoch)
+                try:
+                    trial.report(score, epoch)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    raise WorkerStop(taken_over(trial.number)) from None
                 if not repeat and trial.should_prune():
                     raise optuna.TrialPruned(f"at epoch {epoch} (valid score {score:.4f})")
 
@@ -127,43 +132,55 @@ class Objective:
         }
         error: BaseException | None = None
         state = "COMPLETE"
-        with start_run(
-            self.params, "tune", f"{self.study_name}/trial-{trial.number}", nested=True, tags=tags, log_params=logged
-        ) as run:
-            import mlflow
+        try:
+            with start_run(
+                self.params,
+                "tune",
+                f"{self.study_name}/trial-{trial.number}",
+                nested=True,
+                tags=tags,
+                log_params=logged,
+            ) as run:
+                import mlflow
 
-            trial.set_user_attr("mlflow_run_id", run.info.run_id)
-            try:
-                result = self.train_fn(
-                    trial_params(self.params, self.task, choice, work),
-                    self.task,
-                    choice.variant,
-                    on_epoch=on_epoch,
-                    output_dir=work / "model",
-                    results_path=work / "result.json",
-                    seed=trial.user_attrs.get("seed"),  # set on the repeats of the default setting
-                )
-                values = objective_values(result, self.space.objectives)
-            except optuna.TrialPruned as err:
-                state, error = "PRUNED", err
-            except trial_failures() as err:
-                state, error = "FAIL", err
-            except KeyboardInterrupt:
-                queue_again(trial.study, trial)
-                mlflow.set_tag("optuna.state", "INTERRUPTED")
-                raise  # the work folder stays: the queued copy resumes from it
-            for epoch, score in curve:
-                if math.isfinite(score):
-                    mlflow.log_metric("valid_score", score, step=epoch)
-            if state == "COMPLETE":
-                mlflow.log_metrics(dict(zip(self.space.objectives, values)))
-                trial.set_user_attr("epochs_to_convergence", result.convergence_epoch)
-                for key in ("time_to_convergence", "trainable_params", "epoch_seconds"):
-                    if key in result.cost:
-                        trial.set_user_attr(key, result.cost[key])
-            mlflow.set_tag("optuna.state", state)
-            if error is not None:
-                mlflow.set_tag("optuna.reason", f"{type(error).__name__}: {error}"[:500])
+                trial.set_user_attr("mlflow_run_id", run.info.run_id)
+                try:
+                    result = self.train_fn(
+                        trial_params(self.params, self.task, choice, work),
+                        self.task,
+                        choice.variant,
+                        on_epoch=on_epoch,
+                        output_dir=work / "model",
+                        results_path=work / "result.json",
+                        seed=trial.user_attrs.get("seed"),  # set on the repeats of the default setting
+                    )
+                    values = objective_values(result, self.space.objectives)
+                except optuna.TrialPruned as err:
+                    state, error = "PRUNED", err
+                except trial_failures() as err:
+                    state, error = "FAIL", err
+                except KeyboardInterrupt:
+                    queue_again(trial.study, trial)
+                    mlflow.set_tag("optuna.state", "INTERRUPTED")
+                    raise  # the work folder stays: the queued copy resumes from it
+                except ServiceUnavailable as err:
+                    raise WorkerStop(err) from None  # left RUNNING: retried from its folder once its heartbeat is stale
+                if trial.storage.get_trial(trial._trial_id).state != optuna.trial.TrialState.RUNNING:
+                    raise WorkerStop(taken_over(trial.number))  # failed meanwhile by another worker, which retries it
+                for epoch, score in curve:
+                    if math.isfinite(score):
+                        mlflow.log_metric("valid_score", score, step=epoch)
+                if state == "COMPLETE":
+                    mlflow.log_metrics(dict(zip(self.space.objectives, values)))
+                    trial.set_user_attr("epochs_to_convergence", result.convergence_epoch)
+                    for key in ("time_to_convergence", "trainable_params", "epoch_seconds"):
+                        if key in result.cost:
+                            trial.set_user_attr(key, result.cost[key])
+                mlflow.set_tag("optuna.state", state)
+                if error is not None:
+                    mlflow.set_tag("optuna.reason", f"{type(error).__name__}: {error}"[:500])
+        except ServiceUnavailable as err:  # the tracking server: the trial stays RUNNING, retried from its folder
+            raise WorkerStop(err) from None
         shutil.rmtree(work, ignore_errors=True)
         if error is not None:
             log.warning("trial %d (%s, lr %.2e): %s %s", trial.number, choice.variant, choice.lr, state.lower(), error)

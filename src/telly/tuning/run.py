@@ -22,7 +22,17 @@ from telly.errors import TellyError
 from telly.tuning.objective import Objective, TrainFn, trial_failures
 from telly.tuning.report import write_outputs
 from telly.tuning.space import SearchSpace
-from telly.tuning.study import Budget, fail_stale, open_study, printable, settle, storage_url, study_name
+from telly.tuning.study import (
+    Budget,
+    WorkerStop,
+    fail_stale,
+    open_storage,
+    open_study,
+    printable,
+    settle,
+    storage_url,
+    study_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +109,8 @@ def tune(
     space = SearchSpace.of(params, task, layers if layers is not None else num_layers(params))
     url = storage_url(params, task, storage)
     name = study_name(params, task)
-    study = open_study(params, task, space, url, name)
+    storage = open_storage(url, params)
+    study = open_study(params, task, space, storage, name)
     budget = Budget(n_trials or cfg.n_trials, cfg.max_failed_trials)
     timeout = timeout_minutes or cfg.timeout_minutes
 
@@ -128,8 +139,12 @@ def tune(
                 )
             return True
 
-        run_trials()
-        settle(study, params, run_trials)  # another worker died mid-trial: its trial is retried, none left RUNNING
+        try:
+            with storage.interrupts():  # the heartbeat stops this worker when the database is gone too long
+                run_trials()
+                settle(study, params, run_trials)  # a dead worker's trial is retried here, none left RUNNING
+        except WorkerStop as stop:
+            raise stop.error from None
         summary = write_outputs(study, space, task, printable(url), cfg.results_dir, cfg.seed)
         mlflow.log_metrics({f"trials_{state}": n for state, n in summary["trials"].items()})
         if summary["best"] is not None:
