@@ -187,7 +187,7 @@ def test_main_metric_from_rows_equals_the_aggregate_metric():
     hyps = ["return a + b", "x = 2", "print x", "return items"]
     rows = E.generation_rows("code_generation", refs, hyps)
     assert E.main_metric("code_generation", E.statistics("code_generation", rows)) == pytest.approx(
-        M.corpus_bleu_codexglue(refs, hyps)
+        M.corpus_bleu_code(refs, hyps)
     )
     rows = E.generation_rows("code_summarization", refs, hyps)
     assert E.main_metric("code_summarization", E.statistics("code_summarization", rows)) == pytest.approx(
