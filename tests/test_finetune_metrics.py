@@ -153,6 +153,18 @@ def test_chrf_is_sacrebleus_corpus_chrf():
     assert M.chrf(["return a + b", "x = 1"], ["return a - c", "x = 2"]) == pytest.approx(64.027778, abs=1e-5)
 
 
+def test_clone_threshold_is_fitted_on_rows_the_selection_score_does_not_read():
+    labels = [1, 1, 1, 0, 0, 0, 0, 1]
+    fit, score = M.threshold_split(labels)
+    assert fit.tolist() == [0, 2, 3, 5] and score.tolist() == [1, 4, 6, 7]  # per label: 1st, 3rd / 2nd, 4th
+    # the fitting half separates at 0.8; the scoring half has a clone at 0.4 that threshold misses
+    scores = [0.9, 0.4, 0.8, 0.1, 0.2, 0.3, 0.45, 0.85]
+    out = M.split_threshold_metrics(scores, labels)
+    assert out["threshold"] == pytest.approx(0.8) and out["recall"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="2 rows of label 0"):
+        M.threshold_split([1, 1, 0])
+
+
 def test_rouge_l_beta_1_2():
     assert M.rouge_l(["a b c d"], ["a c d e"]) == pytest.approx(75.0)  # LCS 3: P = R = 3/4
     # LCS 2: P = 1, R = 1/2 -> (1 + 1.44) * 0.5 / (0.5 + 1.44)

@@ -122,7 +122,8 @@ def clone_detection(train: list[dict], valid: list[dict], test: list[dict]) -> t
     def jaccard(rows: list[dict]) -> np.ndarray:
         return pair_jaccard([r["code1"] for r in rows], [r["code2"] for r in rows])
 
-    threshold = M.best_threshold(jaccard(valid), [int(r["label"]) for r in valid])
+    fit, _ = M.threshold_split([int(r["label"]) for r in valid])  # the rows the model's threshold is chosen on
+    threshold = M.best_threshold(jaccard([valid[i] for i in fit]), [int(valid[i]["label"]) for i in fit])
     scores, labels = jaccard(test), np.array([int(r["label"]) for r in test])
     out = M.classification_metrics(scores, labels, threshold)
     return {**out, "score": out["f1"]}, E.clone_rows(scores >= threshold, labels)

@@ -139,6 +139,28 @@ def best_threshold(scores: Sequence[float], labels: Sequence[int]) -> float:
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
+def threshold_split(labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Valid rows in two, deterministically: ``(threshold rows, selection rows)``. Of each label's rows in
+    order, the 1st, 3rd, ... choose the clone threshold and the 2nd, 4th, ... score the checkpoint, so the
+    checkpoint selection never reads the rows its threshold was fitted on and both halves hold both labels."""
+    labels = np.asarray(labels)
+    rank = np.zeros(len(labels), dtype=int)
+    for value in np.unique(labels):
+        rows = np.flatnonzero(labels == value)
+        if len(rows) < 2:
+            raise ValueError(f"splitting valid for the clone threshold needs 2 rows of label {value}, got {len(rows)}")
+        rank[rows] = np.arange(len(rows))
+    return np.flatnonzero(rank % 2 == 0), np.flatnonzero(rank % 2 == 1)
+
+
+def split_threshold_metrics(scores: Sequence[float], labels: Sequence[int]) -> dict[str, float]:
+    """Valid's clone metrics: the threshold chosen on one half of the rows (:func:`threshold_split`), the
+    metrics of the other half at it."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
+    fit, score = threshold_split(labels)
+    return classification_metrics(scores[score], labels[score], best_threshold(scores[fit], labels[fit]))
+
+
 def classification_metrics(scores: Sequence[float], labels: Sequence[int], threshold: float) -> dict[str, float]:
     from sklearn.metrics import precision_recall_fscore_support
 
