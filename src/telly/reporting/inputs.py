@@ -184,8 +184,9 @@ def read_baselines(folder: Path, kind: str = "") -> tuple[dict[str, dict[str, An
     found = {}
     for task in TASKS:
         path = folder / f"{task}{kind}.json"
-        if path.exists():
-            found[task] = {**_read_json(path), "examples": read_examples(path)}
+        result = _read_json(path) if path.exists() else {}
+        if "test" in result:  # a pre-trained baseline that does not apply to the task has no test scores
+            found[task] = {**result, "examples": read_examples(path)}
     if not found:
         return {}, f"no baselines under {folder}/<task>.json: run `dvc repro baseline`"
     return found, ""
