@@ -136,6 +136,9 @@ def write_similarity(root: Path, holding: bool) -> None:
                 "metric": "rsa_spearman",
                 "threshold": 0.9,
                 "curve": similarity_curve(t, holding),
+                "top_two_layers_claim": "holds (only h3, h4 below 0.8)"
+                if holding or t != "code_search"
+                else "vacuous (no hidden state below 0.8: nothing changes much)",
             }
             for t in TASKS
         },
@@ -208,11 +211,22 @@ def write_run(folder: Path, run: dict, quality: float) -> None:
     write_examples(path, [f"row{i}" for i in range(ROWS)], example_rows(run["task"], quality))
 
 
+PRETRAINED_TASKS = ("code_search", "clone_detection")  # the tasks the pre-trained encoder baseline applies to
+
+
 def write_baselines(root: Path, quality: float = 0.3) -> None:
+    """The equal-input baselines (with their whole-input figure) and the pre-trained encoder's."""
     for task in TASKS:
         path = root / "results/baselines" / f"{task}.json"
-        write_json(path, {"task": task, "variant": "baseline", "test": {m: quality for m in METRICS[task]}})
+        full = {"method": "on the whole inputs", "test": {m: quality + 0.05 for m in METRICS[task]}}
+        test = {m: quality for m in METRICS[task]}
+        write_json(path, {"task": task, "variant": "baseline", "test": test, "full_input": full})
         write_examples(path, [f"row{i}" for i in range(ROWS)], example_rows(task, quality))
+    for task in PRETRAINED_TASKS:
+        path = root / "results/baselines" / f"{task}.pretrained.json"
+        test = {m: 0.4 for m in METRICS[task]}
+        write_json(path, {"task": task, "variant": "pretrained", "method": "pre-trained encoder", "test": test})
+        write_examples(path, [f"row{i}" for i in range(ROWS)], example_rows(task, 0.4))
 
 
 def write_finetune(root: Path, holding: bool, *, paper_regime: bool = True) -> None:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from finetune_fixture import make_setup
+from telly import tasks
 from telly.errors import TellyError
 from telly.finetuning import baselines as B
 from telly.finetuning import examples as E
@@ -104,3 +105,57 @@ def test_stage_scores_exactly_the_fine_tuning_test_rows(tmp_path, raw_params):
         assert E.main_metric(task, E.statistics(task, rows)) == pytest.approx(result["test"][main])
     with pytest.raises(TellyError, match="unknown task"):
         B.run(params, "nope", tmp_path / "baselines")
+
+
+def test_equal_input_baseline_reads_exactly_the_models_tokens(tmp_path, raw_params):
+    from telly.finetuning.data import Tokens, kept_pieces, make_example, model_view, token_ids
+    from telly.models.loading import load_tokenizer
+
+    params, _ = make_setup(tmp_path, raw_params, max_source_length=9, max_target_length=5)
+    tokenizer = load_tokenizer(params.finetune_model)
+    tok = Tokens.of(tokenizer)
+    cut_any = False
+    for task in params.finetune.task_names:
+        splits = B._splits(params, task)
+        seen, _ = B.equal_inputs(params, task, splits, None)
+        spec = tasks.get(task)
+        for row, view in zip(splits["test"], seen["test"]):
+            pieces = {f: token_ids(tokenizer, row[f], 9) for f in spec.text_fields}
+            kept = kept_pieces(task, pieces, tok, 9, 5)
+            example = make_example(task, row, tokenizer, tok, 9, 5)
+            if spec.layout == "encoder-only":  # the model's sequence is the mode's wrap around exactly these ids
+                head, tail = tok.wrap("encoder-only")
+                assert all(example[f].ids == tuple(head + kept[f] + tail) for f in spec.sequences)
+            elif spec.layout == "encoder-decoder":
+                head, tail = tok.wrap("encoder-decoder")
+                assert example["prompt"] == head + kept["source"] + tail + [tok.target_start]
+            else:
+                head, _ = tok.wrap("decoder-only")
+                assert example["prompt"] == head + kept["source"]
+            inputs = spec.text_fields if not spec.generates else ("source",)
+            for f in inputs:  # the baseline's text is those ids, and re-reads as them
+                assert view[f] == model_view(task, row, tokenizer, tok, 9, 5)[f]
+                assert tokenizer(view[f], add_special_tokens=False)["input_ids"] == kept[f]
+                cut_any |= len(kept[f]) < len(pieces[f])
+            if spec.generates:
+                assert view["target"] == row["target"]  # the reference is scored whole
+        if spec.generates:  # training targets as the model learns them: cut to max_target_length - 2
+            assert all(len(tokenizer(r["target"], add_special_tokens=False)["input_ids"]) <= 3 for r in seen["train"])
+    assert cut_any  # the lengths do cut: the test compares truncated inputs
+
+
+def test_stage_writes_the_whole_input_figure_and_the_pretrained_encoder(tmp_path, raw_params):
+    params, _ = make_setup(tmp_path, raw_params, max_source_length=9, max_target_length=5)
+    for task in ("code_search", "clone_detection", "code_generation"):
+        path = B.run(params, task, tmp_path / "baselines")
+        result = json.loads(path.read_text())
+        assert "on the model's tokens (9 / 5)" in result["method"] and "whole inputs" in result["full_input"]["method"]
+        assert set(result["full_input"]["test"]) == set(result["test"])
+        other = json.loads((tmp_path / "baselines" / f"{task}.pretrained.json").read_text())
+        rows = read_jsonl(E.examples_path(tmp_path / "baselines" / f"{task}.pretrained.json"))
+        if task == "code_generation":
+            assert other["applies"] is False and "not run" in other["method"] and rows == []
+            continue
+        main = E.statistic(task).metric
+        assert other["applies"] and E.main_metric(task, E.statistics(task, rows)) == pytest.approx(other["test"][main])
+        assert [r["id"] for r in rows] == [r["id"] for r in read_jsonl(E.examples_path(path))]

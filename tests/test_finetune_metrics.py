@@ -129,6 +129,42 @@ def test_codexglue_corpus_bleu():
     assert M.corpus_bleu_codexglue(["a b c d"], ["a b x"]) == pytest.approx(expected)
 
 
+def test_code_tokens_follow_pythons_tokenizer_not_whitespace():
+    assert M.code_tokens("def f(a, b):\n    return a+b  # the sum") == [
+        "def", "f", "(", "a", ",", "b", ")", ":", "return", "a", "+", "b",
+    ]  # fmt: skip
+    assert M.code_tokens("x = 'a b'.split()") == ["x", "=", "'a b'", ".", "split", "(", ")"]  # a literal is one token
+    assert M.code_tokens("foo(a, [1, 2") == ["foo", "(", "a", ",", "[", "1", ",", "2"]  # cut off: words + punctuation
+
+
+def test_code_bleu_counts_code_tokens_with_codexglues_smoothing():
+    # ref x = foo ( a , b ) (8 tokens), hyp x = foo ( b ) (6): matches [6, 4, 2, 1] of [6, 5, 4, 3]
+    expected = math.exp((math.log(7 / 7) + math.log(5 / 6) + math.log(3 / 5) + math.log(2 / 4)) / 4)
+    expected *= math.exp(1 - 8 / 6)
+    assert M.code_bleu_counts("x = foo(a,b)", "x = foo(b)") == [6, 4, 2, 1, 6, 5, 4, 3, 8, 6]
+    assert M.corpus_bleu_code(["x = foo(a,b)"], ["x = foo(b)"]) == pytest.approx(100 * expected)
+    assert M.corpus_bleu_code(["return a+b"], ["return a + b"]) == pytest.approx(100.0)
+
+
+def test_chrf_is_sacrebleus_corpus_chrf():
+    assert M.chrf(["return a + b"], ["return a + b"]) == pytest.approx(100.0)
+    assert M.chrf(["abc"], ["xyz"]) == pytest.approx(0.0)
+    # sacrebleu 2.6 (the reference implementation): chrF2 of two pairs pooled over the corpus
+    assert M.chrf(["return a + b", "x = 1"], ["return a - c", "x = 2"]) == pytest.approx(64.027778, abs=1e-5)
+
+
+def test_clone_threshold_is_fitted_on_rows_the_selection_score_does_not_read():
+    labels = [1, 1, 1, 0, 0, 0, 0, 1]
+    fit, score = M.threshold_split(labels)
+    assert fit.tolist() == [0, 2, 3, 5] and score.tolist() == [1, 4, 6, 7]  # per label: 1st, 3rd / 2nd, 4th
+    # the fitting half separates at 0.8; the scoring half has a clone at 0.4 that threshold misses
+    scores = [0.9, 0.4, 0.8, 0.1, 0.2, 0.3, 0.45, 0.85]
+    out = M.split_threshold_metrics(scores, labels)
+    assert out["threshold"] == pytest.approx(0.8) and out["recall"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="2 rows of label 0"):
+        M.threshold_split([1, 1, 0])
+
+
 def test_rouge_l_beta_1_2():
     assert M.rouge_l(["a b c d"], ["a c d e"]) == pytest.approx(75.0)  # LCS 3: P = R = 3/4
     # LCS 2: P = 1, R = 1/2 -> (1 + 1.44) * 0.5 / (0.5 + 1.44)

@@ -45,7 +45,11 @@ def test_full_report_where_every_claim_holds(params, tmp_path):
     assert "| Telly-11 | 7.09 | 94.4 | 06m21s | 63.2 | 3 | 0h19m03s | 87.7 | 0.69 |" in md  # paper, code search
     # RQ3 answer: deepest non-inferior K is Telly-1 (Telly-3 drops 20%); baseline and intervals shown
     assert "non-inferior up to Telly-1 (0.0006 M trainable, -40% parameters and -40% epoch time vs Base" in md
-    assert md.count("*No-training baseline*") == len(TASKS) and "Base learns the task." in md
+    assert md.count("*No-training baseline*") == len(TASKS) and "Base beats it." in md
+    assert "(on the whole inputs, beyond the model's truncation: 0.35" in md
+    assert md.count("*Pre-trained encoder without fine-tuning*") == 2  # code search, clone detection
+    assert "mrr 0.4000; Base − it +0.095 [+0.0932, +0.09687] (95% two-level percentile, 1000 rows, seeds 2 vs 1)" in md
+    assert md.count("Power at K = 1: detects") == len(TASKS) and "| two-level interval | rows only |" in md
     assert "| Base | 0.0010 | 0.0 | 10.0s | 0.0 | 2 | 20.0s | 0.0 | 2 | 0.5 ± 0 |" in md  # two seeds, mean ± std
     assert "| Telly-3 | -20.00 | [-20.00, -20.00] |" in md and "**Which answers are firm.**" in md
     # tuning beside the similarity's suggestion
@@ -83,6 +87,12 @@ def test_each_claim_fails_where_the_results_contradict_it(params, tmp_path):
     evidence = json.loads((tmp_path / "reports/claims.json").read_text())
     assert "lexical peaks at h3, syntactic at h2" in evidence["lexical_below_syntactic"]["evidence"]
     assert "code_search: K=0: -5.0% [-5.0, -5.0] not reproduced" in evidence["telly_within_base"]["evidence"]
+    # the top-two-layers claim is vacuous on code search: the caveat stands beside it
+    assert evidence["top_two_change_most"]["caveat"].startswith("vacuous on 1 of 5 tasks (code_search)")
+    assert (
+        "The top two layers change most in fine-tuning (**caveat**: vacuous on 1 of 5"
+        in (tmp_path / "reports" / "report.md").read_text()
+    )
 
 
 def test_missing_inputs_are_named_with_the_stage_to_run(params, tmp_path):

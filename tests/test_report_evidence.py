@@ -61,9 +61,15 @@ def _rr(rng, n, scale=1.0):
     return np.clip(scale / rng.integers(1, 20, size=n), 0, 1)
 
 
+def _seeds(rng, n, k, noise=0.01):
+    """``k`` seeds' reciprocal ranks on the same ``n`` rows: a row's difficulty shared, a little noise per seed."""
+    rows = _rr(rng, n)
+    return [np.clip(rows * (1 + rng.normal(0, noise, n)), 0, 1) for _ in range(k)]
+
+
 def test_equal_variants_are_reproduced(settings):
     rng = np.random.default_rng(0)
-    base = [_rr(rng, 400) for _ in range(3)]
+    base = _seeds(rng, 400, 3)
     runs = _runs({"base": base, "telly-0": [b.copy() for b in base], "telly-1": [b.copy() for b in base]})
     out = _check(runs, _baseline(np.full(400, 0.01)), settings)
     assert out.learns.verdict == vd.REPRODUCED
@@ -73,7 +79,7 @@ def test_equal_variants_are_reproduced(settings):
 
 def test_clearly_worse_is_not_reproduced(settings):
     rng = np.random.default_rng(1)
-    base = [_rr(rng, 400) for _ in range(3)]
+    base = _seeds(rng, 400, 3)
     runs = _runs({"base": base, "telly-0": [b * 0.9 for b in base], "telly-1": [b * 0.9 for b in base]})
     out = _check(runs, _baseline(np.full(400, 0.01)), settings)
     assert out.verdict.verdict == vd.NOT_REPRODUCED, out.verdict.evidence
@@ -92,7 +98,10 @@ def test_noisy_with_few_rows_is_inconclusive_with_the_detectable_difference(sett
     interval = out.per_k[0].details["interval"]
     assert interval["low"] < -1.0 <= interval["high"]
     assert interval["half_width"] == pytest.approx((interval["high"] - interval["low"]) / 2)
-    assert "smallest detectable difference" in out.verdict.evidence
+    assert "detectable difference (80% power)" in out.verdict.evidence
+    power = out.per_k[0].details["power"]
+    assert power["mde"] == pytest.approx(2.8016 * interval["se"], rel=1e-3)  # (1.96 + 0.8416) x SE
+    assert power["mde"] > 1.0 and power["rows_needed"] > 12  # a +-1% margin needs more rows
 
 
 def test_all_zero_is_not_checked(settings):
@@ -110,8 +119,50 @@ def test_a_task_that_does_not_beat_its_baseline_gets_no_verdict(settings):
     runs = _runs({"base": base, "telly-0": base, "telly-1": [b * 0.5 for b in base]})
     out = _check(runs, _baseline(base[0].copy()), settings)
     assert out.learns.verdict == vd.NOT_REPRODUCED
-    assert out.verdict.verdict == vd.NOT_CHECKED and "does not learn" in out.verdict.evidence
+    assert out.verdict.verdict == vd.NOT_CHECKED and "does not beat its no-training baseline" in out.verdict.evidence
     assert out.per_k == {}  # no RQ3 verdict drawn
+
+
+def test_a_missing_k_below_the_needed_one_is_refused(settings):
+    rng = np.random.default_rng(4)
+    base = [_rr(rng, 200)]
+    runs = _runs({"base": base, "telly-1": [b.copy() for b in base]})  # Telly-0 never ran
+    out = _check(runs, _baseline(np.full(200, 0.01)), settings)
+    assert out.verdict.verdict == vd.NOT_CHECKED
+    assert "missing K = [0]" in out.verdict.evidence and out.per_k == {}
+
+
+def test_seed_effect_widens_the_two_level_interval_and_the_verdict_is_no_longer_firm(settings):
+    from telly.reporting.claims import Claim, firm_rq3
+
+    rng = np.random.default_rng(5)
+    rows = rng.uniform(0.2, 0.8, 300)
+    base = [rows * (1 + rng.normal(0, 0.002, 300)) for _ in range(3)]
+    # the seeds of Telly-K move the whole metric by -2% to +6%; the rows add almost nothing
+    shifts = (0.06, -0.02, 0.05)
+    other = [rows * (1 + d) * (1 + rng.normal(0, 0.002, 300)) for d in shifts]
+    interval = ev.relative_difference("code_search", base, other, resamples=1000)
+    rows_only = interval.rows_only
+    assert interval.method == "two-level percentile" and rows_only.method in ("BCa", "percentile")
+    assert interval.estimate == pytest.approx(rows_only.estimate)
+    assert interval.high - interval.low > 5 * (rows_only.high - rows_only.low)
+    assert interval.se > rows_only.se
+    assert rows_only.low > -1.0  # the row-only interval alone would call it reproduced
+    runs = _runs({"base": base, "telly-0": other, "telly-1": other})
+    out = _check(runs, _baseline(np.full(300, 0.01)), settings)
+    assert out.verdict.verdict == vd.INCONCLUSIVE, out.verdict.evidence
+    per_k = out.per_k[0].details
+    assert per_k["interval"]["rows_only"]["low"] > -1.0 > per_k["interval"]["low"]
+    claim = firm_rq3(Claim("x", "x", "RQ3", vd.all_tasks({"code_search": out.verdict}), vd.not_checked("")))
+    assert not claim.firm
+
+
+def test_one_seed_each_leaves_only_the_row_level(settings):
+    rng = np.random.default_rng(6)
+    base = [_rr(rng, 300)]
+    other = [np.clip(base[0] * rng.uniform(0.9, 1.1, 300), 0, 1)]
+    interval = ev.relative_difference("code_search", base, other, resamples=2000)
+    assert interval.se == pytest.approx(interval.rows_only.se, rel=0.15)
 
 
 def test_runs_on_different_test_rows_are_an_error_naming_them(settings):
@@ -136,7 +187,7 @@ def test_main_metric_from_rows_equals_the_aggregate_metric():
     hyps = ["return a + b", "x = 2", "print x", "return items"]
     rows = E.generation_rows("code_generation", refs, hyps)
     assert E.main_metric("code_generation", E.statistics("code_generation", rows)) == pytest.approx(
-        M.corpus_bleu_codexglue(refs, hyps)
+        M.corpus_bleu_code(refs, hyps)
     )
     rows = E.generation_rows("code_summarization", refs, hyps)
     assert E.main_metric("code_summarization", E.statistics("code_summarization", rows)) == pytest.approx(

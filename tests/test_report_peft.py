@@ -120,7 +120,7 @@ def test_methods_are_compared_paired_over_test_rows_when_runs_have_them(raw_para
     assert peft.compare(points["lora-r8"], points["telly-1"]).startswith("LoRA r=8 (LoRA r=8 vs Telly-1 +10.4%")
     assert peft.compare(points["bitfit"], points["telly-3"]).startswith("Telly-3 (BitFit vs Telly-3 -10.0%")
     md = run(params).read_text()
-    assert "paired 95% bootstrap interval over the test rows" in md
+    assert "paired 95% two-level bootstrap interval (seeds, then test rows" in md
     assert "Base beats its no-training baseline on this task (RQ3)" in md  # the fixture's baselines sit at 0.3
 
 

@@ -122,7 +122,8 @@ def clone_detection(train: list[dict], valid: list[dict], test: list[dict]) -> t
     def jaccard(rows: list[dict]) -> np.ndarray:
         return pair_jaccard([r["code1"] for r in rows], [r["code2"] for r in rows])
 
-    threshold = M.best_threshold(jaccard(valid), [int(r["label"]) for r in valid])
+    fit, _ = M.threshold_split([int(r["label"]) for r in valid])  # the rows the model's threshold is chosen on
+    threshold = M.best_threshold(jaccard([valid[i] for i in fit]), [int(valid[i]["label"]) for i in fit])
     scores, labels = jaccard(test), np.array([int(r["label"]) for r in test])
     out = M.classification_metrics(scores, labels, threshold)
     return {**out, "score": out["f1"]}, E.clone_rows(scores >= threshold, labels)
@@ -206,36 +207,72 @@ def line_completion(train: list[dict], valid: list[dict], test: list[dict]) -> t
 # ------------------------------------------------------------------ the stage
 
 
-def compute(params: Params, task: str) -> dict[str, Any]:
-    """The baseline's run-like result of ``task`` (with per-example ``examples`` and their row ``ids``)."""
-    if params.finetune is None:
-        raise TellyError("params: the finetune section is missing (the baselines read its task sizes)")
-    spec = tasks.get(task)
+def _splits(params: Params, task: str) -> dict[str, list[dict]]:
     settings = params.finetune
     cfg = getattr(settings.tasks, task)
     seed = data_seed(params)
-    splits = {
+    return {
         split: load_split(settings.tasks_dir, task, split, size, seed, min_rows=2)
         for split, size in (("train", cfg.train_size), ("valid", cfg.valid_size), ("test", cfg.test_size))
     }
+
+
+def equal_inputs(params: Params, task: str, splits: dict[str, list[dict]], codebase: list[dict] | None) -> tuple:
+    """The splits (and codebase) as the model reads them (``data.model_view``: the same tokenizer, the same
+    cuts of finetune.tasks.<task>'s lengths): every field of train and valid, the input fields of test (the
+    references stay whole)."""
+    from telly.finetuning.data import Tokens, model_view
+    from telly.models.loading import load_tokenizer
+
+    cfg = getattr(params.finetune.tasks, task)
+    tokenizer = load_tokenizer(params.finetune_model)
+    tok = Tokens.of(tokenizer)
+    spec = tasks.get(task)
+    inputs = spec.text_fields if not spec.generates else ("source",)
+
+    def view(rows: list[dict], fields: tuple[str, ...] = ()) -> list[dict]:
+        return [model_view(task, r, tokenizer, tok, cfg.max_source_length, cfg.max_target_length, fields) for r in rows]
+
+    out = {"train": view(splits["train"]), "valid": view(splits["valid"]), "test": view(splits["test"], inputs)}
+    if codebase is not None:  # ranked as the model ranks them: each code cut to max_source_length
+        codebase = [{**r, "query": ""} for r in codebase]
+        codebase = [{k: v for k, v in r.items() if k != "query"} for r in view(codebase, ("code",))]
+    return out, codebase
+
+
+def compute(params: Params, task: str) -> dict[str, Any]:
+    """The baseline's run-like result of ``task`` on the model's inputs (with per-example ``examples`` and their
+    row ``ids``), the same baseline on the whole inputs beside it (``full_input``)."""
+    if params.finetune is None:
+        raise TellyError("params: the finetune section is missing (the baselines read its task sizes)")
+    spec = tasks.get(task)
+    splits = _splits(params, task)
     fn = named(sys.modules[__name__], spec.baseline, f"{task}.baseline")
-    method, extra = fn.method, {}
+    method, codebase = fn.method, None
     if spec.head == "search":
-        path = Path(settings.tasks_dir) / task / "codebase.jsonl"  # evaluate.codebase_path (no torch here)
+        path = Path(params.finetune.tasks_dir) / task / "codebase.jsonl"  # evaluate.codebase_path (no torch here)
         if path.exists():  # the model ranks against it: so does the baseline
-            extra["codebase"] = read_jsonl(path, required=("code",))
-            method += f" among the {len(extra['codebase'])} codes of {path.name}"
-    metrics, rows = fn(splits["train"], splits["valid"], splits["test"], **extra)
+            codebase = read_jsonl(path, required=("code",))
+            method += f" among the {len(codebase)} codes of {path.name}"
+    extra = {} if codebase is None else {"codebase": codebase}
+    full, _ = fn(splits["train"], splits["valid"], splits["test"], **extra)
+    seen, seen_codebase = equal_inputs(params, task, splits, codebase)
+    extra = {} if seen_codebase is None else {"codebase": seen_codebase}
+    metrics, rows = fn(seen["train"], seen["valid"], seen["test"], **extra)
+    cfg = getattr(params.finetune.tasks, task)
     return {
         "task": task,
         "variant": "baseline",
-        "method": method,
+        "method": method + f", on the model's tokens ({cfg.max_source_length} / {cfg.max_target_length})",
         "test": metrics,
+        "full_input": {"method": method + ", on the whole inputs", "test": full},
         "settings": {
             "train_size": len(splits["train"]),
             "valid_size": len(splits["valid"]),
             "test_size": len(splits["test"]),
-            "data_seed": seed,
+            "data_seed": data_seed(params),
+            "max_source_length": cfg.max_source_length,
+            "max_target_length": cfg.max_target_length,
         },
         "ids": [r["id"] for r in splits["test"]],
         "examples": rows,
@@ -247,12 +284,77 @@ def data_seed(params: Params) -> int:
     return params.finetune.data_seed
 
 
+# ------------------------------------------------------------------ the pre-trained encoder, not fine-tuned
+
+PRETRAINED_NOT_RUN = (
+    "not run: the pre-trained model's decoder mode without fine-tuning costs a beam search over the test rows "
+    "per task, and has never seen the task's prompt format; only the encoder tasks have this baseline"
+)
+
+
+def pretrained_encoder(params: Params, task: str) -> dict[str, Any] | None:
+    """The pre-trained encoder without fine-tuning, scored as a fine-tuned one is (``evaluate``, the model's
+    own inputs and pooled embedding): code search ranks the same pool; clone detection thresholds the cosine
+    on valid's threshold half. None for the generation tasks (:data:`PRETRAINED_NOT_RUN`)."""
+    spec = tasks.get(task)
+    if spec.generates:
+        return None
+    from telly.finetuning.data import Tokens, load_examples
+    from telly.finetuning.evaluate import codebase_path, evaluate, load_codebase
+    from telly.finetuning.heads import TaskModel
+    from telly.models.loading import load_encoder
+
+    settings = params.finetune
+    cfg = getattr(settings.tasks, task)
+    encoder = load_encoder(params.finetune_model, device=settings.device, seed=settings.data_seed)
+    tok = Tokens.of(encoder.tokenizer)
+    model = TaskModel(encoder.model, task)
+    lengths = (cfg.max_source_length, cfg.max_target_length)
+
+    def scored(split: str, size: int, **kwargs: Any) -> Any:
+        rows = load_examples(settings.tasks_dir, task, split, size, data_seed(params), encoder.tokenizer, tok, *lengths)
+        batches = [
+            range(i, min(i + settings.eval_batch_size, len(rows)))
+            for i in range(0, len(rows), settings.eval_batch_size)
+        ]
+        return evaluate(model, rows, tok, encoder.tokenizer, batches=batches, beam_size=1, max_new_tokens=1, **kwargs)
+
+    extra: dict[str, Any] = {}
+    method = "pre-trained encoder without fine-tuning, mean-pooled last layer"
+    if spec.head == "clone":
+        extra["threshold"] = scored("valid", cfg.valid_size)["threshold"]
+        method += ", cosine thresholded on valid's threshold half"
+    elif codebase_path(settings.tasks_dir, task).exists():
+        test_rows = load_split(settings.tasks_dir, task, "test", cfg.test_size, data_seed(params), min_rows=2)
+        extra["codebase"] = load_codebase(
+            codebase_path(settings.tasks_dir, task), test_rows, encoder.tokenizer, tok, cfg.max_source_length
+        )
+        extra["codebase_batch_size"] = settings.eval_batch_size
+        method += f", ranking the {len(extra['codebase'].codes)} codes of the codebase"
+    out = scored("test", cfg.test_size, **extra)
+    examples = out.examples
+    metrics = {k: v for k, v in out.items()}
+    return {"task": task, "variant": "pretrained", "method": method, "test": metrics, "examples": examples}
+
+
 def run(params: Params, task: str, out_dir: Path | None = None) -> Path:
-    """``telly baseline <task>``: write ``<out_dir>/<task>.json`` and ``<task>.examples.jsonl``
-    (``finetune.baselines_dir`` by default)."""
+    """``telly baseline <task>``: write ``<out_dir>/<task>.json`` and ``<task>.examples.jsonl`` (the equal-input
+    baseline), and ``<task>.pretrained.json`` with ``<task>.pretrained.examples.jsonl`` (the pre-trained encoder;
+    for the generation tasks a note why not, with no rows) under ``finetune.baselines_dir`` by default."""
     result = compute(params, task)
-    path = Path(out_dir or params.finetune.baselines_dir) / f"{task}.json"
-    E.write_examples(path, result.pop("ids"), result.pop("examples"))
+    folder = Path(out_dir or params.finetune.baselines_dir)
+    path = folder / f"{task}.json"
+    ids = result.pop("ids")
+    E.write_examples(path, ids, result.pop("examples"))
     write_json(path, result)
     log.info("%s baseline (%s): %s", task, result["method"], result["test"])
+    pretrained = pretrained_encoder(params, task)
+    other = folder / f"{task}.pretrained.json"
+    if pretrained is None:
+        E.write_examples(other, [], [])
+        write_json(other, {"task": task, "variant": "pretrained", "applies": False, "method": PRETRAINED_NOT_RUN})
+    else:
+        E.write_examples(other, ids, pretrained.pop("examples"))
+        write_json(other, {**pretrained, "applies": True})
+        log.info("%s pre-trained encoder: %s", task, pretrained["test"])
     return path

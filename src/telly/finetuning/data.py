@@ -107,6 +107,38 @@ def decoder_only_context(tok: Tokens, pieces: list[int], max_length: int) -> lis
     return head + (pieces[-keep:] if keep > 0 else [])  # the nearest left context matters most
 
 
+def kept_pieces(
+    task: str, pieces: dict[str, list[int]], tok: Tokens, max_source: int, max_target: int
+) -> dict[str, list[int]]:
+    """Each text field's ids as the model's input keeps them: cut to its length less the mode's special tokens
+    (an encoder-only field, a source), the last ones of a left context, a target cut before its ``</s>``."""
+    spec = tasks.get(task)
+    if spec.layout == "encoder-only":
+        head, tail = tok.wrap("encoder-only")
+        lengths = {"source": max_source, "target": max_target}
+        return {name: pieces[name][: lengths[which] - len(head) - len(tail)] for name, which in spec.sequences.items()}
+    out = {"target": pieces["target"][: max_target - 2]}
+    if spec.layout == "decoder-only":
+        head, _ = tok.wrap("decoder-only")
+        keep = max_source - len(head)
+        out["source"] = pieces["source"][-keep:] if keep > 0 else []  # the nearest left context matters most
+    else:
+        head, tail = tok.wrap("encoder-decoder")
+        out["source"] = pieces["source"][: max_source - len(head) - len(tail)]
+    return out
+
+
+def model_view(
+    task: str, row: dict, tokenizer: Any, tok: Tokens, max_source: int, max_target: int, fields: tuple[str, ...] = ()
+) -> dict:
+    """``row`` with each text field (only ``fields`` when given) replaced by the text of the tokens the model
+    reads of it (:func:`kept_pieces`): what a no-training baseline reads to see exactly the model's input."""
+    pieces = {f: token_ids(tokenizer, row[f], max(max_source, max_target)) for f in tasks.get(task).text_fields}
+    kept = kept_pieces(task, pieces, tok, max_source, max_target)
+    view = {f: tokenizer.decode(ids, clean_up_tokenization_spaces=False) for f, ids in kept.items()}
+    return {**row, **{f: text for f, text in view.items() if not fields or f in fields}}
+
+
 def make_example(task: str, row: dict, tokenizer: Any, tok: Tokens, max_source: int, max_target: int) -> dict:
     """One task row as the sequences (and labels, references) its head needs, in the task's layout."""
     pieces = {f: token_ids(tokenizer, row[f], max(max_source, max_target)) for f in tasks.get(task).text_fields}
@@ -119,6 +151,7 @@ def example_from_pieces(
     """``make_example`` from the texts' token ids (not yet cut to the lengths, no special tokens); ``row`` gives
     the label (clone detection) or the target text (the reference of the generation tasks)."""
     spec = tasks.get(task)
+    pieces = kept_pieces(task, pieces, tok, max_source, max_target)  # the cuts below then keep every id
     if spec.layout == "encoder-only":
         lengths = {"source": max_source, "target": max_target}
         example: dict[str, Any] = {

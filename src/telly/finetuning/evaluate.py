@@ -123,7 +123,9 @@ def evaluate(
     codebase_batch_size: int = 64,
 ) -> Evaluation:
     """Metrics of ``model`` on ``examples``, read in ``batches`` of example indices. Clone
-    detection picks its threshold on these examples unless ``threshold`` (chosen on valid) is given.
+    detection, unless ``threshold`` (chosen on valid) is given, picks its threshold on one half of these
+    examples and scores the other half at it (``metrics.threshold_split``: on valid, the checkpoint
+    selection never reads the rows the threshold is fitted on).
 
     Data-parallel, ``batches`` is this process's share (a loader prepared by accelerate) and
     ``gather`` is ``accelerator.gather_for_metrics``: every process's outputs come back in example
@@ -157,8 +159,11 @@ def evaluate(
             vb = embed_all(model, examples, b, tok.pad, batches, caches.get(b), gather)
             cos = (va * vb).sum(-1).numpy()
             labels = np.array([ex["label"] for ex in examples])
-            chosen = M.best_threshold(cos, labels) if threshold is None else threshold
-            out, rows = M.classification_metrics(cos, labels, chosen), E.clone_rows(cos >= chosen, labels)
+            if threshold is None:  # valid: threshold on one half, the selection score on the other
+                out = M.split_threshold_metrics(cos, labels)
+            else:
+                out = M.classification_metrics(cos, labels, threshold)
+            rows = E.clone_rows(cos >= out["threshold"], labels)
     return Evaluation({**out, "score": spec.score(out)}, rows)
 
 

@@ -7,7 +7,7 @@ Rows are in test-row order, one per test row:
 - clone detection: ``{"pred", "gold"}`` (F1 is recomputed from them on every resample);
 - summarization: ``{"hyp", "bleu"}`` (sentence BLEU-4 x 100: the corpus figure is their mean);
 - generation: ``{"hyp", "bleu", "em", "bleu_counts"}`` (``bleu`` is the pair's own sentence BLEU, for reading;
-  the corpus BLEU is recomputed from the summed ``bleu_counts`` on every resample);
+  the corpus BLEU on Python code tokens is recomputed from the summed ``bleu_counts`` on every resample);
 - line completion: ``{"hyp", "em", "edit_sim"}``.
 
 Each task's main metric is a function of per-row *statistics* summed over rows (:func:`statistics`,
@@ -48,7 +48,7 @@ def code_row(ref: str, hyp: str) -> dict:
         "hyp": hyp,
         "bleu": 100.0 * M.sentence_bleu_csn(ref, hyp),
         "em": M.exact_match([ref], [hyp]),
-        "bleu_counts": M.bleu_counts(ref, hyp),
+        "bleu_counts": M.code_bleu_counts(ref, hyp),
     }
 
 

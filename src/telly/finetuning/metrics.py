@@ -5,18 +5,21 @@ thresholds), rouge-score (LCS), nltk (METEOR), rapidfuzz (edit similarity).
 Two definitions are specific to CodeXGLUE and are written out here, each tested
 on hand-computed cases: the smoothed sentence BLEU-4 of CodeSearchNet's
 ``bleu.py`` (code summarization) and the smoothed corpus BLEU of CodeXGLUE's
-``evaluator/bleu.py`` (code generation). CIDEr follows pycocoevalcap's
+``evaluator/bleu.py`` (code generation, on Python code tokens as CodeXGLUE's py150 preprocessing reads
+them: :func:`code_tokens`). chrF is sacrebleu's. CIDEr follows pycocoevalcap's
 ``CiderScorer`` (the package itself ships 100 MB of Java jars we do not need).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import sys
+import tokenize
 import xml.sax.saxutils
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,6 +139,28 @@ def best_threshold(scores: Sequence[float], labels: Sequence[int]) -> float:
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
+def threshold_split(labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Valid rows in two, deterministically: ``(threshold rows, selection rows)``. Of each label's rows in
+    order, the 1st, 3rd, ... choose the clone threshold and the 2nd, 4th, ... score the checkpoint, so the
+    checkpoint selection never reads the rows its threshold was fitted on and both halves hold both labels."""
+    labels = np.asarray(labels)
+    rank = np.zeros(len(labels), dtype=int)
+    for value in np.unique(labels):
+        rows = np.flatnonzero(labels == value)
+        if len(rows) < 2:
+            raise ValueError(f"splitting valid for the clone threshold needs 2 rows of label {value}, got {len(rows)}")
+        rank[rows] = np.arange(len(rows))
+    return np.flatnonzero(rank % 2 == 0), np.flatnonzero(rank % 2 == 1)
+
+
+def split_threshold_metrics(scores: Sequence[float], labels: Sequence[int]) -> dict[str, float]:
+    """Valid's clone metrics: the threshold chosen on one half of the rows (:func:`threshold_split`), the
+    metrics of the other half at it."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
+    fit, score = threshold_split(labels)
+    return classification_metrics(scores[score], labels[score], best_threshold(scores[fit], labels[fit]))
+
+
 def classification_metrics(scores: Sequence[float], labels: Sequence[int], threshold: float) -> dict[str, float]:
     from sklearn.metrics import precision_recall_fscore_support
 
@@ -205,11 +230,13 @@ def smoothed_bleu4(references: Sequence[str], hypotheses: Sequence[str]) -> floa
 # ------------------------------------------ smoothed corpus BLEU-4 (CodeXGLUE)
 
 
-def bleu_counts(reference: str, hypothesis: str, max_order: int = 4) -> list[int]:
+def bleu_counts(
+    reference: str, hypothesis: str, max_order: int = 4, tokens: Callable[[str], list[str]] = str.split
+) -> list[int]:
     """One pair's share of CodeXGLUE's corpus BLEU: clipped n-gram matches and possible n-grams for
-    n = 1..max_order, then reference and hypothesis lengths (whitespace tokens). Summed over pairs,
-    :func:`bleu_from_counts` of them is the corpus BLEU, so a resample of pairs needs no re-tokenising."""
-    ref, hyp = reference.split(), hypothesis.split()
+    n = 1..max_order, then reference and hypothesis lengths (``tokens``: whitespace by default). Summed over
+    pairs, :func:`bleu_from_counts` of them is the corpus BLEU, so a resample of pairs needs no re-tokenising."""
+    ref, hyp = tokens(reference), tokens(hypothesis)
     matches = [0] * max_order
     for gram, count in (_ngrams(hyp, max_order) & _ngrams(ref, max_order)).items():
         matches[len(gram) - 1] += count
@@ -237,6 +264,58 @@ def corpus_bleu_codexglue(references: Sequence[str], hypotheses: Sequence[str], 
     _same_length(references, hypotheses)
     totals = np.sum([bleu_counts(r, h, max_order) for r, h in zip(references, hypotheses)], axis=0)
     return float(bleu_from_counts(totals))
+
+
+# ------------------------------------------- code tokens, code BLEU, chrF (code generation)
+
+# tokenize's token types that carry no code token: layout (indentation, line ends), comments, stream markers
+_LAYOUT = {
+    tokenize.COMMENT,
+    tokenize.NEWLINE,
+    tokenize.NL,
+    tokenize.INDENT,
+    tokenize.DEDENT,
+    tokenize.ENCODING,
+    tokenize.ENDMARKER,
+}
+_CODE_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def code_tokens(code: str) -> list[str]:
+    """Python code tokens as CodeXGLUE's py150 preprocessing reads them: Python's own ``tokenize`` (so ``a+b``
+    is ``a + b`` and a string literal one token), comments and layout dropped. Unlike py150 the line ends
+    give no ``<EOL>`` (the scored texts are whitespace-normalised: their lines are already joined) and
+    literals are kept, not abstracted (a generated value is part of the answer). Code that ``tokenize`` cannot
+    read to its end (a cut-off string or bracket) is split into words and single punctuation instead."""
+    out = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(code).readline):
+            if tok.type not in _LAYOUT and tok.string.strip():
+                out.append(tok.string)
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return _CODE_TOKEN.findall(code)
+    return out
+
+
+def code_bleu_counts(reference: str, hypothesis: str) -> list[int]:
+    """:func:`bleu_counts` on :func:`code_tokens`."""
+    return bleu_counts(reference, hypothesis, tokens=code_tokens)
+
+
+def corpus_bleu_code(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """CodeXGLUE's smoothed corpus BLEU-4 x 100 (:func:`corpus_bleu_codexglue`) on Python code tokens."""
+    _same_length(references, hypotheses)
+    totals = np.sum([code_bleu_counts(r, h) for r, h in zip(references, hypotheses)], axis=0)
+    return float(bleu_from_counts(totals))
+
+
+def chrf(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """sacrebleu's corpus chrF (character 6-grams, beta 2; whitespace ignored), 0..100: credit for every shared
+    character n-gram, so a near miss on identifiers scores where token BLEU's 4-grams score nothing."""
+    from sacrebleu.metrics import CHRF
+
+    _same_length(references, hypotheses)
+    return float(CHRF().corpus_score(list(hypotheses), [list(references)]).score)
 
 
 # --------------------------------------------------------------------- METEOR

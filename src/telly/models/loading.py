@@ -157,6 +157,18 @@ def _prefixes(keys: Any) -> str:
     return ", ".join(sorted({k.rsplit(".", 2)[0] + ".*" if k.count(".") >= 2 else k for k in keys}))
 
 
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL, *, like: str = DEFAULT_MODEL) -> Any:
+    """The tokenizer :func:`load_encoder` would load with the model (``random`` keeps ``like``'s), alone."""
+    from transformers import AutoTokenizer
+
+    name_or_path = str(name_or_path)
+    if name_or_path == RANDOM or name_or_path.startswith(RANDOM + ":"):
+        name_or_path = name_or_path.split(":", 1)[1] if ":" in name_or_path else like
+    source = _resolve(name_or_path)
+    _require_tokenizer_files(source, name_or_path)
+    return _from_pretrained(AutoTokenizer, source, name_or_path, "tokenizer")
+
+
 def load_encoder(
     name_or_path: str = DEFAULT_MODEL,
     *,

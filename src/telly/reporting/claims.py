@@ -31,6 +31,7 @@ class Claim:
     paper: vd.Verdict
     firm: bool = False  # this run's verdict survives the noise it can measure (seeds, intervals)
     firmness: str = ""  # why (not) firm, for the report
+    caveat: str = ""  # what the verdict does not say (e.g. a claim that is vacuous here), shown beside it
 
 
 def seed_peaks(inputs: Inputs, state: str = "pretrained") -> dict[str, list[int]]:
@@ -84,13 +85,29 @@ def firm_similarity(claim: Claim, inputs: Inputs, rule) -> Claim:
     return claim
 
 
+def vacuous_top_two(claim: Claim, inputs: Inputs) -> Claim:
+    """The caveat of the top-two-layers claim: vacuous on the tasks where no hidden state falls below the change
+    threshold (``top_two_layers_claim`` of suggested_k.json), so "the top two change most" says little there."""
+    suggested = inputs.similarity.suggested if inputs.similarity else {}
+    vacuous = {t: v for t, v in suggested.items() if str(v.get("top_two_layers_claim", "")).startswith("vacuous")}
+    if not vacuous:
+        return claim
+    lowest = ", ".join(f"{t} {min(v['curve']):.2f}" for t, v in vacuous.items() if v.get("curve"))
+    claim.caveat = (
+        f"vacuous on {len(vacuous)} of {len(suggested)} tasks ({', '.join(vacuous)}): no hidden state falls below "
+        f"the change threshold, so no layer changes much (lowest similarity: {lowest or 'unknown'})"
+    )
+    return claim
+
+
 def firm_rq3(claim: Claim) -> Claim:
-    """RQ3 rests on paired intervals: firm when reproduced or not reproduced (not inconclusive, not checked)."""
+    """RQ3 rests on paired two-level intervals (seeds, then rows): firm when their verdict is reproduced or not
+    reproduced (not inconclusive, not checked); the row-only intervals alone never make it firm."""
     claim.firm = claim.run.verdict in (vd.REPRODUCED, vd.NOT_REPRODUCED)
     claim.firmness = (
-        "decided by paired bootstrap intervals"
+        "decided by paired two-level bootstrap intervals (seeds, then rows)"
         if claim.firm
-        else "inconclusive or not checked: see the per-task evidence"
+        else "inconclusive or not checked under the two-level intervals (seeds, then rows): see the per-task evidence"
     )
     return claim
 
@@ -145,6 +162,7 @@ class TaskEvidence:
     task: str
     verdict: vd.Verdict  # the task's verdict on the claim
     learns: vd.Verdict | None = None  # Base vs the no-training baseline (None: no baseline result)
+    pretrained: vd.Verdict | None = None  # Base vs the pre-trained encoder without fine-tuning, where it applies
     per_k: dict[int, vd.Verdict] = field(default_factory=dict)  # K -> non-inferiority verdict
     deepest_k: int | None = None  # deepest K with every K' <= K non-inferior (reproduced)
     needed_k: int | None = None
@@ -154,27 +172,42 @@ class TaskEvidence:
             "verdict": self.verdict.verdict,
             "evidence": self.verdict.evidence,
             "learns": None if self.learns is None else {"verdict": self.learns.verdict, **self.learns.details},
+            "pretrained": None
+            if self.pretrained is None
+            else {"verdict": self.pretrained.verdict, **self.pretrained.details},
             "per_k": {str(k): {"verdict": v.verdict, **v.details} for k, v in self.per_k.items()},
             "deepest_k": self.deepest_k,
             "needed_k": self.needed_k,
         }
 
 
-def per_seed_statistics(task: str, runs: list[dict[str, Any]], baseline: dict[str, Any] | None) -> tuple:
-    """``({K: [stats per seed]}, baseline stats or None)`` on the same test rows; runs without per-example rows
-    are left out."""
+def per_seed_statistics(
+    task: str, runs: list[dict[str, Any]], baseline: dict[str, Any] | None, pretrained: dict[str, Any] | None = None
+) -> tuple:
+    """``({K: [stats per seed]}, baseline stats or None, pre-trained encoder stats or None)`` on the same test
+    rows; runs without per-example rows are left out."""
     named = {f"{r['variant']}/seed{r.get('settings', {}).get('seed', i)}": r for i, r in enumerate(runs)}
     rows = {n: r["examples"] for n, r in named.items() if r.get("examples")}
-    if baseline is not None and baseline.get("examples"):
-        rows["baseline"] = baseline["examples"]
+    for name, result in (("baseline", baseline), ("pre-trained encoder", pretrained)):
+        if result is not None and result.get("examples"):
+            rows[name] = result["examples"]
     if not rows:
-        return {}, None
+        return {}, None, None
     stats = E.aligned(task, rows)
     by_k: dict[int | None, list[np.ndarray]] = {}
     for name, r in named.items():
         if name in stats:
             by_k.setdefault(variants.k_of(r["variant"]), []).append(stats[name])
-    return by_k, stats.get("baseline")
+    return by_k, stats.get("baseline"), stats.get("pre-trained encoder")
+
+
+def _per_k_text(needed: dict[int, vd.Verdict], need: int, tolerance: float) -> str:
+    text = "; ".join(
+        f"K={k}: {v.details['interval']['estimate']:+.1f}% [{v.details['interval']['low']:+.1f}, "
+        f"{v.details['interval']['high']:+.1f}] {v.verdict}"
+        for k, v in needed.items()
+    )
+    return text + f" (needs K = 0..{need} within {tolerance:.0%}; two-level intervals over seeds and rows)"
 
 
 def task_evidence(
@@ -183,56 +216,56 @@ def task_evidence(
     baseline: dict[str, Any] | None,
     num_layers: int | None,
     settings: ReportParams,
+    pretrained: dict[str, Any] | None = None,
 ) -> TaskEvidence:
-    """The non-inferiority of every Telly-K up to ceil(min_depth x L) - 1 against Base, on a task that learns."""
+    """The non-inferiority of every Telly-K up to ceil(min_depth x L) - 1 against Base, on a task where Base
+    beats its no-training baseline; every K in 0..need must have runs."""
     conf = {"level": settings.ci_level, "resamples": settings.bootstrap_resamples, "seed": settings.bootstrap_seed}
     try:
-        by_k, base_line = per_seed_statistics(task, runs, baseline)
+        by_k, base_line, encoder_line = per_seed_statistics(task, runs, baseline, pretrained)
     except TellyError as err:
         return TaskEvidence(task, vd.not_checked(str(err)))
     if None not in by_k or num_layers is None:
         return TaskEvidence(task, vd.not_checked("needs Base runs with per-example test scores (rerun finetune)"))
     need = max(math.ceil(settings.within_base_min_depth * num_layers) - 1, 0)
     out = TaskEvidence(task, vd.not_checked(""), needed_k=need)
+    if encoder_line is not None:
+        out.pretrained = ev.check_learns(task, by_k[None], encoder_line, **conf, what="the pre-trained encoder")
     if base_line is None:
         out.verdict = vd.not_checked("no no-training baseline with per-example scores: run `dvc repro baseline`")
         return out
     out.learns = ev.check_learns(task, by_k[None], base_line, **conf)
     if out.learns.verdict != vd.REPRODUCED:
-        out.verdict = vd.not_checked(f"the task does not learn here: {out.learns.evidence}")
+        out.verdict = vd.not_checked(f"Base does not beat its no-training baseline: {out.learns.evidence}")
         return out
-    ks = sorted(k for k in by_k if k is not None and k <= need)
-    if need not in by_k:
+    have = sorted(k for k in by_k if k is not None)
+    missing = [k for k in range(need + 1) if k not in by_k]
+    if missing:
         out.verdict = vd.not_checked(
-            f"needs Telly-K runs for K = 0..{need}; have K = {sorted(k for k in by_k if k is not None)}"
+            f"needs Telly-K runs for every K = 0..{need}; missing K = {missing} (have K = {have})"
         )
         return out
     # degenerate when nothing separates any two variants run (not only the needed ones)
-    why = ev.degenerate(task, by_k[None], [by_k[k] for k in by_k if k is not None])
+    why = ev.degenerate(task, by_k[None], [by_k[k] for k in have])
     if why:
         out.verdict = vd.not_checked(why)
         return out
-    for k in sorted(k for k in by_k if k is not None):
+    for k in have:
         interval = ev.relative_difference(task, by_k[None], by_k[k], **conf)
         out.per_k[k] = ev.non_inferiority(interval, settings.within_base_tolerance, f"Telly-{k} vs Base")
-    for k in sorted(out.per_k):
+    for k in have:
         if out.per_k[k].verdict != vd.REPRODUCED:
             break
         out.deepest_k = k
-    needed = {k: out.per_k[k] for k in ks}
-    text = "; ".join(
-        f"K={k}: {v.details['interval']['estimate']:+.1f}% [{v.details['interval']['low']:+.1f}, "
-        f"{v.details['interval']['high']:+.1f}] {v.verdict}"
-        for k, v in needed.items()
-    )
-    text += f" (needs K = 0..{need} within {settings.within_base_tolerance:.0%})"
+    needed = {k: out.per_k[k] for k in range(need + 1)}
+    text = _per_k_text(needed, need, settings.within_base_tolerance)
     if any(v.verdict == vd.NOT_REPRODUCED for v in needed.values()):
         out.verdict = vd.Verdict(vd.NOT_REPRODUCED, text)
     elif all(v.verdict == vd.REPRODUCED for v in needed.values()):
         out.verdict = vd.Verdict(vd.REPRODUCED, text)
     else:
-        widest = max(v.details["interval"]["half_width"] for v in needed.values())
-        out.verdict = vd.Verdict(vd.INCONCLUSIVE, text + f"; smallest detectable difference up to ±{widest:.1f}%")
+        widest = max(v.details["power"]["mde"] for v in needed.values())
+        out.verdict = vd.Verdict(vd.INCONCLUSIVE, text + f"; detectable difference (80% power) up to {widest:.1f}%")
     return out
 
 
@@ -242,7 +275,9 @@ def rq3_evidence(inputs: Inputs, settings: ReportParams) -> dict[str, TaskEviden
         return {}
     layers = num_layers([r for runs in main.runs.values() for r in runs])
     return {
-        task: task_evidence(task, runs, inputs.baselines.get(task), layers, settings)
+        task: task_evidence(
+            task, runs, inputs.baselines.get(task), layers, settings, inputs.pretrained_baselines.get(task)
+        )
         for task, runs in main.runs.items()
         if task in MAIN_METRIC
     }
@@ -330,5 +365,6 @@ def check_claims(inputs: Inputs, settings: ReportParams, paper: dict[str, Any]) 
     by_id["semantic_spread"].firmness = "layer weights: mean over probe seeds (no per-seed rule applied)"
     firm_similarity(by_id["lower_layers_preserved"], inputs, preserved)
     firm_similarity(by_id["top_two_change_most"], inputs, vd.top_two_change_most)
+    vacuous_top_two(by_id["top_two_change_most"], inputs)
     firm_rq3(by_id["telly_within_base"])
     return claims

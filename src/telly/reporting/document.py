@@ -9,6 +9,7 @@ from typing import Any
 
 from telly import variants
 from telly.config import Params
+from telly.reporting import evidence as ev
 from telly.reporting import peft, tables
 from telly.reporting.claims import MAIN_METRIC, Claim, probe_peaks
 from telly.reporting.inputs import PROPERTIES, Inputs
@@ -96,9 +97,7 @@ def answers(inputs: Inputs, claims: list[Claim], params: Params) -> str:
         parts = []
         for task, e in rq3_tasks(claims).items():
             if e["learns"] is not None and e["learns"]["verdict"] != REPRODUCED:
-                parts.append(
-                    f"{task}: **does not learn here** (Base does not beat its no-training baseline): no verdict"
-                )
+                parts.append(f"{task}: **Base does not beat its no-training baseline**: no verdict")
             elif not e["per_k"]:
                 parts.append(f"{task}: not checked ({e['evidence']})")
             elif e["deepest_k"] is None:
@@ -113,7 +112,7 @@ def answers(inputs: Inputs, claims: list[Claim], params: Params) -> str:
                 )
         out.append(
             f"**RQ3 — can the bottom layers be frozen?** Telly-K within {s.within_base_tolerance:.0%} of Base "
-            "(non-inferiority, paired bootstrap interval): "
+            "(non-inferiority, paired two-level bootstrap interval over seeds and rows): "
             + "; ".join(parts)
             + f". Claim: {MARK[by_id['telly_within_base'].run.verdict]}.\n"
         )
@@ -123,7 +122,7 @@ def answers(inputs: Inputs, claims: list[Claim], params: Params) -> str:
     loose = [c.id for c in claims if not c.firm and c.run.verdict != NOT_CHECKED]
     out.append(
         "**Which answers are firm.** Firm (the verdict survives the noise this run measures: probe seeds, "
-        f"similarity intervals, paired bootstrap intervals): {', '.join(firm) or 'none'}. "
+        f"similarity intervals, paired two-level bootstrap intervals over seeds and rows): {', '.join(firm) or 'none'}. "
         f"Not firm: {', '.join(loose) or 'none'} (see the claims table).\n"
     )
     return "\n".join(out)
@@ -138,7 +137,7 @@ def _row(runs: list[dict[str, Any]], variant: str) -> dict[str, Any]:
 def claims_section(claims: list[Claim]) -> str:
     rows = [
         [
-            c.text,
+            c.text + (f" (**caveat**: {_escape(c.caveat)})" if c.caveat else ""),
             c.rq,
             MARK[c.run.verdict],
             "yes" if c.firm else ("–" if c.run.verdict == NOT_CHECKED else f"no: {_escape(c.firmness)}"),
@@ -202,36 +201,59 @@ def rq2_section(inputs: Inputs, paper: dict[str, Any], figures: dict[str, Path |
     return "\n".join(filter(None, out))
 
 
-def rq3_evidence(task: str, inputs: Inputs, evidence: dict[str, Any] | None) -> str:
-    """The task's no-training baseline beside Base, and each Telly-K's interval and verdict."""
-    out = []
+def _interval_text(i: dict[str, Any]) -> str:
+    out = f"{i['estimate']:+.4g} [{i['low']:+.4g}, {i['high']:+.4g}] ({i['level']:.0%} {i['method']}, {i['rows']} rows"
+    out += f", seeds {i['seeds'][0]} vs {i['seeds'][1]})"
+    if i.get("rows_only"):
+        out += f"; rows only [{i['rows_only']['low']:+.4g}, {i['rows_only']['high']:+.4g}]"
+    return out
+
+
+def baseline_lines(task: str, inputs: Inputs, evidence: dict[str, Any] | None) -> list[str]:
+    """Base against each no-training baseline of ``task``: the equal-input one (the RQ3 gate) and the others."""
     baseline = inputs.baselines.get(task)
     main = MAIN_METRIC[task]
     if baseline is None:
-        out.append(f"*No-training baseline*: {inputs.missing.get('baselines', 'not run')}.\n")
-    else:
-        learns = (evidence or {}).get("learns")
-        line = f"*No-training baseline* ({baseline.get('method', '?')}): {main} {tables.num(baseline['test'][main], 4)}"
-        if learns:
-            i = learns["interval"]
-            line += (
-                f"; Base − baseline {i['estimate']:+.4g} [{i['low']:+.4g}, {i['high']:+.4g}] "
-                f"({i['level']:.0%} paired bootstrap, {i['rows']} rows): "
-                + (
-                    "Base learns the task."
-                    if learns["verdict"] == REPRODUCED
-                    else "**Base does not beat it: the task does not learn here, and no RQ3 verdict is drawn.**"
-                )
+        return [f"*No-training baseline*: {inputs.missing.get('baselines', 'not run')}.\n"]
+    learns = (evidence or {}).get("learns")
+    line = f"*No-training baseline* ({baseline.get('method', '?')}): {main} {tables.num(baseline['test'][main], 4)}"
+    full = baseline.get("full_input", {}).get("test", {}).get(main)
+    if full is not None:
+        line += f" (on the whole inputs, beyond the model's truncation: {tables.num(full, 4)})"
+    if learns:
+        line += f"; Base − baseline {_interval_text(learns['interval'])}: " + (
+            "Base beats it."
+            if learns["verdict"] == REPRODUCED
+            else "**Base does not beat its no-training baseline: no RQ3 verdict is drawn.**"
+        )
+    out = [line + "\n"]
+    other = (evidence or {}).get("pretrained")
+    pre = inputs.pretrained_baselines.get(task)
+    if pre is not None:
+        line = f"*Pre-trained encoder without fine-tuning* ({pre.get('method', '?')}): {main} "
+        line += tables.num(pre["test"][main], 4)
+        if other:
+            line += f"; Base − it {_interval_text(other['interval'])}: " + (
+                "Base beats it." if other["verdict"] == REPRODUCED else "**Base does not beat it.**"
             )
         out.append(line + "\n")
+    return out
+
+
+def rq3_evidence(task: str, inputs: Inputs, evidence: dict[str, Any] | None) -> str:
+    """The task's no-training baselines beside Base, each Telly-K's intervals and verdict, and the power."""
+    out = baseline_lines(task, inputs, evidence)
+    main = MAIN_METRIC[task]
     if evidence and evidence["per_k"]:
         rows = [
             [
                 variants.label(variants.name(k)),
                 f"{v['interval']['estimate']:+.2f}",
                 f"[{v['interval']['low']:+.2f}, {v['interval']['high']:+.2f}]",
-                f"±{v['interval']['half_width']:.2f}",
-                v["interval"]["method"],
+                f"[{v['interval']['rows_only']['low']:+.2f}, {v['interval']['rows_only']['high']:+.2f}]"
+                if v["interval"].get("rows_only")
+                else "–",
+                f"{v['power']['mde']:.2f}" if v.get("power") else "–",
                 MARK[v["verdict"]] + (" (needed)" if int(k) <= evidence["needed_k"] else ""),
             ]
             for k, v in evidence["per_k"].items()
@@ -239,9 +261,16 @@ def rq3_evidence(task: str, inputs: Inputs, evidence: dict[str, Any] | None) -> 
         out.append(
             f"Non-inferiority of each Telly-K to Base on {main} "
             f"(margin {next(iter(evidence['per_k'].values()))['margin_pct']:+.0f}%): "
-            "relative difference in percent, paired over the test rows, each variant averaged over its seeds.\n"
+            "relative difference in percent, paired over the test rows; the verdict reads the two-level interval "
+            "(each side's seeds, then the rows), the row-only interval (seeds averaged per row) is beside it; "
+            "*detectable* = the smallest difference this design detects with 80% power.\n"
         )
-        out.append(tables.table(["variant", "Δ% vs Base", "interval", "detectable", "method", "verdict"], rows))
+        out.append(
+            tables.table(["variant", "Δ% vs Base", "two-level interval", "rows only", "detectable %", "verdict"], rows)
+        )
+        needed = str(evidence["needed_k"])
+        if needed in evidence["per_k"] and evidence["per_k"][needed].get("power"):
+            out.append(f"Power at K = {needed}: {ev.power_text(evidence['per_k'][needed]['power'])}.\n")
     elif evidence:
         out.append(f"RQ3 verdict: {MARK[evidence['verdict']]}: {_escape(evidence['evidence'])}\n")
     return "\n".join(out)
@@ -308,11 +337,14 @@ def method_section(params: Params) -> str:
 - **Top two change most** (RQ2): for every task, the two least similar hidden states are L-1 and L.
 - **Telly-K within {s.within_base_tolerance:.0%} of Base** (RQ3), a non-inferiority test on the task's main
   test metric ({", ".join(f"{t}: {m}" for t, m in MAIN_METRIC.items())}): the relative difference
-  100 x (Telly-K / Base - 1), each variant's per-example scores averaged over its seeds, gets a
-  {s.ci_level:.0%} paired bootstrap interval over the test rows (scipy, BCa, {s.bootstrap_resamples} resamples;
-  docs/report.md). Reproduced when its lower end is ≥ -{s.within_base_tolerance:.0%}, not reproduced when its upper
-  end is < -{s.within_base_tolerance:.0%}, else inconclusive, with the smallest detectable difference (the
-  interval's half-width). Every Telly-K up to K = ceil({s.within_base_min_depth} x L) - 1 must be reproduced.
+  100 x (Telly-K / Base - 1) gets a {s.ci_level:.0%} paired two-level bootstrap interval: each variant's seeds
+  drawn with replacement, then the test rows, once for both sides ({s.bootstrap_resamples} resamples, percentile;
+  docs/report.md); the row-only interval (seeds averaged per row; scipy, BCa) is shown beside it. Reproduced
+  when the two-level interval's lower end is ≥ -{s.within_base_tolerance:.0%}, not reproduced when its upper
+  end is < -{s.within_base_tolerance:.0%}, else inconclusive, with the smallest difference the design detects
+  at 80% power ((z_(1-α/2) + z_0.8) x the two-level standard error) and the rows and seeds a
+  ±{s.within_base_tolerance:.0%} margin would need. Every Telly-K for K = 0..ceil({s.within_base_min_depth} x L) - 1
+  must have runs and be reproduced.
   A task enters only when Base beats its no-training baseline (interval of Base - baseline above 0);
   a degenerate metric (Base at 0, every variant identical) is not checked. The paper's numbers, without
   per-example scores, get the point rule (≥ (1 - {s.within_base_tolerance}) x Base). Runs with caching are used

@@ -60,6 +60,8 @@ class Inputs:
     regimes: list[Regime] = field(default_factory=list)
     tuning: dict[str, dict[str, Any]] = field(default_factory=dict)
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> the no-training baseline's result
+    # task -> the pre-trained encoder without fine-tuning (<task>.pretrained.json), where the task has one
+    pretrained_baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)  # section -> what is missing and what to run
 
 
@@ -174,15 +176,17 @@ def read_tuning(params: Params) -> tuple[dict[str, dict[str, Any]], str]:
     return found, ""
 
 
-def read_baselines(folder: Path) -> tuple[dict[str, dict[str, Any]], str]:
-    """The no-training baselines (``<task>.json`` with ``<task>.examples.jsonl``) of the ``baseline`` stage."""
+def read_baselines(folder: Path, kind: str = "") -> tuple[dict[str, dict[str, Any]], str]:
+    """The no-training baselines (``<task><kind>.json`` with ``<task><kind>.examples.jsonl``) of the
+    ``baseline`` stage; ``kind`` ``.pretrained``: the pre-trained encoder without fine-tuning."""
     from telly.finetuning.examples import read_examples
 
     found = {}
     for task in TASKS:
-        path = folder / f"{task}.json"
-        if path.exists():
-            found[task] = {**_read_json(path), "examples": read_examples(path)}
+        path = folder / f"{task}{kind}.json"
+        result = _read_json(path) if path.exists() else {}
+        if "test" in result:  # a pre-trained baseline that does not apply to the task has no test scores
+            found[task] = {**result, "examples": read_examples(path)}
     if not found:
         return {}, f"no baselines under {folder}/<task>.json: run `dvc repro baseline`"
     return found, ""
@@ -203,11 +207,11 @@ def read_inputs(params: Params) -> Inputs:
     inputs.tuning, why = read_tuning(params)
     if why:
         inputs.missing["tuning"] = why
-    inputs.baselines, why = read_baselines(
-        Path(params.finetune.baselines_dir) if params.finetune else Path("results/baselines")
-    )
+    folder = Path(params.finetune.baselines_dir) if params.finetune else Path("results/baselines")
+    inputs.baselines, why = read_baselines(folder)
     if why:
         inputs.missing["baselines"] = why
+    inputs.pretrained_baselines, _ = read_baselines(folder, ".pretrained")
     for section, why in inputs.missing.items():
         log.warning("report: %s: %s", section, why)
     return inputs

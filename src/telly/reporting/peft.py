@@ -142,6 +142,8 @@ def compare(a: Point, b: Point) -> str:
         interval = ev.relative_difference(a.task, b.rows, a.rows)  # a relative to b, in %
         text = f"{variants.label(a.variant)} vs {variants.label(b.variant)} {interval.estimate:+.1f}% "
         text += f"[{interval.low:+.1f}, {interval.high:+.1f}]"
+        if interval.rows_only is not None:
+            text += f", rows only [{interval.rows_only.low:+.1f}, {interval.rows_only.high:+.1f}]"
         if interval.low > 0:
             return f"{variants.label(a.variant)} ({text})"
         if interval.high < 0:
@@ -261,7 +263,7 @@ def learns_line(evidence: dict[str, Any] | None) -> str:
         return "Base beats its no-training baseline on this task (RQ3), so these differences are about learning.\n"
     return (
         "**Base does not beat its no-training baseline on this task (RQ3)**: the methods below are compared on "
-        "a task the model does not learn here, so read them as cost figures only.\n"
+        "a task where Base does not beat its no-training baseline, so read them as cost figures only.\n"
     )
 
 
@@ -277,8 +279,8 @@ def section(params: Params, figures_dir: Path, evidence: dict[str, dict[str, Any
         "what the optimiser updates) and against epoch time, with the same accounting for every method "
         "(docs/finetuning.md). Front = Pareto front: no other run is as cheap and at least as good. "
         "*Better* compares each method with the best Base/Telly-K run that fits its budget: the relative "
-        "difference with a paired 95% bootstrap interval over the test rows (seeds pooled, as RQ3's); "
-        "*inconclusive* where the interval holds 0.\n"
+        "difference with a paired 95% two-level bootstrap interval (seeds, then test rows, as RQ3's; the "
+        "row-only interval beside it); *inconclusive* where the two-level interval holds 0.\n"
     )
     tasks = settings.peft.tasks or list(MAIN_METRIC)
     folders = [Path(settings.results_dir), Path(settings.peft.results_dir)]

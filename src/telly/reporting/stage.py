@@ -84,6 +84,7 @@ def claims_json(claims: list[Claim]) -> dict[str, Any]:
             "this_run": c.run.verdict,
             "firm": c.firm,
             "firmness": c.firmness,
+            **({"caveat": c.caveat} if c.caveat else {}),
             "evidence": c.run.evidence,
             **({"per_task": c.run.details["tasks"]} if "tasks" in c.run.details else {}),
             "paper": c.paper.verdict,
