@@ -1,0 +1,308 @@
+"""The ``telly`` launcher and its fork server: heavy stages start from a process that has imported their libraries.
+
+With ``TELLY_FORKSERVER=1``, a stage command (:data:`STAGE_COMMANDS`) is sent over a Unix socket to a daemon that
+imported torch, transformers and MLflow once (:data:`PRELOAD`); it forks a child per command, which takes the
+client's argv, cwd, environment, umask and stdin/stdout/stderr and runs the CLI as a fresh process would, while
+the client waits, forwards SIGINT/SIGTERM and exits with the child's code. One socket per fingerprint of the
+interpreter, ``sys.path``, telly's sources and the environment read at import time; a server idles out after
+``TELLY_FORKSERVER_IDLE`` seconds. Anything that keeps a command from reaching a server runs it here instead.
+This module imports only the standard library, so the client stays cheap.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import gc
+import traceback
+import hashlib
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+# Commands whose start-up is mostly imports (their first words in argv).
+STAGE_COMMANDS = {("finetune",), ("baseline",), ("probe",), ("similarity",), ("tune",), ("report", "paper-regime")}
+# What the server imports before forking: no torch op runs, so no thread pool exists yet. telly's own modules are
+# listed for the libraries they import, then dropped, so each child runs them fresh (cli's console sees its tty).
+PRELOAD = (
+    "torch", "transformers", "transformers.models.roberta.modeling_roberta",
+    "transformers.models.roberta.tokenization_roberta", "transformers.optimization", "peft", "accelerate",
+    "mlflow", "mlflow.tracking.fluent", "mlflow.store.tracking.sqlalchemy_store", "mlflow.tracing.processor.otel",
+    "opentelemetry.sdk.metrics", "sqlalchemy", "sqlalchemy.dialects.sqlite", "alembic", "alembic.command", "git",
+    "scipy.stats", "sympy", "torch._dynamo", "rich.table",
+    "telly.cli", "telly.tracking", "telly.finetuning.stage", "telly.finetuning.train",
+)  # fmt: skip
+# Environment read when libraries are imported or the interpreter starts: a server serves only clients that agree.
+FINGERPRINT_ENV = ("PYTHON", "LANG", "LC_", "LD_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "TORCH", "PYTORCH_",
+                   "CUDA", "OMP_", "MKL_", "OPENBLAS_", "MLFLOW_", "TELLY_")  # fmt: skip
+START_TIMEOUT_S = 300  # importing PRELOAD on a loaded machine
+
+
+def main() -> None:
+    """The ``telly`` command: through a fork server when asked and the command is a stage, else in this process."""
+    argv = sys.argv[1:]
+    words = [w for w in argv if not w.startswith("-")]
+    if os.environ.get("TELLY_FORKSERVER") == "1" and any(tuple(words[: len(c)]) == c for c in STAGE_COMMANDS):
+        code = run_through_server(argv)
+        if code is not None:
+            sys.exit(code)
+    from telly.cli import main as run_here
+
+    run_here()
+
+
+def folder() -> Path:
+    """The sockets' folder: private to this user, or an OSError."""
+    default = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp", f"telly-forkserver-{os.getuid()}")
+    path = Path(os.environ.get("TELLY_FORKSERVER_DIR") or default)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if not os.path.isdir(path) or os.path.islink(path) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise OSError(f"{path}: not a folder of this user's alone (mode 0700)")
+    return path
+
+
+def fingerprint() -> str:
+    """What a server must share with its clients: the interpreter, its flags, sys.path, telly's sources, env."""
+    package = Path(__file__).resolve().parent
+    sources = sorted((str(p.relative_to(package)), p.stat().st_mtime_ns, p.stat().st_size) for p in package.rglob("*.py"))
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(FINGERPRINT_ENV))
+    facts = [sys.executable, sys.version, list(sys.flags), sys._xoptions, sys.path, str(package), sources, env]
+    return hashlib.sha256(json.dumps(facts, default=str).encode()).hexdigest()[:20]
+
+
+def _connect(path: Path) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        return None
+    return sock
+
+
+def _start(path: Path) -> None:
+    """Start a server on ``path`` (double fork, own session, own log) and wait until it listens."""
+    ready_r, ready_w = os.pipe()
+    code = "import sys, json; sys.path[:] = json.loads(sys.argv[1]); from telly.forkserver import serve; serve(*sys.argv[2:])"
+    flags = subprocess._args_from_interpreter_flags()  # as multiprocessing starts its helpers
+    with open(path.with_suffix(".log"), "ab") as log:
+        subprocess.run(
+            [sys.executable, *flags, "-c", code, json.dumps(sys.path), str(path), str(ready_w)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(ready_w,), start_new_session=True, cwd="/",
+            check=True,
+        )  # fmt: skip
+    os.close(ready_w)
+    try:
+        if not select.select([ready_r], [], [], START_TIMEOUT_S)[0] or os.read(ready_r, 2) != b"ok":
+            raise OSError(f"the fork server did not start (see {path.with_suffix('.log')})")
+    finally:
+        os.close(ready_r)
+
+
+def _request(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
+    socket.send_fds(sock, [json.dumps(message).encode() + b"\n"], list(fds))
+
+
+def _lines(sock: socket.socket):
+    buffer = b""
+    while chunk := sock.recv(4096):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            yield json.loads(line)
+
+
+def run_through_server(argv: list[str]) -> int | None:
+    """The command's exit code from a server's child, or None (with one line on stderr) when no server took it."""
+    try:
+        path = folder() / f"{fingerprint()}.sock"
+        sock = _connect(path)
+        if sock is None:
+            with open(path.with_suffix(".lock"), "w") as lock:  # one client starts the server, the others wait
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                sock = _connect(path)
+                if sock is None:
+                    _start(path)
+                    sock = _connect(path)
+        if sock is None:
+            raise OSError(f"{path}: no server answers")
+        umask = os.umask(0)
+        os.umask(umask)
+        main_package = getattr(sys.modules["__main__"], "__package__", None)  # click names the program from it
+        message = {"argv": [sys.argv[0], *argv], "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask,
+                   "main_package": main_package}  # fmt: skip
+        _request(sock, message, [0, 1, 2])
+        replies = _lines(sock)
+        child = next(replies)["pid"]
+    except (OSError, ValueError, KeyError, StopIteration, subprocess.CalledProcessError) as err:
+        print(f"telly: no fork server ({err}); running in this process", file=sys.stderr, flush=True)
+        return None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda number, frame: os.kill(child, number))
+    code = next(replies, {}).get("exit")
+    if code is None:
+        print(f"telly: the fork server ended before its child {child} did", file=sys.stderr)
+        return 1
+    if code < 0:  # killed by a signal: end the same way
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
+def stop_all() -> int:
+    """Ask every server in the folder to stop; how many did."""
+    stopped = 0
+    for path in folder().glob("*.sock"):
+        sock = _connect(path)
+        if sock is not None:
+            with sock:
+                _request(sock, {"stop": True})
+                stopped += next(_lines(sock), {}).get("stopped", False)
+    return stopped
+
+
+def _log(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} server {os.getpid()}: {message}", file=sys.stderr, flush=True)
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+
+
+def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+    while data and not data.endswith(b"\n"):
+        data += conn.recv(1 << 16) or b"\n"
+    return json.loads(data), fds
+
+
+def serve(path: str, ready_fd: str) -> None:
+    """The server: preload, listen on ``path``, fork a child per request; return when idle or asked to stop."""
+    if os.fork():
+        os._exit(0)  # the second fork: the server is no session leader and no child of its client
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # a child imports what is missing itself
+            _log(f"preload {name}: {err!r}")
+    for name in [n for n in sys.modules if n == "telly" or n.startswith("telly.")]:
+        if name != __name__:
+            del sys.modules[name]
+    gc.collect()
+    gc.freeze()  # children's collections skip the preloaded objects, and so do not copy their pages
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    Path(path).unlink(missing_ok=True)  # a dead server's socket: the client holds the start lock
+    listener.bind(path)
+    listener.listen(16)
+    inode, idle = os.stat(path).st_ino, float(os.environ.get("TELLY_FORKSERVER_IDLE", "120"))
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select through wake_w
+    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else "?"
+    _log(f"listening on {path} ({threads} threads, idle timeout {idle:g} s)")
+    os.write(int(ready_fd), b"ok")
+    os.close(int(ready_fd))
+    children: dict[int, socket.socket] = {}
+    last, stop = time.monotonic(), False
+    while not stop and (children or time.monotonic() - last < idle):
+        timeout = None if children else idle - (time.monotonic() - last)
+        ready = select.select([listener, wake_r], [], [], timeout)[0]
+        if wake_r in ready:
+            os.read(wake_r, 512)
+        while children and (reaped := os.waitpid(-1, os.WNOHANG))[0]:
+            code = os.waitstatus_to_exitcode(reaped[1])
+            _log(f"child {reaped[0]} exited {code}")
+            with children.pop(reaped[0]) as conn, contextlib.suppress(OSError):  # a client may be gone
+                conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+            last = time.monotonic()
+        if listener in ready:
+            conn, _ = listener.accept()
+            stop = _accept(conn, children, (listener, wake_r, wake_w))
+            last = time.monotonic()
+    if os.path.exists(path) and os.stat(path).st_ino == inode:
+        os.unlink(path)
+    _log("stopped" if stop else f"idle for {idle:g} s: stopped")
+
+
+def _accept(conn: socket.socket, children: dict[int, socket.socket], own: tuple) -> bool:
+    """Serve one connection: fork a child for a command (True when asked to stop)."""
+    try:
+        conn.settimeout(10)
+        if _peer_uid(conn) != os.getuid():
+            raise PermissionError("a connection from another user")
+        message, fds = _receive(conn)
+        if message.get("stop") or len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            conn.sendall(b'{"stopped": 1}\n' if message.get("stop") else b"{}\n")
+            conn.close()
+            return bool(message.get("stop"))
+        pid = os.fork()
+        if pid == 0:
+            _child(message, fds, [conn, *own, *children.values()])
+        for fd in fds:
+            os.close(fd)
+        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        children[pid] = conn
+        _log(f"ran {message['argv'][1:]} in child {pid}")
+    except (OSError, ValueError, KeyError) as err:
+        _log(f"refused a connection: {err!r}")
+        conn.close()
+    return False
+
+
+def _child(message: dict, fds: list[int], inherited: list) -> None:
+    """Become the client's process (fds, cwd, env, umask, argv), run the CLI and exit as the interpreter would."""
+    signal.set_wakeup_fd(-1)
+    for thing in inherited:
+        if isinstance(thing, int):
+            os.close(thing)
+        else:
+            thing.close()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdout.reconfigure(line_buffering=sys.stdout.isatty())  # as the interpreter sets it for a tty
+    os.chdir(message["cwd"])
+    os.umask(message["umask"])
+    os.environ.clear()
+    os.environ.update(message["env"])
+    sys.argv = message["argv"]
+    sys.modules["__main__"].__package__ = message["main_package"]
+    code, interrupted = 1, False
+    try:
+        from telly.cli import main as run_here
+
+        run_here()
+        code = 0
+    except SystemExit as end:
+        code = end.code if isinstance(end.code, int) else end.code is not None
+        if not isinstance(end.code, int | None):
+            print(end.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        interrupted = True
+    except BaseException:  # never back into the server's loop
+        traceback.print_exc()
+    # The interpreter's exit, less the teardown of the preloaded modules (most of a child's exit time).
+    threading._shutdown()  # non-daemon threads and executors (MLflow's async logging) finish, as at exit
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if interrupted:  # end as the interpreter does on an uncaught Ctrl-C
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(int(code))
