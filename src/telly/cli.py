@@ -378,7 +378,10 @@ def forkserver_stop() -> None:
     """Stop this user's fork servers (each also stops by itself when idle)."""
     from telly.forkserver import stop_all
 
-    print(f"stopped {stop_all()} fork server(s)")
+    try:
+        print(f"stopped {stop_all()} fork server(s)")
+    except OSError as err:
+        raise TellyError(f"telly forkserver stop: {err}") from None
 
 
 def main() -> None:

@@ -1,12 +1,12 @@
 """The ``telly`` launcher and its fork server: heavy stages start from a process that has imported their libraries.
 
-With ``TELLY_FORKSERVER=1``, a stage command (:data:`STAGE_COMMANDS`) is sent over a Unix socket to a daemon that
-imported torch, transformers and MLflow once (:data:`PRELOAD`); it forks a child per command, which takes the
-client's argv, cwd, environment, umask and stdin/stdout/stderr and runs the CLI as a fresh process would, while
-the client waits, forwards SIGINT/SIGTERM and exits with the child's code. One socket per fingerprint of the
-interpreter, ``sys.path``, telly's sources and the environment read at import time; a server idles out after
-``TELLY_FORKSERVER_IDLE`` seconds. Anything that keeps a command from reaching a server runs it here instead.
-This module imports only the standard library, so the client stays cheap.
+With ``TELLY_FORKSERVER=1``, a stage command (:data:`STAGE_COMMANDS`) goes over a Unix socket to a daemon that
+imported torch, transformers and MLflow once (:data:`PRELOAD`). It forks a child per command, which takes the
+client's argv, cwd, environment, umask and stdin/stdout/stderr and runs the CLI as a fresh process would; the
+client forwards SIGINT/SIGTERM to it and exits with its code. One socket per fingerprint of the interpreter,
+``sys.path``, telly's sources and the environment read at import time; a server stops after
+``TELLY_FORKSERVER_IDLE`` seconds (default 120) without work. A command no server takes runs in the client.
+This module imports only the standard library, so that the client stays cheap.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import atexit
 import contextlib
 import fcntl
 import gc
-import traceback
 import hashlib
 import importlib
 import json
@@ -28,32 +27,32 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 # Commands whose start-up is mostly imports (their first words in argv).
 STAGE_COMMANDS = {("finetune",), ("baseline",), ("probe",), ("similarity",), ("tune",), ("report", "paper-regime")}
-# What the server imports before forking: no torch op runs, so no thread pool exists yet. telly's own modules are
-# listed for the libraries they import, then dropped, so each child runs them fresh (cli's console sees its tty).
+# Imported by the server before it forks (TELLY_FORKSERVER_PRELOAD, comma-separated, replaces them); none runs a
+# torch op, so no thread pool exists yet. telly's modules are listed for the libraries they import, then dropped:
+# each child runs them afresh (cli's rich console sees the client's terminal and environment).
 PRELOAD = (
-    "torch", "transformers", "transformers.models.roberta.modeling_roberta",
+    "torch", "torch._dynamo", "sympy", "transformers", "transformers.models.roberta.modeling_roberta",
     "transformers.models.roberta.tokenization_roberta", "transformers.optimization", "peft", "accelerate",
     "mlflow", "mlflow.tracking.fluent", "mlflow.store.tracking.sqlalchemy_store", "mlflow.tracing.processor.otel",
-    "opentelemetry.sdk.metrics", "sqlalchemy", "sqlalchemy.dialects.sqlite", "alembic", "alembic.command", "git",
-    "scipy.stats", "sympy", "torch._dynamo", "rich.table",
-    "telly.cli", "telly.tracking", "telly.finetuning.stage", "telly.finetuning.train",
+    "opentelemetry.sdk.metrics", "sqlalchemy", "sqlalchemy.dialects.sqlite", "alembic.command", "git",
+    "scipy.stats", "rich.table", "telly.cli", "telly.tracking", "telly.finetuning.stage", "telly.finetuning.train",
 )  # fmt: skip
-# Environment read when libraries are imported or the interpreter starts: a server serves only clients that agree.
+# Environment read when the interpreter starts or libraries are imported: a server serves only clients that agree.
 FINGERPRINT_ENV = ("PYTHON", "LANG", "LC_", "LD_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "TORCH", "PYTORCH_",
                    "CUDA", "OMP_", "MKL_", "OPENBLAS_", "MLFLOW_", "TELLY_")  # fmt: skip
 START_TIMEOUT_S = 300  # importing PRELOAD on a loaded machine
 
 
 def main() -> None:
-    """The ``telly`` command: through a fork server when asked and the command is a stage, else in this process."""
-    argv = sys.argv[1:]
-    words = [w for w in argv if not w.startswith("-")]
+    """The ``telly`` command: a stage through a fork server when asked (falling back to this process), else here."""
+    words = [w for w in sys.argv[1:] if not w.startswith("-")]
     if os.environ.get("TELLY_FORKSERVER") == "1" and any(tuple(words[: len(c)]) == c for c in STAGE_COMMANDS):
-        code = run_through_server(argv)
+        code = run_through_server()
         if code is not None:
             sys.exit(code)
     from telly.cli import main as run_here
@@ -62,20 +61,22 @@ def main() -> None:
 
 
 def folder() -> Path:
-    """The sockets' folder: private to this user, or an OSError."""
+    """The sockets' folder (TELLY_FORKSERVER_DIR), private to this user, or an OSError."""
     default = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp", f"telly-forkserver-{os.getuid()}")
     path = Path(os.environ.get("TELLY_FORKSERVER_DIR") or default)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = os.lstat(path)
-    if not os.path.isdir(path) or os.path.islink(path) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+    if path.is_symlink() or not path.is_dir() or st.st_uid != os.getuid() or st.st_mode & 0o077:
         raise OSError(f"{path}: not a folder of this user's alone (mode 0700)")
     return path
 
 
 def fingerprint() -> str:
-    """What a server must share with its clients: the interpreter, its flags, sys.path, telly's sources, env."""
+    """What a server shares with its clients: the interpreter and its flags, sys.path, telly's sources, the env."""
     package = Path(__file__).resolve().parent
-    sources = sorted((str(p.relative_to(package)), p.stat().st_mtime_ns, p.stat().st_size) for p in package.rglob("*.py"))
+    sources = sorted(
+        (str(p.relative_to(package)), p.stat().st_mtime_ns, p.stat().st_size) for p in package.rglob("*.py")
+    )
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith(FINGERPRINT_ENV))
     facts = [sys.executable, sys.version, list(sys.flags), sys._xoptions, sys.path, str(package), sources, env]
     return hashlib.sha256(json.dumps(facts, default=str).encode()).hexdigest()[:20]
@@ -92,10 +93,10 @@ def _connect(path: Path) -> socket.socket | None:
 
 
 def _start(path: Path) -> None:
-    """Start a server on ``path`` (double fork, own session, own log) and wait until it listens."""
+    """Start a server on ``path`` (own session, double fork, own log) and wait until it listens."""
     ready_r, ready_w = os.pipe()
     code = "import sys, json; sys.path[:] = json.loads(sys.argv[1]); from telly.forkserver import serve; serve(*sys.argv[2:])"
-    flags = subprocess._args_from_interpreter_flags()  # as multiprocessing starts its helpers
+    flags = subprocess._args_from_interpreter_flags()  # -X, -W, -O...: as multiprocessing starts its helpers
     with open(path.with_suffix(".log"), "ab") as log:
         subprocess.run(
             [sys.executable, *flags, "-c", code, json.dumps(sys.path), str(path), str(ready_w)],
@@ -103,36 +104,24 @@ def _start(path: Path) -> None:
             check=True,
         )  # fmt: skip
     os.close(ready_w)
-    try:
-        if not select.select([ready_r], [], [], START_TIMEOUT_S)[0] or os.read(ready_r, 2) != b"ok":
+    with open(ready_r, "rb") as ready:  # "ok" once it listens; nothing if it died
+        if not select.select([ready], [], [], START_TIMEOUT_S)[0] or ready.read(2) != b"ok":
             raise OSError(f"the fork server did not start (see {path.with_suffix('.log')})")
-    finally:
-        os.close(ready_r)
 
 
-def _request(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
+def _send(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
     socket.send_fds(sock, [json.dumps(message).encode() + b"\n"], list(fds))
 
 
-def _lines(sock: socket.socket):
-    buffer = b""
-    while chunk := sock.recv(4096):
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            yield json.loads(line)
-
-
-def run_through_server(argv: list[str]) -> int | None:
-    """The command's exit code from a server's child, or None (with one line on stderr) when no server took it."""
+def run_through_server() -> int | None:
+    """The command's exit code from a server's child, or None (and one line on stderr) when no server took it."""
     try:
         path = folder() / f"{fingerprint()}.sock"
         sock = _connect(path)
         if sock is None:
             with open(path.with_suffix(".lock"), "w") as lock:  # one client starts the server, the others wait
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                sock = _connect(path)
-                if sock is None:
+                if (sock := _connect(path)) is None:
                     _start(path)
                     sock = _connect(path)
         if sock is None:
@@ -140,35 +129,33 @@ def run_through_server(argv: list[str]) -> int | None:
         umask = os.umask(0)
         os.umask(umask)
         main_package = getattr(sys.modules["__main__"], "__package__", None)  # click names the program from it
-        message = {"argv": [sys.argv[0], *argv], "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask,
-                   "main_package": main_package}  # fmt: skip
-        _request(sock, message, [0, 1, 2])
-        replies = _lines(sock)
-        child = next(replies)["pid"]
-    except (OSError, ValueError, KeyError, StopIteration, subprocess.CalledProcessError) as err:
+        message = {"argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask, "main": main_package}
+        _send(sock, message, [0, 1, 2])
+        replies = sock.makefile("rb")
+        child = json.loads(replies.readline())["pid"]
+    except (OSError, ValueError, KeyError, TypeError, subprocess.CalledProcessError) as err:
         print(f"telly: no fork server ({err}); running in this process", file=sys.stderr, flush=True)
         return None
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda number, frame: os.kill(child, number))
-    code = next(replies, {}).get("exit")
+    code = json.loads(replies.readline() or "{}").get("exit")
     if code is None:
         print(f"telly: the fork server ended before its child {child} did", file=sys.stderr)
         return 1
-    if code < 0:  # killed by a signal: end the same way
+    if code < 0:  # the child was killed by a signal: end the same way
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     return code
 
 
 def stop_all() -> int:
-    """Ask every server in the folder to stop; how many did."""
+    """Ask every server in the folder to stop (each finishes its running commands); how many were asked."""
     stopped = 0
     for path in folder().glob("*.sock"):
-        sock = _connect(path)
-        if sock is not None:
+        if (sock := _connect(path)) is not None:
             with sock:
-                _request(sock, {"stop": True})
-                stopped += next(_lines(sock), {}).get("stopped", False)
+                _send(sock, {"stop": True})
+                stopped += sock.recv(16).startswith(b'{"stopped"')
     return stopped
 
 
@@ -176,77 +163,72 @@ def _log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} server {os.getpid()}: {message}", file=sys.stderr, flush=True)
 
 
-def _peer_uid(conn: socket.socket) -> int:
-    return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
-
-
-def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
-    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
-    while data and not data.endswith(b"\n"):
-        data += conn.recv(1 << 16) or b"\n"
-    return json.loads(data), fds
-
-
 def serve(path: str, ready_fd: str) -> None:
-    """The server: preload, listen on ``path``, fork a child per request; return when idle or asked to stop."""
+    """The server: preload, listen on ``path``, fork a child per command; return when idle or asked to stop."""
     if os.fork():
-        os._exit(0)  # the second fork: the server is no session leader and no child of its client
-    for name in PRELOAD:
+        os._exit(0)  # the second fork: the server is no session leader, and no child of its client
+    names = os.environ.get("TELLY_FORKSERVER_PRELOAD")
+    for name in PRELOAD if names is None else filter(None, names.split(",")):
         try:
             importlib.import_module(name)
-        except Exception as err:  # a child imports what is missing itself
+        except Exception as err:  # a child imports it itself
             _log(f"preload {name}: {err!r}")
-    for name in [n for n in sys.modules if n == "telly" or n.startswith("telly.")]:
-        if name != __name__:
-            del sys.modules[name]
+    for name in [n for n in sys.modules if n.partition(".")[0] == "telly" and n != __name__]:
+        del sys.modules[name]
     gc.collect()
-    gc.freeze()  # children's collections skip the preloaded objects, and so do not copy their pages
+    gc.freeze()  # children's collections skip the preloaded objects, so they do not copy those pages
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    Path(path).unlink(missing_ok=True)  # a dead server's socket: the client holds the start lock
+    Path(path).unlink(missing_ok=True)  # a dead server's socket (the starting client holds the lock)
     listener.bind(path)
     listener.listen(16)
     inode, idle = os.stat(path).st_ino, float(os.environ.get("TELLY_FORKSERVER_IDLE", "120"))
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select through wake_w
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a Python handler, so that SIGCHLD wakes select through wake_w
     threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else "?"
-    _log(f"listening on {path} ({threads} threads, idle timeout {idle:g} s)")
+    _log(f"listening on {path} ({threads} threads: jemalloc's is fork-safe; idle timeout {idle:g} s)")
     os.write(int(ready_fd), b"ok")
     os.close(int(ready_fd))
     children: dict[int, socket.socket] = {}
     last, stop = time.monotonic(), False
-    while not stop and (children or time.monotonic() - last < idle):
+    while children or (not stop and time.monotonic() - last < idle):
         timeout = None if children else idle - (time.monotonic() - last)
-        ready = select.select([listener, wake_r], [], [], timeout)[0]
+        ready = select.select([wake_r] if stop else [listener, wake_r], [], [], timeout)[0]
         if wake_r in ready:
             os.read(wake_r, 512)
         while children and (reaped := os.waitpid(-1, os.WNOHANG))[0]:
             code = os.waitstatus_to_exitcode(reaped[1])
             _log(f"child {reaped[0]} exited {code}")
-            with children.pop(reaped[0]) as conn, contextlib.suppress(OSError):  # a client may be gone
+            with children.pop(reaped[0]) as conn, contextlib.suppress(OSError):  # its client may be gone
                 conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
             last = time.monotonic()
         if listener in ready:
-            conn, _ = listener.accept()
-            stop = _accept(conn, children, (listener, wake_r, wake_w))
+            stop = _accept(listener.accept()[0], children, (listener, wake_r, wake_w))
             last = time.monotonic()
-    if os.path.exists(path) and os.stat(path).st_ino == inode:
-        os.unlink(path)
+            if stop:
+                os.unlink(path)  # new clients start another server while this one finishes its commands
+    with contextlib.suppress(FileNotFoundError):
+        if not stop and os.stat(path).st_ino == inode:  # still this server's socket
+            os.unlink(path)
     _log("stopped" if stop else f"idle for {idle:g} s: stopped")
 
 
 def _accept(conn: socket.socket, children: dict[int, socket.socket], own: tuple) -> bool:
-    """Serve one connection: fork a child for a command (True when asked to stop)."""
+    """Serve one connection: fork a child for a command; True when asked to stop."""
     try:
         conn.settimeout(10)
-        if _peer_uid(conn) != os.getuid():
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        if struct.unpack("3i", creds)[1] != os.getuid():
             raise PermissionError("a connection from another user")
-        message, fds = _receive(conn)
+        data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+        while data and not data.endswith(b"\n"):
+            data += conn.recv(1 << 16) or b"\n"
+        message = json.loads(data)
         if message.get("stop") or len(fds) != 3:
             for fd in fds:
                 os.close(fd)
-            conn.sendall(b'{"stopped": 1}\n' if message.get("stop") else b"{}\n")
+            conn.sendall(b'{"stopped": true}\n' if message.get("stop") else b"{}\n")
             conn.close()
             return bool(message.get("stop"))
         pid = os.fork()
@@ -264,24 +246,21 @@ def _accept(conn: socket.socket, children: dict[int, socket.socket], own: tuple)
 
 
 def _child(message: dict, fds: list[int], inherited: list) -> None:
-    """Become the client's process (fds, cwd, env, umask, argv), run the CLI and exit as the interpreter would."""
+    """Become the client's process (stdio, cwd, env, umask, argv), run the CLI, exit as the interpreter would."""
     signal.set_wakeup_fd(-1)
-    for thing in inherited:
-        if isinstance(thing, int):
-            os.close(thing)
-        else:
-            thing.close()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for thing in inherited:
+        os.close(thing) if isinstance(thing, int) else thing.close()
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
-    sys.stdout.reconfigure(line_buffering=sys.stdout.isatty())  # as the interpreter sets it for a tty
+    sys.stdout.reconfigure(line_buffering=sys.stdout.isatty())  # as the interpreter sets it up
     os.chdir(message["cwd"])
     os.umask(message["umask"])
     os.environ.clear()
     os.environ.update(message["env"])
     sys.argv = message["argv"]
-    sys.modules["__main__"].__package__ = message["main_package"]
+    sys.modules["__main__"].__package__ = message["main"]
     code, interrupted = 1, False
     try:
         from telly.cli import main as run_here
@@ -289,7 +268,7 @@ def _child(message: dict, fds: list[int], inherited: list) -> None:
         run_here()
         code = 0
     except SystemExit as end:
-        code = end.code if isinstance(end.code, int) else end.code is not None
+        code = end.code if isinstance(end.code, int) else int(end.code is not None)
         if not isinstance(end.code, int | None):
             print(end.code, file=sys.stderr)
     except KeyboardInterrupt:
@@ -305,4 +284,4 @@ def _child(message: dict, fds: list[int], inherited: list) -> None:
     if interrupted:  # end as the interpreter does on an uncaught Ctrl-C
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
-    os._exit(int(code))
+    os._exit(code)
