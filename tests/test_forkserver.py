@@ -6,7 +6,6 @@ servers at the end. Which server ran a command is read from the server's log (it
 
 from __future__ import annotations
 
-import filecmp
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from finetune_fixture import make_setup
 
 REPO = Path(__file__).resolve().parents[1]
