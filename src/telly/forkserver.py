@@ -1,12 +1,8 @@
-"""The ``telly`` launcher and its fork server: heavy stages start from a process that has imported their libraries.
+"""The ``telly`` launcher and its fork server: stages start from a process that has imported their libraries.
 
-With ``TELLY_FORKSERVER=1``, a stage command (:data:`STAGE_COMMANDS`) goes over a Unix socket to a daemon that
-imported torch, transformers and MLflow once (:data:`PRELOAD`). It forks a child per command, which takes the
-client's argv, cwd, environment, umask and stdin/stdout/stderr and runs the CLI as a fresh process would; the
-client forwards SIGINT/SIGTERM to it and exits with its code. One socket per fingerprint of the interpreter,
-``sys.path``, telly's sources and the environment read at import time; a server stops after
-``TELLY_FORKSERVER_IDLE`` seconds (default 120) without work. A command no server takes runs in the client.
-This module imports only the standard library, so that the client stays cheap.
+With ``TELLY_FORKSERVER=1`` a stage command goes over a Unix socket to a daemon that imported torch, transformers
+and MLflow once; its child per command takes the client's argv, cwd, environment, umask and stdio and runs the CLI
+as a fresh process would. Only the standard library here, so that the client stays cheap (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -126,10 +122,9 @@ def run_through_server() -> int | None:
                     sock = _connect(path)
         if sock is None:
             raise OSError(f"{path}: no server answers")
-        umask = os.umask(0)
-        os.umask(umask)
-        main_package = getattr(sys.modules["__main__"], "__package__", None)  # click names the program from it
-        message = {"argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask, "main": main_package}
+        os.umask(umask := os.umask(0))
+        main = getattr(sys.modules["__main__"], "__package__", None)  # click names the program after it
+        message = {"argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": umask, "main": main}
         _send(sock, message, [0, 1, 2])
         replies = sock.makefile("rb")
         child = json.loads(replies.readline())["pid"]
@@ -182,12 +177,10 @@ def serve(path: str, ready_fd: str) -> None:
     listener.bind(path)
     listener.listen(16)
     inode, idle = os.stat(path).st_ino, float(os.environ.get("TELLY_FORKSERVER_IDLE", "120"))
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a Python handler, so that SIGCHLD wakes select through wake_w
-    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else "?"
-    _log(f"listening on {path} ({threads} threads: jemalloc's is fork-safe; idle timeout {idle:g} s)")
+    _log(f"listening on {path} ({len(os.listdir('/proc/self/task'))} threads; idle timeout {idle:g} s)")
     os.write(int(ready_fd), b"ok")
     os.close(int(ready_fd))
     children: dict[int, socket.socket] = {}
@@ -225,12 +218,12 @@ def _accept(conn: socket.socket, children: dict[int, socket.socket], own: tuple)
         while data and not data.endswith(b"\n"):
             data += conn.recv(1 << 16) or b"\n"
         message = json.loads(data)
-        if message.get("stop") or len(fds) != 3:
-            for fd in fds:
-                os.close(fd)
-            conn.sendall(b'{"stopped": true}\n' if message.get("stop") else b"{}\n")
+        if message.get("stop"):
+            conn.sendall(b'{"stopped": true}\n')
             conn.close()
-            return bool(message.get("stop"))
+            return True
+        if len(fds) != 3:
+            raise ValueError(f"{len(fds)} file descriptors, not stdin, stdout and stderr")
         pid = os.fork()
         if pid == 0:
             _child(message, fds, [conn, *own, *children.values()])
@@ -261,7 +254,7 @@ def _child(message: dict, fds: list[int], inherited: list) -> None:
     os.environ.update(message["env"])
     sys.argv = message["argv"]
     sys.modules["__main__"].__package__ = message["main"]
-    code, interrupted = 1, False
+    code = 1
     try:
         from telly.cli import main as run_here
 
@@ -271,17 +264,12 @@ def _child(message: dict, fds: list[int], inherited: list) -> None:
         code = end.code if isinstance(end.code, int) else int(end.code is not None)
         if not isinstance(end.code, int | None):
             print(end.code, file=sys.stderr)
-    except KeyboardInterrupt:
+    except BaseException as err:  # never back into the server's loop
         traceback.print_exc()
-        interrupted = True
-    except BaseException:  # never back into the server's loop
-        traceback.print_exc()
+        code = 128 + signal.SIGINT if isinstance(err, KeyboardInterrupt) else 1  # the shell's code for Ctrl-C
     # The interpreter's exit, less the teardown of the preloaded modules (most of a child's exit time).
     threading._shutdown()  # non-daemon threads and executors (MLflow's async logging) finish, as at exit
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
-    if interrupted:  # end as the interpreter does on an uncaught Ctrl-C
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
     os._exit(code)
