@@ -76,6 +76,7 @@ def _drop_timings(value):
     return [_drop_timings(v) for v in value] if isinstance(value, list) else value
 
 
+@pytest.mark.slow
 def test_a_stage_run_by_the_server_writes_what_its_own_process_writes(tmp_path, env, raw_params):
     """The same files as a normal run; later commands served by the same server, with their own env, cwd, codes."""
     root, alone_root = tmp_path / "project", tmp_path / "alone"

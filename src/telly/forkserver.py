@@ -29,8 +29,8 @@ from pathlib import Path
 # Commands whose start-up is mostly imports (their first words in argv).
 STAGE_COMMANDS = {("finetune",), ("baseline",), ("probe",), ("similarity",), ("tune",), ("report", "paper-regime")}
 # Imported by the server before it forks (TELLY_FORKSERVER_PRELOAD, comma-separated, replaces them); none runs a
-# torch op, so no thread pool exists yet. telly's modules are listed for the libraries they import, then dropped:
-# each child runs them afresh (cli's rich console sees the client's terminal and environment).
+# torch op, so no thread pool exists yet (pyarrow's jemalloc thread has fork handlers). telly's modules are listed
+# for the libraries they import, then dropped: each child runs them afresh (cli's console sees the client's tty).
 PRELOAD = (
     "torch", "torch._dynamo", "sympy", "transformers", "transformers.models.roberta.modeling_roberta",
     "transformers.models.roberta.tokenization_roberta", "transformers.optimization", "peft", "accelerate",
@@ -80,12 +80,11 @@ def fingerprint() -> str:
 
 def _connect(path: Path) -> socket.socket | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
+    with contextlib.suppress(FileNotFoundError, ConnectionRefusedError):
         sock.connect(str(path))
-    except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
-        return None
-    return sock
+        return sock
+    sock.close()
+    return None
 
 
 def _start(path: Path) -> None:
