@@ -42,8 +42,9 @@ data: setup
 	@if [ -n "$$($(BIN)/dvc remote list)" ]; then $(BIN)/dvc pull data.dvc; \
 	else $(BIN)/telly data fetch; fi
 
+# stages start from a fork server that has imported their libraries (src/telly/forkserver.py)
 repro: data
-	$(BIN)/dvc repro
+	TELLY_FORKSERVER=1 $(BIN)/dvc repro
 
 ui: setup
 	$(BIN)/telly ui

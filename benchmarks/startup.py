@@ -6,11 +6,13 @@ Builds a stand-in of the default profile in a temp folder (a 6 x 128 RoBERTa as 
 makes, 64/16/16 rows of each task from the tests' fixtures; params.yaml otherwise), runs the
 stage once to warm what a pipeline has warm (MLflow's database, the token store, the frozen-prefix
 cache), then times each figure ``--repeats`` times (median wall and CPU seconds): ``python -c "import torch"`` (the
-floor), ``telly --help``, launch to the first optimiser step (a torch optimiser hook ends the
-process there) and the whole stage on these tiny splits. ``--src`` (repeatable) times other checkouts'
-``src`` too (a "before"), the runs interleaved. Prints Markdown rows for docs/benchmarks.md, with the load average.
+floor), ``telly --help``, launch to the first optimiser step (a torch optimiser hook, installed by a
+``sitecustomize`` when torch is imported, ends the process there) and the whole stage on these tiny splits.
+``--src`` (repeatable) times other checkouts' ``src`` too (a "before"), the runs interleaved; ``--forkserver`` times
+the stage commands through a warm fork server too (TELLY_FORKSERVER=1). Prints Markdown rows for
+docs/benchmarks.md, with the load average.
 
-    python benchmarks/startup.py [--repeats 3] [--src /other/checkout/src --src src] [--task code_search --variant telly-1]
+    python benchmarks/startup.py [--repeats 3] [--src /other/checkout/src --src src] [--forkserver]
 """
 
 from __future__ import annotations
@@ -31,18 +33,33 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-# Runs ``telly`` and ends the process at the first optimiser step, printing the seconds since launch.
-FIRST_STEP = """
-import os, runpy, sys, time
-import torch.optim.optimizer as optimizer
+# On PYTHONPATH: when torch's optimiser module is imported (in the stage, or in a fork server before it forks),
+# hook its first step to print the seconds since launch and end the process there.
+SITECUSTOMIZE = """
+import importlib.util, os, sys, time
+
+class FirstStep:
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch.optim.optimizer":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        exec_module = spec.loader.exec_module
+
+        def exec_and_hook(module):
+            exec_module(module)
+            module.register_optimizer_step_pre_hook(first_step)
+
+        spec.loader.exec_module = exec_and_hook
+        return spec
 
 def first_step(*args):
+    if "FIRST_STEP" not in os.environ:  # read in the process that trains: a fork server's child has its client's
+        return
     print(f"FIRST_STEP {time.time() - float(os.environ['LAUNCHED']):.3f}", flush=True)
     os._exit(0)
 
-optimizer.register_optimizer_step_pre_hook(first_step)
-sys.argv = ["telly", *sys.argv[1:]]
-runpy.run_module("telly", run_name="__main__")
+sys.meta_path.insert(0, FirstStep())
 """
 
 
@@ -110,36 +127,50 @@ def main() -> None:
     )
     ap.add_argument("--task", default="code_search")
     ap.add_argument("--variant", default="telly-1")
+    ap.add_argument("--forkserver", action="store_true", help="also through a warm fork server (TELLY_FORKSERVER=1)")
     args = ap.parse_args()
     sources = [s.resolve() for s in args.src or [ROOT / "src"]]
     threads = os.environ.get("OMP_NUM_THREADS", "1")
-    envs = {src: {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": threads} for src in sources}
     py = sys.executable
-    figures: dict[Path, dict[str, list[tuple[float, float]]]] = {src: {key: [] for key in LABELS} for src in sources}
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        (root / "site").mkdir()
+        (root / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        ways = {}  # how a command is run -> its environment
+        for src in sources:
+            env = {**os.environ, "PYTHONPATH": f"{root / 'site'}{os.pathsep}{src}", "OMP_NUM_THREADS": threads}
+            ways[str(src)] = {**env, "TELLY_FORKSERVER": "0"}
+            if args.forkserver:
+                ways[f"{src} through the fork server"] = {
+                    **env, "TELLY_FORKSERVER": "1", "TELLY_FORKSERVER_DIR": str(root / "fs")
+                }  # fmt: skip
+        figures: dict[str, dict[str, list[tuple[float, float]]]] = {way: {key: [] for key in LABELS} for way in ways}
         params = make_project(root)
         stage = ["finetune", "--task", args.task, "--variant", args.variant, "--params", str(params)]
-        timed([py, "-m", "telly", *stage], root, envs[sources[0]])  # warm: MLflow's database, token store, cache
-        clear_outputs(root)
+        for env in ways.values():  # warm: MLflow's database, token store, cache; a started fork server
+            timed([py, "-m", "telly", *stage], root, env)
+            clear_outputs(root)
         for _ in range(args.repeats):
-            for src in sources:  # interleaved: a shared machine's load falls on each alike
-                env, got = envs[src], figures[src]
+            for way, env in ways.items():  # interleaved: a shared machine's load falls on each alike
+                got = figures[way]
                 got["import torch"].append(timed([py, "-c", "import torch"], root, env)[:2])
                 got["telly --help"].append(timed([py, "-m", "telly", "--help"], root, env)[:2])
-                _, cpu, stdout = timed([py, "-c", FIRST_STEP, *stage], root, env)
+                _, cpu, stdout = timed([py, "-m", "telly", *stage], root, {**env, "FIRST_STEP": "1"})
                 got["first step"].append((first_step_seconds(stdout), cpu))
                 clear_outputs(root)
                 got["whole"].append(timed([py, "-m", "telly", *stage], root, env)[:2])
                 clear_outputs(root)
             loads.append(os.getloadavg()[0])
+        if args.forkserver:
+            timed([py, "-m", "telly", "forkserver", "stop"], root, ways[f"{sources[0]} through the fork server"])
     print(f"{args.task}/{args.variant}; median of {args.repeats}; 1-min load {', '.join(f'{x:.2f}' for x in loads)}")
-    for src in sources:
-        print(f"\n{src}\n\n| figure | median wall s | median CPU s | runs: wall / CPU s |\n|---|---|---|---|")
+    for way in ways:
+        cpu = "CPU s of the client alone" if way.endswith("fork server") else "CPU s"
+        print(f"\n{way}\n\n| figure | median wall s | median {cpu} | runs: wall / CPU s |\n|---|---|---|---|")
         for key, label in LABELS.items():
-            walls, cpus = zip(*figures[src][key])
-            runs = ", ".join(f"{w:.2f} / {c:.2f}" for w, c in figures[src][key])
+            walls, cpus = zip(*figures[way][key])
+            runs = ", ".join(f"{w:.2f} / {c:.2f}" for w, c in figures[way][key])
             label = label.format(task=args.task, variant=args.variant)
             print(f"| {label} | {statistics.median(walls):.2f} | {statistics.median(cpus):.2f} | {runs} |")
 

@@ -41,8 +41,16 @@ ENTRY = {
     "finetune-paper-regime": "telly.finetuning.regime",
     "report": "telly.reporting.stage",
 }
-# Validation, errors, logging and the command line: they decide no output.
-PLUMBING = {"telly", "telly.__main__", "telly.cli", "telly.config", "telly.errors", "telly.tracking"}
+# Validation, errors, logging, the command line and its launcher (the fork server): they decide no output.
+PLUMBING = {
+    "telly",
+    "telly.__main__",
+    "telly.forkserver",
+    "telly.cli",
+    "telly.config",
+    "telly.errors",
+    "telly.tracking",
+}
 # params a module reads that decide no output (where MLflow logs)
 UNTRACKED_PARAMS = {"tracking"}
 

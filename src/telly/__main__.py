@@ -1,3 +1,3 @@
-from telly.cli import main
+from telly.forkserver import main
 
 main()

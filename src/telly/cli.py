@@ -377,7 +377,25 @@ def params_compose(
         console.print(f"{out}: the settings of {profile}")
 
 
+forkserver_app = typer.Typer(
+    no_args_is_help=True, help="Stage commands started from a process with their libraries loaded (TELLY_FORKSERVER=1)."
+)
+app.add_typer(forkserver_app, name="forkserver")
+
+
+@forkserver_app.command("stop")
+def forkserver_stop() -> None:
+    """Stop this user's fork servers (each also stops by itself when idle)."""
+    from telly.forkserver import stop_all
+
+    try:
+        print(f"stopped {stop_all()} fork server(s)")
+    except OSError as err:
+        raise TellyError(f"telly forkserver stop: {err}") from None
+
+
 def main() -> None:
+    """Run the command in this process (``telly.forkserver.main`` is the ``telly`` launcher)."""
     try:
         app()
     except TellyError as err:
