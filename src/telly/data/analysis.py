@@ -316,11 +316,7 @@ def clean_code(code: str, lang: str = "python", *, docstring: bool = True, comme
         chars[start : start + len(replacement)] = list(replacement)
         touched.update(range(line_of(start), line_of(max(end - 1, start)) + 1))
     lines = "".join(chars).split("\n")
-    kept = [
-        line.rstrip() if i in touched else line
-        for i, line in enumerate(lines)
-        if i not in touched or line.strip()
-    ]
+    kept = [line.rstrip() if i in touched else line for i, line in enumerate(lines) if i not in touched or line.strip()]
     cleaned = "\n".join(kept)
     parse(cleaned, lang)  # the cut must leave valid code
     return cleaned

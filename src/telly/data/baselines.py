@@ -32,9 +32,13 @@ def tokens(code: str) -> list[str]:
     return TOKEN.findall(code)
 
 
-def token_sets(codes: Sequence[str], vocabulary: dict[str, int] | None = None) -> tuple[sparse.csr_matrix, dict[str, int]]:
+def token_sets(
+    codes: Sequence[str], vocabulary: dict[str, int] | None = None
+) -> tuple[sparse.csr_matrix, dict[str, int]]:
     """Binary function x token matrix (and its vocabulary; pass it back to encode more codes alike)."""
-    vectorizer = CountVectorizer(tokenizer=tokens, token_pattern=None, lowercase=False, binary=True, vocabulary=vocabulary)
+    vectorizer = CountVectorizer(
+        tokenizer=tokens, token_pattern=None, lowercase=False, binary=True, vocabulary=vocabulary
+    )
     matrix = vectorizer.fit_transform(codes) if vocabulary is None else vectorizer.transform(codes)
     return sparse.csr_matrix(matrix, dtype=np.float32), dict(vectorizer.vocabulary_)
 

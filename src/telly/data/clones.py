@@ -96,7 +96,9 @@ def rewrite_mined(
     for n in range(1, (1 + variants) * 3):  # a few tries: a variant must differ from all members
         if len(members) > variants:
             break
-        code = rewrites.make_variant(copies[n % len(copies)], rng, min_rewrites=min_rewrites, max_rewrites=max_rewrites).code
+        code = rewrites.make_variant(
+            copies[n % len(copies)], rng, min_rewrites=min_rewrites, max_rewrites=max_rewrites
+        ).code
         if code not in members:
             members.append(code)
     return CloneClass(clone_class.ids, clone_class.repos, clone_class.name, members, clone_class.kind)

@@ -295,7 +295,9 @@ def prepare(params: Params) -> dict[str, Any]:
     rows = deduplicate(rows, counts)
     sizes = Counter(r["repo"] for r in rows)
     if len(sizes) < 3:
-        raise TellyError(f"{raw}: {len(sizes)} project(s) with usable functions; at least 3 are needed to split by project")
+        raise TellyError(
+            f"{raw}: {len(sizes)} project(s) with usable functions; at least 3 are needed to split by project"
+        )
     assignment = assign_splits(dict(sizes), cfg)
     by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for r in rows:
@@ -309,8 +311,12 @@ def prepare(params: Params) -> dict[str, Any]:
         "functions": {s: len(v) for s, v in by_split.items()},
         "projects": {s: sorted({r["repo"] for r in v}) for s, v in by_split.items()},
         "per_project": {
-            p: {"split": assignment[p], "functions": sizes[p], "version": projects[p].get("version", ""),
-                "license": projects[p].get("license", "unknown")}
+            p: {
+                "split": assignment[p],
+                "functions": sizes[p],
+                "version": projects[p].get("version", ""),
+                "license": projects[p].get("license", "unknown"),
+            }
             for p in sorted(sizes)
         },  # fmt: skip
         "counts": vars(counts),

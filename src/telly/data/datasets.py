@@ -35,8 +35,8 @@ from rich.console import Console
 from rich.table import Table
 
 from telly.config import CloneParams, ConfigError, Params, RealData, TaskSet, TasksParams
-from telly.errors import TellyError
 from telly.data import analysis, baselines, clones, loaders, mutants, rewrites
+from telly.errors import TellyError
 from telly.jsonl import iter_jsonl, write_json, write_jsonl
 from telly.probing.properties import PROPERTIES, ProbingProperty
 from telly.registry import named
@@ -194,7 +194,11 @@ def semantic(fns: Functions, size: int | None, p: TasksParams, split: str, earli
     mined_rng = random.Random(f"{p.seed}:semantic-mined:{split}")
     found = [
         clones.rewrite_mined(
-            c, p.clones.semantic_variants, mined_rng, min_rewrites=p.clones.min_rewrites, max_rewrites=p.clones.max_rewrites
+            c,
+            p.clones.semantic_variants,
+            mined_rng,
+            min_rewrites=p.clones.min_rewrites,
+            max_rewrites=p.clones.max_rewrites,
         )
         for c in _mined(fns, n_classes, p, f"semantic:{split}")
     ]
@@ -420,7 +424,13 @@ class _Pairs:
             if j is None:
                 return None
             other_id, theirs, kind = self.pool[j].ids[0], self.rng.choice(self.pool[j].members), "random"
-        return {"id": f"{self.pool[i].ids[0]}-{other_id}", "code1": self.queries[i], "code2": theirs, "label": 0, "kind": kind}
+        return {
+            "id": f"{self.pool[i].ids[0]}-{other_id}",
+            "code1": self.queries[i],
+            "code2": theirs,
+            "label": 0,
+            "kind": kind,
+        }
 
     def random_other(self, i: int) -> int | None:
         """A class of another project whose code is not near-identical (five tries), or None."""
@@ -441,7 +451,9 @@ def _hard_negatives(fns: Functions, pairs: _Pairs, min_statements: int) -> tuple
     for kind in ("neighbour_same_project", "neighbour_other_project"):
         asked = [i for i, k in enumerate(pairs.kinds) if k == kind]
         found = clones.token_neighbours(
-            [(pairs.queries[i], pairs.pool[i]) for i in asked], candidates, same_project=kind == "neighbour_same_project"
+            [(pairs.queries[i], pairs.pool[i]) for i in asked],
+            candidates,
+            same_project=kind == "neighbour_same_project",
         )
         neighbours.update(zip(asked, found))
     return candidates, neighbours
@@ -646,7 +658,9 @@ def print_table(metrics: dict, console: Console | None = None) -> None:
     for group in ("probing", "tasks"):
         for name, splits in metrics[group].items():
             shares = splits.get("test", {}).get("balance", {})
-            text = ", ".join(f"{k} {v:.0%}" if isinstance(v, float) and v <= 1 else f"{k} {v}" for k, v in shares.items())
+            text = ", ".join(
+                f"{k} {v:.0%}" if isinstance(v, float) and v <= 1 else f"{k} {v}" for k, v in shares.items()
+            )
             overlap = splits.get("test", {}).get("token_overlap", {})
             text = "; ".join([text, *(f"{k} {v}" for k, v in overlap.items())])
             table.add_row(name, group, *(str(splits[s]["rows"]) for s in SPLITS), text)

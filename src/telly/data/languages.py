@@ -10,7 +10,7 @@ from __future__ import annotations
 import keyword
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 from telly.errors import TellyError
 
@@ -70,11 +70,67 @@ def _java_grammar():
 
 
 JAVA_KEYWORDS = frozenset(
-    """abstract assert boolean break byte case catch char class const continue default do double
-    else enum extends final finally float for goto if implements import instanceof int interface
-    long native new package private protected public return short static strictfp super switch
-    synchronized this throw throws transient try void volatile while var record yield sealed
-    permits non-sealed true false null""".split()
+    [
+        "abstract",
+        "assert",
+        "boolean",
+        "break",
+        "byte",
+        "case",
+        "catch",
+        "char",
+        "class",
+        "const",
+        "continue",
+        "default",
+        "do",
+        "double",
+        "else",
+        "enum",
+        "extends",
+        "final",
+        "finally",
+        "float",
+        "for",
+        "goto",
+        "if",
+        "implements",
+        "import",
+        "instanceof",
+        "int",
+        "interface",
+        "long",
+        "native",
+        "new",
+        "package",
+        "private",
+        "protected",
+        "public",
+        "return",
+        "short",
+        "static",
+        "strictfp",
+        "super",
+        "switch",
+        "synchronized",
+        "this",
+        "throw",
+        "throws",
+        "transient",
+        "try",
+        "void",
+        "volatile",
+        "while",
+        "var",
+        "record",
+        "yield",
+        "sealed",
+        "permits",
+        "non-sealed",
+        "true",
+        "false",
+        "null",
+    ]
 )
 
 LANGUAGES: dict[str, LanguageSpec] = {
@@ -91,9 +147,16 @@ LANGUAGES: dict[str, LanguageSpec] = {
         # radon's ComplexityVisitor, node for node
         decisions=frozenset(
             {
-                "if_statement", "elif_clause", "conditional_expression", "for_statement",
-                "while_statement", "except_clause", "except_group_clause", "boolean_operator",
-                "for_in_clause", "assert_statement",
+                "if_statement",
+                "elif_clause",
+                "conditional_expression",
+                "for_statement",
+                "while_statement",
+                "except_clause",
+                "except_group_clause",
+                "boolean_operator",
+                "for_in_clause",
+                "assert_statement",
             }
         ),
         decisions_under={
@@ -113,8 +176,12 @@ LANGUAGES: dict[str, LanguageSpec] = {
         keywords=JAVA_KEYWORDS,
         number_types=frozenset(
             {
-                "decimal_integer_literal", "hex_integer_literal", "octal_integer_literal",
-                "binary_integer_literal", "decimal_floating_point_literal", "hex_floating_point_literal",
+                "decimal_integer_literal",
+                "hex_integer_literal",
+                "octal_integer_literal",
+                "binary_integer_literal",
+                "decimal_floating_point_literal",
+                "hex_floating_point_literal",
             }
         ),
         string_types=frozenset({"string_literal", "character_literal", "text_block"}),
@@ -123,8 +190,13 @@ LANGUAGES: dict[str, LanguageSpec] = {
         class_types=frozenset({"class_declaration", "interface_declaration", "enum_declaration", "record_declaration"}),
         decisions=frozenset(
             {
-                "if_statement", "for_statement", "enhanced_for_statement", "while_statement",
-                "do_statement", "catch_clause", "ternary_expression",
+                "if_statement",
+                "for_statement",
+                "enhanced_for_statement",
+                "while_statement",
+                "do_statement",
+                "catch_clause",
+                "ternary_expression",
             }
         ),
         boolean_binary=("binary_expression", frozenset({"&&", "||"})),
@@ -141,7 +213,7 @@ def language(name: str) -> LanguageSpec:
         raise TellyError(f"language {name!r} is not supported; known: {', '.join(sorted(LANGUAGES))}") from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def parser(name: str):
     """One tree-sitter parser per language (parsers are not thread-safe; the stage is single-threaded)."""
     from tree_sitter import Language, Parser

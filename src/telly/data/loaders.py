@@ -103,11 +103,18 @@ def bigclonebench(data: str | Path, pairs: str | Path) -> Iterator[dict]:
                 continue
             parts = line.split()
             if len(parts) != 3 or parts[2] not in ("0", "1"):
-                raise SchemaError(f"{pairs}:{lineno}: expected 'idx1<TAB>idx2<TAB>label' with label 0 or 1, got {line.strip()!r}")
+                raise SchemaError(
+                    f"{pairs}:{lineno}: expected 'idx1<TAB>idx2<TAB>label' with label 0 or 1, got {line.strip()!r}"
+                )
             for idx in parts[:2]:
                 if idx not in functions:
                     raise SchemaError(f"{pairs}:{lineno}: function idx {idx!r} is not in {data}")
-            yield {"id": f"{parts[0]}-{parts[1]}", "code1": functions[parts[0]], "code2": functions[parts[1]], "label": int(parts[2])}
+            yield {
+                "id": f"{parts[0]}-{parts[1]}",
+                "code1": functions[parts[0]],
+                "code2": functions[parts[1]],
+                "label": int(parts[2]),
+            }
 
 
 # --------------------------------------------------------------------- POJ-104

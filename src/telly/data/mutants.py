@@ -30,13 +30,26 @@ from telly.data import rewrites
 
 OPERATORS = ("compare", "arithmetic", "boolean", "constant", "negate", "remove", "swap_args", "jump")
 COMPARE_SWAP = {
-    ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
-    ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is,
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
 }
 BOOLEAN_SWAP = {ast.And: ast.Or, ast.Or: ast.And}
 COMMUTATIVE_CALLS = frozenset({"max", "min"})  # swapping their two arguments changes nothing
 ARITHMETIC_SWAP = {
-    ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.FloorDiv, ast.FloorDiv: ast.Mult, ast.Div: ast.Mult, ast.Mod: ast.FloorDiv,
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.FloorDiv,
+    ast.FloorDiv: ast.Mult,
+    ast.Div: ast.Mult,
+    ast.Mod: ast.FloorDiv,
 }
 
 
@@ -81,7 +94,9 @@ def _sites(fn: ast.AST) -> dict[str, list[Site]]:
         if isinstance(node, ast.Compare):
             for k, op in enumerate(node.ops):
                 if type(op) in COMPARE_SWAP:
-                    sites["compare"].append(lambda node=node, k=k: node.ops.__setitem__(k, COMPARE_SWAP[type(node.ops[k])]()))
+                    sites["compare"].append(
+                        lambda node=node, k=k: node.ops.__setitem__(k, COMPARE_SWAP[type(node.ops[k])]())
+                    )
         elif isinstance(node, (ast.BinOp, ast.AugAssign)) and type(node.op) in ARITHMETIC_SWAP:
             sites["arithmetic"].append(swap_op(node, "op", ARITHMETIC_SWAP))
         elif isinstance(node, ast.BoolOp):
@@ -94,7 +109,9 @@ def _sites(fn: ast.AST) -> dict[str, list[Site]]:
             sites["negate"].append(lambda node=node: setattr(node, "test", ast.UnaryOp(ast.Not(), node.test)))
         elif isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in COMMUTATIVE_CALLS):
             positional = [k for k, a in enumerate(node.args) if not isinstance(a, ast.Starred)]
-            pairs = [(i, j) for i, j in zip(positional, positional[1:]) if ast.dump(node.args[i]) != ast.dump(node.args[j])]
+            pairs = [
+                (i, j) for i, j in zip(positional, positional[1:]) if ast.dump(node.args[i]) != ast.dump(node.args[j])
+            ]
             for i, j in pairs:
                 sites["swap_args"].append(lambda node=node, i=i, j=j: _swap(node.args, i, j))
     for _, _, block in rewrites._blocks(fn):
@@ -104,7 +121,10 @@ def _sites(fn: ast.AST) -> dict[str, list[Site]]:
                 sites["jump"].append(lambda block=block, k=k, jump=jump: block.__setitem__(k, jump))
         if len(block) >= 2:
             for stmt in block:
-                if isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr, ast.Return)) and id(stmt) not in inert:
+                if (
+                    isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr, ast.Return))
+                    and id(stmt) not in inert
+                ):
                     sites["remove"].append(lambda block=block, stmt=stmt: block.remove(stmt))
     return sites
 

@@ -40,16 +40,101 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
-NAME_POOL = (
-    "value item result acc data elem tmp res out buf cur idx key val node entry obj part total count "
-    "flag token chunk seq arg current temp piece element number text size pos first last step record "
-    "target source output values items parts state info candidate left right head tail cache store"
-).split()
-VERB_POOL = (
-    "get set make build compute find check handle process update load parse read write run apply collect create "
-    "convert prepare render resolve select fetch extract format merge split filter scan count evaluate transform "
-    "normalize validate gather emit produce derive"
-).split()
+NAME_POOL = [
+    "value",
+    "item",
+    "result",
+    "acc",
+    "data",
+    "elem",
+    "tmp",
+    "res",
+    "out",
+    "buf",
+    "cur",
+    "idx",
+    "key",
+    "val",
+    "node",
+    "entry",
+    "obj",
+    "part",
+    "total",
+    "count",
+    "flag",
+    "token",
+    "chunk",
+    "seq",
+    "arg",
+    "current",
+    "temp",
+    "piece",
+    "element",
+    "number",
+    "text",
+    "size",
+    "pos",
+    "first",
+    "last",
+    "step",
+    "record",
+    "target",
+    "source",
+    "output",
+    "values",
+    "items",
+    "parts",
+    "state",
+    "info",
+    "candidate",
+    "left",
+    "right",
+    "head",
+    "tail",
+    "cache",
+    "store",
+]
+VERB_POOL = [
+    "get",
+    "set",
+    "make",
+    "build",
+    "compute",
+    "find",
+    "check",
+    "handle",
+    "process",
+    "update",
+    "load",
+    "parse",
+    "read",
+    "write",
+    "run",
+    "apply",
+    "collect",
+    "create",
+    "convert",
+    "prepare",
+    "render",
+    "resolve",
+    "select",
+    "fetch",
+    "extract",
+    "format",
+    "merge",
+    "split",
+    "filter",
+    "scan",
+    "count",
+    "evaluate",
+    "transform",
+    "normalize",
+    "validate",
+    "gather",
+    "emit",
+    "produce",
+    "derive",
+]
 PURE_BUILTINS = frozenset({"len", "abs", "int", "float", "str", "bool", "round", "isinstance", "ord", "chr"})
 DYNAMIC_SCOPE = frozenset({"locals", "vars", "eval", "exec", "globals", "dir"})
 
@@ -103,7 +188,16 @@ def _names_outside(fn: ast.AST, inner: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and id(n) not in inside}
 
 
-_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+_SCOPES = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.Lambda,
+    ast.ClassDef,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+)
 
 
 def _own_scope_names(fn: FunctionNode, ctx: type | None = None) -> set[str]:
@@ -157,7 +251,9 @@ def _control_flow(body: list[ast.stmt], kinds: tuple[type, ...]) -> bool:
         node = stack.pop()
         if isinstance(node, kinds):
             return True
-        if isinstance(node, (ast.For, ast.AsyncFor, ast.While, ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+        if isinstance(
+            node, (ast.For, ast.AsyncFor, ast.While, ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+        ):
             continue
         stack.extend(ast.iter_child_nodes(node))
     return False
@@ -191,7 +287,10 @@ def rename(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
     }
     keywords = {k.arg for k in ast.walk(fn) if isinstance(k, ast.keyword) and k.arg} & inner_params
     imported = {
-        (a.asname or a.name).split(".")[0] for s in ast.walk(fn) if isinstance(s, (ast.Import, ast.ImportFrom)) for a in s.names
+        (a.asname or a.name).split(".")[0]
+        for s in ast.walk(fn)
+        if isinstance(s, (ast.Import, ast.ImportFrom))
+        for a in s.names
     }
     bound = set()
     for node in ast.walk(fn):
@@ -199,18 +298,23 @@ def rename(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
             bound.add(node.arg)
         elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
             bound.add(node.id)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node is not fn:
-            bound.add(node.name)
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            bound.add(node.name)
-        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+        elif (
+            isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and node is not fn
+            or isinstance(node, ast.ExceptHandler)
+            and node.name
+            or isinstance(node, (ast.MatchAs, ast.MatchStar))
+            and node.name
+        ):
             bound.add(node.name)
     # a name bound only in an inner scope (comprehension, nested def) but read in the function's
     # own scope is a global there: renaming it would change what that reference means
     own = _own_scope_names(fn)
-    own_bound = {a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs} | {
-        a.arg for a in (fn.args.vararg, fn.args.kwarg) if a
-    } | _own_scope_names(fn, ast.Store)
+    own_bound = (
+        {a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs}
+        | {a.arg for a in (fn.args.vararg, fn.args.kwarg) if a}
+        | _own_scope_names(fn, ast.Store)
+    )
     inner_only = {n for n in bound - own_bound if n in own}
     excluded = declared | class_level | keywords | imported | inner_only | {"self", "cls", "__class__", "_"}
     candidates = sorted(bound - excluded)
@@ -219,11 +323,15 @@ def rename(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
         return 0
     for node in ast.walk(fn):
         for attr in ("id", "arg"):
-            if isinstance(getattr(node, attr, None), str) and getattr(node, attr) in mapping and not isinstance(node, ast.keyword):
+            if (
+                isinstance(getattr(node, attr, None), str)
+                and getattr(node, attr) in mapping
+                and not isinstance(node, ast.keyword)
+            ):
                 setattr(node, attr, mapping[getattr(node, attr)])
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.ExceptHandler, ast.MatchAs, ast.MatchStar)):
-            if node is not fn and node.name in mapping:
-                node.name = mapping[node.name]
+        named = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.ExceptHandler, ast.MatchAs, ast.MatchStar)
+        if isinstance(node, named) and node is not fn and node.name in mapping:
+            node.name = mapping[node.name]
     return len(mapping)
 
 
@@ -263,7 +371,11 @@ def rename_functions(tree: ast.Module, namer: Namer, rng: random.Random) -> dict
         if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.name in mapping:
             continue
         old = fn.name
-        if (old.startswith("__") and old.endswith("__")) or old in taken or any(old in _names(d) for d in fn.decorator_list):
+        if (
+            (old.startswith("__") and old.endswith("__"))
+            or old in taken
+            or any(old in _names(d) for d in fn.decorator_list)
+        ):
             continue
         mapping[old] = namer.fresh_function(old)
     if not mapping:
@@ -306,7 +418,7 @@ def _range_args(loop: ast.For) -> tuple[ast.expr, ast.expr] | None:
 def for_to_while(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
     changed = 0
     builtins_free = not ({"iter", "next", "range", "StopIteration"} & _names(fn, ast.Store))
-    for parent, attr, block in list(_blocks(fn)):
+    for _parent, _attr, block in list(_blocks(fn)):
         for i, stmt in enumerate(block):
             if not isinstance(stmt, ast.For) or stmt.orelse or not builtins_free or rng.random() < 0.3:
                 continue
@@ -335,13 +447,19 @@ def for_to_while(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
             else:
                 it_name = namer.fresh()
                 fetch = ast.Try(
-                    body=[ast.Assign([stmt.target], ast.Call(ast.Name("next", ast.Load()), [ast.Name(it_name, ast.Load())], []))],
+                    body=[
+                        ast.Assign(
+                            [stmt.target], ast.Call(ast.Name("next", ast.Load()), [ast.Name(it_name, ast.Load())], [])
+                        )
+                    ],
                     handlers=[ast.ExceptHandler(ast.Name("StopIteration", ast.Load()), None, [ast.Break()])],
                     orelse=[],
                     finalbody=[],
                 )
                 new = [
-                    ast.Assign([ast.Name(it_name, ast.Store())], ast.Call(ast.Name("iter", ast.Load()), [stmt.iter], [])),
+                    ast.Assign(
+                        [ast.Name(it_name, ast.Store())], ast.Call(ast.Name("iter", ast.Load()), [stmt.iter], [])
+                    ),
                     ast.While(ast.Constant(True), [fetch, *stmt.body], []),
                 ]
             block[i : i + 1] = new
@@ -365,7 +483,14 @@ def while_to_for(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
     return 0
 
 
-_INVERSE = {ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+_INVERSE = {
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+}
 
 
 def _negate(test: ast.expr) -> ast.expr:
@@ -396,15 +521,20 @@ def _accumulate(kind: ast.expr, acc: str, comp: ast.expr) -> ast.stmt:
 def comp_to_loop(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
     for _, _, block in list(_blocks(fn)):
         for i, stmt in enumerate(block):
-            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-                comp = stmt.value
-            elif isinstance(stmt, ast.Return):
+            if (
+                isinstance(stmt, ast.Assign)
+                and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name)
+                or isinstance(stmt, ast.Return)
+            ):
                 comp = stmt.value
             else:
                 continue
             if not isinstance(comp, (ast.ListComp, ast.SetComp, ast.DictComp)):
                 continue
-            if _has(comp, ast.Yield, ast.YieldFrom, ast.Await, ast.NamedExpr) or any(g.is_async for g in comp.generators):
+            if _has(comp, ast.Yield, ast.YieldFrom, ast.Await, ast.NamedExpr) or any(
+                g.is_async for g in comp.generators
+            ):
                 continue
             targets = set().union(*(_names(g.target) for g in comp.generators))
             if targets & _names_outside(fn, comp):
@@ -459,7 +589,9 @@ def loop_to_comp(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
                 continue
             elt = stmt.value.args[0]
             parts = [loop.iter, elt, *conds]
-            if any(acc in _names(p) for p in parts) or any(_has(p, ast.Yield, ast.YieldFrom, ast.Await, ast.NamedExpr) for p in parts):
+            if any(acc in _names(p) for p in parts) or any(
+                _has(p, ast.Yield, ast.YieldFrom, ast.Await, ast.NamedExpr) for p in parts
+            ):
                 continue
             if _names(loop.target) & _names_outside(fn, loop):
                 continue
@@ -473,7 +605,7 @@ def _pure(expr: ast.expr, shadowed: set[str]) -> bool:
     for node in ast.walk(expr):
         if isinstance(node, (ast.Await, ast.Yield, ast.YieldFrom, ast.NamedExpr)):
             return False
-        if isinstance(node, ast.Call):
+        if isinstance(node, ast.Call):  # noqa: SIM102 (the branches read as the rule states them)
             if not (isinstance(node.func, ast.Name) and node.func.id in PURE_BUILTINS and node.func.id not in shadowed):
                 return False
     return True
@@ -487,7 +619,10 @@ def _simple_assignment(stmt: ast.stmt, shadowed: set[str]) -> tuple[set[str], se
         targets = [stmt.target]
     else:
         return None
-    if not all(isinstance(t, ast.Name) or (isinstance(t, ast.Tuple) and all(isinstance(e, ast.Name) for e in t.elts)) for t in targets):
+    if not all(
+        isinstance(t, ast.Name) or (isinstance(t, ast.Tuple) and all(isinstance(e, ast.Name) for e in t.elts))
+        for t in targets
+    ):
         return None
     if not _pure(stmt.value, shadowed):
         return None
@@ -537,9 +672,13 @@ def extract(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
     """``return e`` -> ``t = e; return t`` and ``if c:`` -> ``t = c; if t:``: same value, computed once, same place."""
     sites = []
     for _, _, block in _blocks(fn):
-        for i, stmt in enumerate(block):
+        for _i, stmt in enumerate(block):
             value = stmt.value if isinstance(stmt, ast.Return) else stmt.test if isinstance(stmt, ast.If) else None
-            if value is not None and not isinstance(value, (ast.Name, ast.Constant)) and not _has(value, ast.Yield, ast.YieldFrom, ast.Await):
+            if (
+                value is not None
+                and not isinstance(value, (ast.Name, ast.Constant))
+                and not _has(value, ast.Yield, ast.YieldFrom, ast.Await)
+            ):
                 sites.append((block, stmt))
     if not sites:
         return 0
@@ -553,7 +692,9 @@ def extract(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
     return len(chosen)
 
 
-SAFE_DECORATORS = frozenset({"property", "staticmethod", "classmethod", "setter", "getter", "deleter", "cache", "lru_cache", "wraps"})
+SAFE_DECORATORS = frozenset(
+    {"property", "staticmethod", "classmethod", "setter", "getter", "deleter", "cache", "lru_cache", "wraps"}
+)
 
 
 def _decorator_names(fn: FunctionNode) -> set[str]:
@@ -576,13 +717,17 @@ def annotations(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
     for node in ast.walk(fn):
         if isinstance(node, ast.arg) and node.annotation is not None:
             node.annotation, changed = None, changed + 1
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns is not None:
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns is not None:  # noqa: SIM102 (the branches read as the rule states them)
             if node is fn or not (_decorator_names(node) - SAFE_DECORATORS):
                 node.returns, changed = None, changed + 1
     for _, _, block in _blocks(fn):
         for i, stmt in enumerate(block):
             # ``x: T`` alone makes x local: it stays; only annotated assignments become plain ones
-            if isinstance(stmt, ast.AnnAssign) and stmt.value is not None and (stmt.simple or not isinstance(stmt.target, ast.Name)):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and stmt.value is not None
+                and (stmt.simple or not isinstance(stmt.target, ast.Name))
+            ):
                 block[i] = ast.Assign([stmt.target], stmt.value)
                 changed += 1
     return changed
@@ -590,9 +735,22 @@ def annotations(fn: FunctionNode, namer: Namer, rng: random.Random) -> int:
 
 MESSAGE_CALLS = frozenset({"warn", "debug", "info", "warning", "error", "exception", "critical", "fatal"})
 MESSAGES = (
-    "invalid input", "unexpected value", "bad argument", "unsupported case", "cannot proceed", "operation failed",
-    "wrong value", "not allowed", "invalid state", "check failed", "unexpected input", "cannot handle this",
-    "value rejected", "unsupported value", "invalid argument", "something went wrong",
+    "invalid input",
+    "unexpected value",
+    "bad argument",
+    "unsupported case",
+    "cannot proceed",
+    "operation failed",
+    "wrong value",
+    "not allowed",
+    "invalid state",
+    "check failed",
+    "unexpected input",
+    "cannot handle this",
+    "value rejected",
+    "unsupported value",
+    "invalid argument",
+    "something went wrong",
 )
 # what a format operation reads in a message: kept verbatim and in order
 PLACEHOLDER = re.compile(r"%%|%(\([^)]*\))?[-#0 +]*(\*|\d+)?(\.(\*|\d+))?[diouxXeEfFgGcrsa]|\{\{|\}\}|\{[^{}]*\}")
@@ -621,11 +779,16 @@ def _message_nodes(fn: FunctionNode) -> list[ast.expr]:
     for message in out:
         if isinstance(message, ast.BinOp) and isinstance(message.op, ast.Mod):
             message = message.left  # "... %s" % x
-        elif isinstance(message, ast.Call) and isinstance(message.func, ast.Attribute) and message.func.attr == "format":
+        elif (
+            isinstance(message, ast.Call) and isinstance(message.func, ast.Attribute) and message.func.attr == "format"
+        ):
             message = message.func.value  # "... {}".format(x)
-        if isinstance(message, ast.Constant) and isinstance(message.value, str) and len(re.findall(r"[A-Za-z]{2,}", message.value)) >= 2:
-            strings.append(message)
-        elif isinstance(message, ast.JoinedStr):
+        if (
+            isinstance(message, ast.Constant)
+            and isinstance(message.value, str)
+            and len(re.findall(r"[A-Za-z]{2,}", message.value)) >= 2
+            or isinstance(message, ast.JoinedStr)
+        ):
             strings.append(message)
     return strings
 
@@ -750,7 +913,12 @@ def strip_docstrings(tree: ast.AST) -> None:
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
 
 

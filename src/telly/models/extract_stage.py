@@ -18,6 +18,7 @@ from telly.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
+
 def resolve_model(params: Params, model: str, tag: str | None = None) -> tuple[str, str]:
     """(tag, name_or_path) for a model tag (:func:`telly.variants.parse_tag`) or a model folder / hub id."""
     from telly import variants
@@ -64,11 +65,11 @@ def run(
     adhoc: ExtractDataset | None = None,
 ) -> list[Path]:
     """Extract every (model, dataset) pair asked for; ``adhoc`` is a dataset not in params."""
+    import torch
+
     from telly.models.extraction import extract
     from telly.models.loading import load_encoder
     from telly.runtime import device as pick_device
-
-    import torch
 
     cfg = _section(params, "extract")
     model_cfg = _section(params, "model")
@@ -81,7 +82,9 @@ def run(
     else:
         unknown = [d for d in datasets or [] if d not in cfg.datasets]
         if unknown:
-            raise TellyError(f"extract.datasets has no {', '.join(map(repr, unknown))}; known: {', '.join(cfg.datasets)}")
+            raise TellyError(
+                f"extract.datasets has no {', '.join(map(repr, unknown))}; known: {', '.join(cfg.datasets)}"
+            )
         specs = {d: cfg.datasets[d] for d in (datasets or cfg.datasets)}
     if tag is not None and len(models or cfg.models) != 1:
         raise TellyError("--tag names one model's output folder; give exactly one --model with it")
@@ -94,9 +97,16 @@ def run(
             texts, ids = read_inputs(spec)
             out = Path(cfg.out_dir) / model_tag / name
             extract(
-                encoder, texts, ids, out,
-                kinds=spec.kinds, batch_size=cfg.batch_size, max_length=spec.max_length, mode=spec.mode,
-                token_examples=spec.token_examples, bf16=model_cfg.bf16,
+                encoder,
+                texts,
+                ids,
+                out,
+                kinds=spec.kinds,
+                batch_size=cfg.batch_size,
+                max_length=spec.max_length,
+                mode=spec.mode,
+                token_examples=spec.token_examples,
+                bf16=model_cfg.bf16,
                 meta={"model": model_tag, "dataset": name, "input": str(spec.input), "field": spec.field},
             )
             written.append(out)

@@ -63,10 +63,8 @@ def extract(
     bf16: bool = False,
     meta: dict[str, Any] | None = None,
     progress: bool = True,
-) -> "Representations":
+) -> Representations:
     """Run ``encoder`` over ``texts`` and write the folder atomically; return it opened."""
-    import torch
-    from tqdm.auto import tqdm
 
     _check_inputs(texts, ids, kinds)
     limit = min(max_length or encoder.max_length, encoder.max_length)
@@ -97,7 +95,9 @@ def extract(
             "dtype": "float16",
         }
         (tmp / "ids.json").write_text(json.dumps(list(ids), ensure_ascii=False), encoding="utf-8")
-        (tmp / "meta.json").write_text(json.dumps(info, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+        (tmp / "meta.json").write_text(
+            json.dumps(info, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8"
+        )
     log.info(
         "%s: %d inputs, %d real tokens in %.1f s (%.0f tokens/s), %d truncated",
         out_dir,
@@ -207,7 +207,7 @@ class Representations:
         self._index: np.ndarray | None = None
 
     @classmethod
-    def open(cls, folder: str | Path) -> "Representations":
+    def open(cls, folder: str | Path) -> Representations:
         folder = Path(folder)
         meta_file = folder / "meta.json"
         if not meta_file.exists():

@@ -86,7 +86,14 @@ def _resolve(name_or_path: str) -> str:
     return name_or_path  # a hub id such as microsoft/unixcoder-base
 
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def _require_tokenizer_files(source: str, name_or_path: str) -> None:
@@ -138,18 +145,30 @@ def _load_weights(loader: Any, source: str, name_or_path: str, config: Any, seed
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        model, info = _from_pretrained(loader, source, name_or_path, "model weights", config=config,
-                                       output_loading_info=True)
+        model, info = _from_pretrained(
+            loader, source, name_or_path, "model weights", config=config, output_loading_info=True
+        )
     finally:
         transformers.logging.set_verbosity(verbosity)
     if info["mismatched_keys"]:
-        raise ModelLoadError(f"model.name_or_path = {name_or_path!r}: weights of the wrong shape: {sorted(info['mismatched_keys'])[:5]}")
+        raise ModelLoadError(
+            f"model.name_or_path = {name_or_path!r}: weights of the wrong shape: {sorted(info['mismatched_keys'])[:5]}"
+        )
     if info["missing_keys"]:  # e.g. the pooler of an MLM checkpoint: initialised, seeded
-        log.info("%s: %d weights not in the checkpoint, initialised with seed %d (%s)", name_or_path,
-                 len(info["missing_keys"]), seed, _prefixes(info["missing_keys"]))
+        log.info(
+            "%s: %d weights not in the checkpoint, initialised with seed %d (%s)",
+            name_or_path,
+            len(info["missing_keys"]),
+            seed,
+            _prefixes(info["missing_keys"]),
+        )
     if info["unexpected_keys"]:  # e.g. a pre-training head: not part of the encoder
-        log.info("%s: %d checkpoint weights not used by the encoder (%s)", name_or_path,
-                 len(info["unexpected_keys"]), _prefixes(info["unexpected_keys"]))
+        log.info(
+            "%s: %d checkpoint weights not used by the encoder (%s)",
+            name_or_path,
+            len(info["unexpected_keys"]),
+            _prefixes(info["unexpected_keys"]),
+        )
     return model
 
 
@@ -237,7 +256,11 @@ def load_encoder(
     )
     log.info(
         "loaded %s: %s, %d layers, hidden %d, max length %d, %s",
-        name_or_path, type(model).__name__, encoder.num_layers, encoder.hidden_size, encoder.max_length,
+        name_or_path,
+        type(model).__name__,
+        encoder.num_layers,
+        encoder.hidden_size,
+        encoder.max_length,
         "UniXcoder mode tokens" if encoder.mode_tokens else "no mode tokens",
     )
     return encoder
@@ -275,13 +298,17 @@ def _wrap(encoder: Encoder, mode: Mode) -> tuple[list[int], list[int]]:
     return wrap(cls, sep, encoder.mode_tokens, mode)
 
 
-def tokenize(encoder: Encoder, texts: list[str], *, mode: Mode = "encoder-only", max_length: int | None = None) -> Tokenized:
+def tokenize(
+    encoder: Encoder, texts: list[str], *, mode: Mode = "encoder-only", max_length: int | None = None
+) -> Tokenized:
     """Token ids with the mode's special tokens, truncated to ``max_length`` (counted and logged)."""
     limit = min(max_length or encoder.max_length, encoder.max_length)
     prefix, suffix = _wrap(encoder, mode)
     budget = limit - len(prefix) - len(suffix)
     if budget < 1:
-        raise TellyError(f"max_length = {limit} leaves no room for code after {len(prefix) + len(suffix)} special tokens")
+        raise TellyError(
+            f"max_length = {limit} leaves no room for code after {len(prefix) + len(suffix)} special tokens"
+        )
     enc = encoder.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     ids, spans, truncated = [], [], 0
     for row_ids, row_offsets in zip(enc["input_ids"], enc["offset_mapping"]):

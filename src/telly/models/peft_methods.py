@@ -64,12 +64,12 @@ class Method:
 def _lora_config(method: Method, rank: int, targets: list[str], feedforward: list[str], lora: LoraSettings) -> Any:
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, bias="none"
-    )
+    return LoraConfig(r=rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, bias="none")
 
 
-def _ia3_config(method: Method, rank: int | None, targets: list[str], feedforward: list[str], lora: LoraSettings) -> Any:
+def _ia3_config(
+    method: Method, rank: int | None, targets: list[str], feedforward: list[str], lora: LoraSettings
+) -> Any:
     from peft import IA3Config
 
     return IA3Config(target_modules=targets, feedforward_modules=feedforward)
@@ -183,4 +183,3 @@ def describe(model_config: Any, variant: str, lora: LoraSettings | None = None) 
     if v.method is None:
         return base
     return apply(model, v, lora)[1]
-

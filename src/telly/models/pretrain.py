@@ -123,8 +123,9 @@ def build_model(cfg: Any, tokenizer: Any) -> Any:
     )
     model = RobertaForMaskedLM(config)
     if cfg.sinusoidal_positions:
-        sinusoidal_positions(model.roberta.embeddings.position_embeddings, tokenizer.pad_token_id,
-                             cfg.sinusoidal_positions)
+        sinusoidal_positions(
+            model.roberta.embeddings.position_embeddings, tokenizer.pad_token_id, cfg.sinusoidal_positions
+        )
     return model
 
 
@@ -191,8 +192,9 @@ def contrastive_loss(model: Any, batch: dict[str, Any]) -> Any:
 
     code = pooled(model, batch["code"]).float()
     targets = torch.arange(len(code), device=code.device)
-    losses = [F.cross_entropy(SEARCH_SCALE * code @ pooled(model, batch[v]).float().T, targets)
-              for v in ("comment", "ast")]
+    losses = [
+        F.cross_entropy(SEARCH_SCALE * code @ pooled(model, batch[v]).float().T, targets) for v in ("comment", "ast")
+    ]
     return sum(losses) / len(losses)
 
 
@@ -243,7 +245,8 @@ def held_out(cfg: Any, tokenizer: Any, valid_rows: list[dict], lang: str) -> Hel
     codes = [x[:budget] for x in data.token_ids(tokenizer, [views.clean[i] for i in keep])]
     comments = [x[:budget] for x in data.token_ids(tokenizer, [views.comment[i] for i in keep])]
     return HeldOut(
-        mlm, ulm,
+        mlm,
+        ulm,
         [data.encoder_only_batch(sp, comments[i : i + 64]) for i in range(0, len(comments), 64)],
         [data.encoder_only_batch(sp, codes[i : i + 64]) for i in range(0, len(codes), 64)],
     )
@@ -312,8 +315,15 @@ def measure(model: Any, held: HeldOut) -> dict[str, float]:
 
 def fingerprint(cfg: Any) -> str:
     """What must match for a checkpoint to be resumed (not the budget, cadence or paths)."""
-    skip = {"time_budget_minutes", "checkpoint_every_minutes", "checkpoint_dir", "out_dir", "metrics",
-            "eval_every", "log_every"}
+    skip = {
+        "time_budget_minutes",
+        "checkpoint_every_minutes",
+        "checkpoint_dir",
+        "out_dir",
+        "metrics",
+        "eval_every",
+        "log_every",
+    }
     keep = {k: str(v) for k, v in cfg.model_dump().items() if k not in skip}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -404,10 +414,18 @@ class Training:
         import torch
 
         self.state["drawn"] = dict(self.batcher.drawn)
-        save_checkpoint(Path(self.cfg.checkpoint_dir), self.model, self.tokenizer, {
-            **self.state, "fingerprint": self.fingerprint, "optimizer": self.optimizer.state_dict(),
-            "mask_rng": self.collator.generator.get_state(), "torch_rng": torch.get_rng_state(),
-        })
+        save_checkpoint(
+            Path(self.cfg.checkpoint_dir),
+            self.model,
+            self.tokenizer,
+            {
+                **self.state,
+                "fingerprint": self.fingerprint,
+                "optimizer": self.optimizer.state_dict(),
+                "mask_rng": self.collator.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+            },
+        )
 
 
 def train_step(t: Training, dev: Any, autocast: Any) -> tuple[str, float, int]:
@@ -478,13 +496,19 @@ def train(t: Training, dev: Any, held: HeldOut) -> None:
             evaluate = step % cfg.eval_every == 0
             if step % cfg.log_every == 0 or evaluate or step == cfg.max_steps:
                 seconds = max(time.perf_counter() - window_start, 1e-9)
-                point = {"step": step, "train_loss": float(np.mean([x for v in window.values() for x in v])),
-                         "tokens_per_s": window_tokens / seconds, "lr": t.optimizer.param_groups[0]["lr"]}
+                point = {
+                    "step": step,
+                    "train_loss": float(np.mean([x for v in window.values() for x in v])),
+                    "tokens_per_s": window_tokens / seconds,
+                    "lr": t.optimizer.param_groups[0]["lr"],
+                }
                 point.update({f"train_loss_{k}": float(np.mean(v)) for k, v in sorted(window.items())})
                 if evaluate:
                     quick_figures = measure(t.model, quick)
-                    point["valid_accuracy"], point["valid_loss"] = (quick_figures["masked_token_accuracy"],
-                                                                    quick_figures["valid_loss"])
+                    point["valid_accuracy"], point["valid_loss"] = (
+                        quick_figures["masked_token_accuracy"],
+                        quick_figures["valid_loss"],
+                    )
                     point["valid_next_token_accuracy"] = quick_figures["next_token_accuracy"]
                 state["curve"].append(point)
                 mlflow.log_metrics({k: v for k, v in point.items() if k != "step"}, step=step)
@@ -518,20 +542,29 @@ def prepare_training(cfg: Any, train_rows: list[dict], lang: str, dev: Any) -> T
         model, tokenizer, state = resumed
     else:
         log.info("training a %d-token byte-level BPE tokenizer on %d functions", cfg.vocab_size, len(train_rows))
-        tokenizer = train_tokenizer([str(r[cfg.field]) for r in train_rows], vocab_size=cfg.vocab_size,
-                                    min_frequency=cfg.min_frequency, max_length=cfg.max_length,
-                                    extra_specials=pretraining_specials(lang))
+        tokenizer = train_tokenizer(
+            [str(r[cfg.field]) for r in train_rows],
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            max_length=cfg.max_length,
+            extra_specials=pretraining_specials(lang),
+        )
         set_seed(cfg.seed)
         model = build_model(cfg, tokenizer)
         state = {"step": 0, "elapsed": 0.0, "tokens": 0, "curve": [], "objective_steps": {}, "drawn": {}}
     corpus = data.build_corpus(tokenizer, train_rows, cfg.field, lang, cfg.max_length, uses_views(cfg))
-    log.info("training inputs: %d code pieces, %d comment + AST inputs, %d documented functions (contrastive)",
-             len(corpus.pieces), len(corpus.ast_inputs), len(corpus.pairs))
+    log.info(
+        "training inputs: %d code pieces, %d comment + AST inputs, %d documented functions (contrastive)",
+        len(corpus.pieces),
+        len(corpus.ast_inputs),
+        len(corpus.pairs),
+    )
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mlm_probability, seed=cfg.seed)
     collator.create_rng()
     model.to(dev)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=cfg.weight_decay
+    )
     if resumed:
         optimizer.load_state_dict(state["optimizer"])
         collator.generator.set_state(state["mask_rng"])
@@ -574,18 +607,26 @@ def run(params: Params) -> dict[str, Any]:
     t = prepare_training(cfg, train_rows, lang, dev)
     held = held_out(cfg, t.tokenizer, valid_rows, lang)
     n_params = sum(p.numel() for p in t.model.parameters())
-    log.info("model: %d layers, hidden %d, %.2fM parameters; %d steps of %s; wall-clock guard: %s",
-             cfg.layers, cfg.hidden_size, n_params / 1e6, cfg.max_steps,
-             ", ".join(f"{k} {v:g}" for k, v in cfg.objectives.model_dump().items() if v),
-             f"{cfg.time_budget_minutes:g} min" if cfg.time_budget_minutes is not None else "none")
+    log.info(
+        "model: %d layers, hidden %d, %.2fM parameters; %d steps of %s; wall-clock guard: %s",
+        cfg.layers,
+        cfg.hidden_size,
+        n_params / 1e6,
+        cfg.max_steps,
+        ", ".join(f"{k} {v:g}" for k, v in cfg.objectives.model_dump().items() if v),
+        f"{cfg.time_budget_minutes:g} min" if cfg.time_budget_minutes is not None else "none",
+    )
 
     with start_run(params, "pretrain", log_params={"pretrain": cfg.model_dump(mode="json")}):
         mlflow.log_metric("parameters", n_params)
         train(t, dev, held)
         state = t.state
 
-        log.info("held-out measurements: %d masked-LM batches, %d retrieval queries",
-                 len(held.mlm), sum(len(b["input_ids"]) for b in held.comments))
+        log.info(
+            "held-out measurements: %d masked-LM batches, %d retrieval queries",
+            len(held.mlm),
+            sum(len(b["input_ids"]) for b in held.comments),
+        )
         trained = measure(t.model, held)
         set_seed(cfg.seed)
         untrained = measure(build_model(cfg, t.tokenizer).to(dev), held)
@@ -615,9 +656,15 @@ def run(params: Params) -> dict[str, Any]:
         write_json(Path(cfg.metrics), metrics)
         write_json(Path(cfg.metrics).with_name("curve.json"), state["curve"])
         shutil.rmtree(cfg.checkpoint_dir, ignore_errors=True)  # finished: the next run starts afresh
-    log.info("held-out: masked-token accuracy %.1f%% (untrained %.1f%%), next-token accuracy %.1f%% (%.1f%%), "
-             "retrieval MRR %.3f (%.3f); saved %s",
-             100 * trained["masked_token_accuracy"], 100 * untrained["masked_token_accuracy"],
-             100 * trained["next_token_accuracy"], 100 * untrained["next_token_accuracy"],
-             trained.get("retrieval_mrr", float("nan")), untrained.get("retrieval_mrr", float("nan")), out)
+    log.info(
+        "held-out: masked-token accuracy %.1f%% (untrained %.1f%%), next-token accuracy %.1f%% (%.1f%%), "
+        "retrieval MRR %.3f (%.3f); saved %s",
+        100 * trained["masked_token_accuracy"],
+        100 * untrained["masked_token_accuracy"],
+        100 * trained["next_token_accuracy"],
+        100 * untrained["next_token_accuracy"],
+        trained.get("retrieval_mrr", float("nan")),
+        untrained.get("retrieval_mrr", float("nan")),
+        out,
+    )
     return metrics

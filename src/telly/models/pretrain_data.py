@@ -223,8 +223,14 @@ class Special:
         vocab = tokenizer.get_vocab()
         modes = {m: vocab[f"<{m}>"] for m in ("encoder-only", "encoder-decoder", "decoder-only")}
         sentinels = [vocab[t] for t in sentinel_tokens() if t in vocab]
-        return cls(tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id,
-                   modes, sentinels)
+        return cls(
+            tokenizer.bos_token_id,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            tokenizer.mask_token_id,
+            modes,
+            sentinels,
+        )
 
     def frame(self, mode: Mode, ids: list[int]) -> list[int]:
         """The mode's head (telly.models.inputs.wrap) + ``ids`` + ``</s>``: a sequence the model learns to end."""
