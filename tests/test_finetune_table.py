@@ -70,16 +70,23 @@ def test_cli_writes_the_table(tmp_path, raw_params, monkeypatch):
     from finetune_fixture import make_setup
 
     _, raw = make_setup(tmp_path, raw_params)
+    raw["finetune"].update(variants=["base", "telly-2", "telly-10"], deep_variants=[], seeds=[7])
     results = tmp_path / "results"
     for variant, k in (("telly-10", 0.4), ("base", 0.5), ("telly-2", 0.45)):
-        write_json(
-            results / "code_search" / f"{variant}.json", run(variant, 100 - 10 * (variant != "base"), 1, 5.0, 2, k)
-        )
+        r = run(variant, 100 - 10 * (variant != "base"), 1, 5.0, 2, k) | {"settings": {"seed": 7}}
+        write_json(results / "code_search" / variant / "seed7.json", r)
+    stale = run("telly-3", 50, 1, 5.0, 2, 0.1) | {"settings": {"seed": 7}}  # not in the matrix any more
+    write_json(results / "code_search" / "telly-3" / "seed7.json", stale)
+    write_json(
+        results / "code_search" / "base" / "seed8.json", run("base", 100, 1, 5.0, 2, 0.0) | {"settings": {"seed": 8}}
+    )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     out = CliRunner().invoke(app, ["finetune", "--task", "code_search", "--table", "-p", str(tmp_path / "params.yaml")])
     assert out.exit_code == 0, out.output
     md = (results / "tables" / "code_search.md").read_text()
+    # the runs of the configured matrix only: a stale variant or seed left in the folder is not read
     assert [line.split("|")[1].strip() for line in md.splitlines()[4:]] == ["Base", "Telly-2", "Telly-10"]
+    assert "| 0.5 |" in md
     assert (results / "tables" / "code_search.csv").exists()
     with pytest.raises(TellyError, match="no run results"):
         write_table("clone_detection", results / "clone_detection", results / "tables")

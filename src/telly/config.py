@@ -454,6 +454,12 @@ class FinetuneParams(Section):
         """The training seeds a variant runs with."""
         return self.deep_seeds if variant in self.deep_variants else self.seeds
 
+    def runs_of(self, task: str) -> set[tuple[str, int]]:
+        """The (variant, seed) runs the DVC matrix holds for ``task``: a run file of any other (left from an
+        earlier matrix) is stale and never read into a table or the report."""
+        deep = self.deep_variants if task in self.deep_task_names else []
+        return {(v, s) for v in [*self.variants, *deep] for s in self.seeds_of(v)}
+
 
 # -------------------------------------------------------------------------- probe
 

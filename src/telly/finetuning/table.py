@@ -148,9 +148,12 @@ def to_markdown(task: str, df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(task: str, runs_dir: Path, out_dir: Path) -> pd.DataFrame:
-    """Read ``runs_dir/*.json`` and write ``out_dir/<task>.{csv,md,json}``."""
+def write_table(task: str, runs_dir: Path, out_dir: Path, keep: set[tuple[str, int]] | None = None) -> pd.DataFrame:
+    """Read ``runs_dir/*.json`` (only the ``keep`` (variant, seed) runs, when given) and write
+    ``out_dir/<task>.{csv,md,json}``."""
     runs = load_runs(runs_dir)
+    if keep is not None:
+        runs = [r for r in runs if (r["variant"], r.get("settings", {}).get("seed")) in keep]
     if not runs:
         raise TellyError(f"{runs_dir}: no run results (run `dvc repro finetune-run` first)")
     df = task_table(task, runs)
@@ -166,5 +169,5 @@ def run_table(params: Params, task: str) -> None:
     if params.finetune is None:
         raise TellyError("params: the finetune section is missing")
     results = params.finetune.results_dir
-    df = write_table(task, results / task, results / "tables")
+    df = write_table(task, results / task, results / "tables", keep=params.finetune.runs_of(task))
     log.info("%s: table of %d variants in %s", task, len(df), results / "tables")

@@ -118,13 +118,15 @@ def read_similarity(params: Params, metric: str) -> tuple[Similarity | None, str
     return Similarity(metric, curves, low, high, random, suggested), ""
 
 
-def read_runs(folder: Path) -> list[dict[str, Any]]:
-    """Every run of one task (each seed of each variant, ``<variant>/seed<S>.json``), each with its per-example
-    rows under ``examples`` when it saved them (None otherwise)."""
+def read_runs(folder: Path, keep: set[tuple[str, int]] | None = None) -> list[dict[str, Any]]:
+    """Every run of one task (each seed of each variant, ``<variant>/seed<S>.json``; only the ``keep`` (variant,
+    seed) runs when given), each with its per-example rows under ``examples`` when it saved them (None otherwise)."""
     from telly.finetuning.examples import read_examples
     from telly.finetuning.table import load_runs
 
     runs = load_runs(folder) if folder.is_dir() else []
+    if keep is not None:
+        runs = [r for r in runs if (r["variant"], r.get("settings", {}).get("seed")) in keep]
     return [{**r, "examples": read_examples(Path(r["results_path"]))} for r in runs]
 
 
@@ -134,7 +136,7 @@ def read_regimes(params: Params) -> tuple[list[Regime], dict[str, str]]:
     if params.finetune is None:
         return [], {"rq3": "params.yaml has no finetune section"}
     tasks = list(params.finetune.task_names)
-    main = {t: read_runs(Path(params.finetune.results_dir) / t) for t in tasks}
+    main = {t: read_runs(Path(params.finetune.results_dir) / t, params.finetune.runs_of(t)) for t in tasks}
     main = {t: runs for t, runs in main.items() if runs}
     regimes = []
     if main:
