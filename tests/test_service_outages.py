@@ -40,6 +40,12 @@ def own_postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _two_trials_on(url: str, raw_params, tmp_path, **tune):
+    """Two unpruned trials, no repeats, on the study database ``url``."""
+    params, _ = make_params(raw_params, tmp_path, n_trials=2, pruner="none", repeats=0, storage=url, **tune)
+    return params
+
+
 def _study(params, url: str) -> optuna.Study:
     return optuna.load_study(study_name=params.tune.study_name.format(task=TASK), storage=url)
 
@@ -47,16 +53,7 @@ def _study(params, url: str) -> optuna.Study:
 def test_a_database_restart_under_a_running_trial_loses_nothing(own_postgres, tmp_path, raw_params, tracking_env):
     services, state = own_postgres
     url = services.database_url("optuna")
-    params, _ = make_params(
-        raw_params,
-        tmp_path,
-        n_trials=2,
-        pruner="none",
-        repeats=0,
-        storage=url,
-        grace_seconds=10,
-        study_name="restart-{task}",
-    )
+    params = _two_trials_on(url, raw_params, tmp_path, grace_seconds=10, study_name="restart-{task}")
     calls = []
 
     def restarted_once(p, *args, **kwargs):
@@ -82,16 +79,7 @@ def test_a_stopped_database_stops_the_worker_with_a_message_and_the_trial_resume
 ):
     services, state = own_postgres
     url = services.database_url("optuna")
-    params, _ = make_params(
-        raw_params,
-        tmp_path,
-        n_trials=2,
-        pruner="none",
-        repeats=0,
-        storage=url,
-        grace_seconds=4,
-        study_name="stop-{task}",
-    )
+    params = _two_trials_on(url, raw_params, tmp_path, grace_seconds=4, study_name="stop-{task}")
     monkeypatch.setenv("TELLY_FAKE_LOG", str(tmp_path / "ran.jsonl"))
 
     def database_stops(p, *args, **kwargs):

@@ -93,25 +93,35 @@ def _project_uri(params: Params) -> str:
 _READY_STORES: set[str] = set()
 
 
-def ensure_store(uri: str) -> None:
-    """Create an embedded SQLite store's schema once, under a file lock, before this process uses it.
+@contextlib.contextmanager
+def schema_lock(uri: str) -> Iterator[None]:
+    """An exclusive file lock beside an embedded SQLite database (``<db>.lock``) while a process opens it.
 
-    MLflow migrates a fresh database when a process first opens it; two processes doing so at
-    once crash in the migration (alembic). With the lock the first creates it, the others wait
-    and find it made. A server (``http://...``) creates its own store.
+    MLflow and Optuna create or migrate a fresh database's schema (alembic) when a process first opens it;
+    two processes doing so at once crash in the migration. Under the lock the first creates it, the others
+    wait and find it made. A server URL needs no lock: the server creates its own schema.
     """
-    if uri in _READY_STORES or not uri.startswith("sqlite:///"):
+    if not uri.startswith("sqlite:///"):
+        yield
         return
     db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            from mlflow import MlflowClient
-
-            MlflowClient(uri).search_experiments(max_results=1)  # opens the store: creates or migrates it
+            yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ensure_store(uri: str) -> None:
+    """Create an embedded SQLite MLflow store's schema once (:func:`schema_lock`), before this process uses it."""
+    if uri in _READY_STORES or not uri.startswith("sqlite:///"):
+        return
+    with schema_lock(uri):
+        from mlflow import MlflowClient
+
+        MlflowClient(uri).search_experiments(max_results=1)  # opens the store: creates or migrates it
     _READY_STORES.add(uri)
 
 

@@ -44,6 +44,7 @@ from optuna.trial import TrialState
 
 from telly.config import Params
 from telly.errors import ServiceUnavailable, TellyError
+from telly.tracking import schema_lock
 from telly.tuning.space import NO_METHOD, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -180,16 +181,17 @@ def open_storage(url: str, params: Params) -> StudyStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
         try:
-            return StudyStorage(
-                url,
-                outage=0.0 if url.startswith("sqlite") else outage_seconds(params),
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=tune.heartbeat_seconds,
-                grace_period=tune.grace_seconds,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=tune.max_retries, inherit_intermediate_values=True
-                ),
-            )
+            with schema_lock(url):  # workers that start together on a fresh SQLite file: one creates its schema
+                return StudyStorage(
+                    url,
+                    outage=0.0 if url.startswith("sqlite") else outage_seconds(params),
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=tune.heartbeat_seconds,
+                    grace_period=tune.grace_seconds,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=tune.max_retries, inherit_intermediate_values=True
+                    ),
+                )
         except Exception as err:
             if _connection_lost(err):
                 raise ServiceUnavailable(_outage_message(printable(url), err)) from None
