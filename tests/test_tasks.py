@@ -310,7 +310,7 @@ def test_every_registry_entry_names_functions_its_owning_modules_have():
     from telly.tasks import TASKS
 
     for name, task in TASKS.items():
-        for field in ("builder", "balance", *(["overlap"] if task.overlap else [])):
+        for field in ("builder", "balance", "length", *(["overlap"] if task.overlap else [])):
             assert callable(named(tasks, getattr(task, field), f"{name}.{field}")), (name, field)
         assert callable(loaders.FORMATS[task.source_format]), name
         assert E.statistic(name).metric == task.main_metric, name
@@ -331,3 +331,27 @@ def test_every_registry_entry_names_functions_its_owning_modules_have():
     assert list(tasks.SETS) == [*PROPERTIES, *TASKS]  # the tasks stage builds every set of both registries
     with pytest.raises(TellyError, match=r"code_search\.builder = 'nope': telly\.data\.datasets has no such"):
         named(tasks, "nope", "code_search.builder")
+
+
+def test_max_code_tokens_draws_only_functions_whose_code_or_body_fits():
+    """A downstream set with max_code_tokens draws only functions within it: code tasks bound the code without
+    docstring, code generation its body (the target); the share of functions kept is reported."""
+
+    def function(name: str, statements: int) -> str:
+        body = "".join(f"    x{i} = {i} + {i}\n" for i in range(statements))
+        return f'def {name}(a):\n    """Doc string."""\n{body}    return a\n'
+
+    rows = [
+        {"id": f"p/f{i}", "repo": "p", "code": function(f"f{i}", i), "docstring_tokens": ["doc"]} for i in range(1, 9)
+    ]
+    fns = tasks.Functions(rows, "python")
+    lengths = {r["id"]: tasks.code_length(fns, r) for r in rows}
+    bodies = {r["id"]: tasks.body_length(fns, r) for r in rows}
+    assert all(bodies[k] < lengths[k] for k in lengths)  # the body leaves out the signature
+    assert lengths["p/f1"] == len(analysis.lexical_tokens(analysis.clean_code(rows[0]["code"])))
+    limit = sorted(lengths.values())[3]
+    kept = fns.within(limit, tasks.code_length)
+    assert {r["id"] for r in kept.rows} == {k for k, n in lengths.items() if n <= limit}
+    assert 0 < len(kept.rows) < len(rows)
+    by_body = fns.within(limit, tasks.body_length)
+    assert len(by_body.rows) > len(kept.rows)  # bodies are shorter: more functions fit

@@ -649,6 +649,13 @@ class TaskSet(Section):
         description="code search from the corpus: codes the test queries are ranked against (their own codes plus "
         "distractors from the test split's other functions), written to codebase.jsonl; null = among the test codes",
     )
+    max_code_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="downstream sets from the corpus: draw only functions with at most this many lexical tokens "
+        "(the task's `length`: the code without docstring, or code generation's body), so that inputs stay whole "
+        "at the fine-tuning lengths; null = every function",
+    )
 
 
 class CloneParams(Section):

@@ -58,6 +58,8 @@ class DownstreamTask:
     # row field -> the field of the source format's rows it is read from, where the names differ
     source_fields: dict[str, str] = field(default_factory=dict)
     real_data: Literal["rows"] = "rows"  # real data in source_format are rows of the set (not functions)
+    # function of telly.data.datasets: the lexical length tasks.<task>.max_code_tokens bounds (code or body)
+    length: str = "code_length"
 
     @property
     def main_metric(self) -> str:
@@ -147,6 +149,7 @@ TASKS: dict[str, DownstreamTask] = {
             selection=("bleu", "em"),  # UniXcoder's best-score
             source_format="concode",
             builder="code_generation",
+            length="body_length",  # the target is what must stay whole
             balance="target_length",
             statistic="CORPUS_BLEU",
             baseline="code_generation",

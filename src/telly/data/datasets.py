@@ -80,6 +80,28 @@ class Functions:
                 self.unparsable.add(key)
         return self._clean[key]
 
+    def within(self, limit: int, length: Callable[[Functions, dict], int | None]) -> Functions:
+        """The functions whose ``length`` (lexical tokens, :func:`code_length` or :func:`body_length`) is at
+        most ``limit``: the inputs of a task stay whole at its model lengths (docs/datasets.md)."""
+        kept = Functions(
+            [row for row in self.rows if (n := length(self, row)) is not None and n <= limit], self.language
+        )
+        kept._clean, kept.unparsable = self._clean, self.unparsable  # one analysis cache, one unparsable count
+        return kept
+
+
+def code_length(fns: Functions, row: dict) -> int | None:
+    """Lexical tokens of the function without docstring and comments (what the code tasks read)."""
+    code = fns.clean(row)
+    return None if code is None else len(analysis.lexical_tokens(code, fns.language))
+
+
+def body_length(fns: Functions, row: dict) -> int | None:
+    """Lexical tokens of the function's body (code generation's target)."""
+    if fns.clean(row) is None:
+        return None
+    return len(analysis.lexical_tokens(analysis.body(row["code"], fns.language), fns.language))
+
 
 def _take(rows: Iterable[dict], size: int | None) -> list[dict]:
     return list(itertools.islice(rows, size))
@@ -472,6 +494,15 @@ def _named(entry: ProbingProperty | DownstreamTask, field_name: str) -> Callable
     return named(sys.modules[__name__], getattr(entry, field_name), f"{entry.name}.{field_name}")
 
 
+def _within_length(entry: ProbingProperty | DownstreamTask, task_set: TaskSet, fns: Functions) -> Functions:
+    """The functions a downstream set draws from: those within its ``max_code_tokens``, if set."""
+    if task_set.max_code_tokens is None:
+        return fns
+    if not isinstance(entry, DownstreamTask):
+        raise ConfigError(f"params: tasks.{entry.name}.max_code_tokens applies to the downstream tasks only")
+    return fns.within(task_set.max_code_tokens, _named(entry, "length"))
+
+
 def _searches(entry: ProbingProperty | DownstreamTask) -> bool:
     """Code search: its test queries are ranked against a code base (codebase.jsonl)."""
     return isinstance(entry, DownstreamTask) and entry.head == "search"
@@ -617,9 +648,10 @@ def _write_set(
         if functions is None:
             rows, codebase = real_rows(entry, real, split, size, p.seed)
         else:
-            rows = _named(entry, "builder")(functions[split], size, p, split, earlier)
+            fns = _within_length(entry, task_set, functions[split])
+            rows = _named(entry, "builder")(fns, size, p, split, earlier)
             if _searches(entry) and split == "test" and task_set.codebase_size is not None:
-                codebase = code_search_codebase(functions[split], rows, task_set.codebase_size, p)
+                codebase = code_search_codebase(fns, rows, task_set.codebase_size, p)
         earlier.append(rows)
         write_jsonl(folder / f"{split}.jsonl", unique_ids(rows))
         if codebase is not None:
@@ -627,6 +659,12 @@ def _write_set(
         elif _searches(entry) and split == "test":  # no stale codebase from an earlier setting
             (folder / "codebase.jsonl").unlink(missing_ok=True)
         metrics[split] = {"rows": len(rows), "balance": balance(entry, rows)}
+        if functions is not None and task_set.max_code_tokens is not None:
+            kept = len(_within_length(entry, task_set, functions[split]).rows) / max(1, len(functions[split].rows))
+            metrics[split]["length_filter"] = {
+                "max_code_tokens": task_set.max_code_tokens,
+                "functions_kept": round(kept, 4),
+            }
         if overlap := token_overlap(entry, rows):
             metrics[split]["token_overlap"] = overlap
         log.info("%s/%s: %d rows", entry.name, split, len(rows))
