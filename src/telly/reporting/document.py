@@ -230,7 +230,7 @@ def baseline_lines(task: str, inputs: Inputs, evidence: dict[str, Any] | None) -
     other = (evidence or {}).get("pretrained")
     pre = inputs.pretrained_baselines.get(task)
     if pre is not None:
-        line = f"*Pre-trained encoder without fine-tuning* ({pre.get('method', '?')}): {main} "
+        line = f"*Pre-trained model without fine-tuning* ({pre.get('method', '?')}): {main} "
         line += tables.num(pre["test"][main], 4)
         if other:
             line += f"; Base − it {_interval_text(other['interval'])}: " + (
