@@ -217,7 +217,19 @@ def write_baselines(root: Path, quality: float = 0.3) -> None:
         path = root / "results/baselines" / f"{task}.json"
         full = {"method": "on the whole inputs", "test": {m: quality + 0.05 for m in METRICS[task]}}
         test = {m: quality for m in METRICS[task]}
-        write_json(path, {"task": task, "variant": "baseline", "test": test, "full_input": full})
+        cut = {"test": {"source": 0.25, "target": 0.5}}
+        settings = {"max_source_length": 64, "max_target_length": 24}
+        write_json(
+            path,
+            {
+                "task": task,
+                "variant": "baseline",
+                "test": test,
+                "full_input": full,
+                "truncated": cut,
+                "settings": settings,
+            },
+        )
         write_examples(path, [f"row{i}" for i in range(ROWS)], example_rows(task, quality))
     for task in TASKS:
         path = root / "results/baselines" / f"{task}.pretrained.json"

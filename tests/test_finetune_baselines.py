@@ -226,3 +226,18 @@ def test_pretrained_baseline_does_not_apply_without_a_decoder_mode(tmp_path, raw
     plain = Tokens(bos=0, eos=2, pad=1, modes={})  # a plain encoder's tokenizer: no mode tokens
     assert "<encoder-decoder>, <decoder-only>, <mask0>" in B.decoder_mode_missing("some/encoder", plain)
     assert B.decoder_mode_missing(params.finetune.model, Tokens.of(load_tokenizer(params.finetune.model))) is None
+
+
+def test_truncated_share_counts_the_rows_the_models_input_cuts(tmp_path, raw_params):
+    params, _ = make_setup(tmp_path, raw_params, max_source_length=9, max_target_length=5)
+    long_code = "def f(a, b, c, d):\n    return a + b + c + d + a * b * c * d"
+    short = {"id": "s", "source": "x", "target": "y"}
+    longer = {"id": "l", "source": long_code, "target": "return a + b + c + d + a * b * c * d"}
+    for task in ("code_summarization", "line_completion"):
+        shares = B.truncated_shares(params, task, {"test": [short, longer], "valid": [short]}, None)
+        assert shares == {"test": {"source": 0.5, "target": 0.5}, "valid": {"source": 0.0, "target": 0.0}}
+    rows = [{"id": "s", "query": "x", "code": "x"}, {"id": "l", "query": "x", "code": long_code}]
+    shares = B.truncated_shares(params, "code_search", {"test": rows}, rows + rows[:1])
+    assert shares == {"test": {"query": 0.0, "code": 0.5}, "codebase": {"code": pytest.approx(1 / 3)}}
+    result = json.loads(B.run(params, "code_search", tmp_path / "baselines").read_text())
+    assert set(result["truncated"]) == {"train", "valid", "test"} and result["truncated"]["test"]["code"] > 0

@@ -240,9 +240,42 @@ def equal_inputs(params: Params, task: str, splits: dict[str, list[dict]], codeb
     return out, codebase
 
 
+def truncated_shares(
+    params: Params, task: str, splits: dict[str, list[dict]], codebase: list[dict] | None
+) -> dict[str, dict[str, float]]:
+    """Per split (and ``codebase``), per text field: the share of rows whose tokens the model's input cuts
+    (``data.kept_pieces`` keeps fewer ids than the text has; a target: cut before its ``</s>`` as the model
+    learns it, so on test a reference longer than the model is taught to write)."""
+    from telly.finetuning.data import Tokens, kept_pieces, token_ids
+    from telly.models.loading import load_tokenizer
+
+    cfg = getattr(params.finetune.tasks, task)
+    lengths = (cfg.max_source_length, cfg.max_target_length)
+    tokenizer = load_tokenizer(params.finetune_model)
+    tok = Tokens.of(tokenizer)
+    fields = tasks.get(task).text_fields
+
+    def shares(rows: list[dict]) -> dict[str, float]:
+        cut = dict.fromkeys(fields, 0)
+        for row in rows:
+            pieces = {f: token_ids(tokenizer, row[f], max(lengths)) for f in fields}
+            for f, kept in kept_pieces(task, pieces, tok, *lengths).items():
+                cut[f] += len(kept) < len(pieces[f])
+        return {f: n / len(rows) for f, n in cut.items()}
+
+    out = {split: shares(rows) for split, rows in splits.items()}
+    if codebase is not None:  # each code cut to max_source_length, as the model ranks them (evaluate.load_codebase)
+        head, tail = tok.wrap("encoder-only")
+        room = cfg.max_source_length - len(head) - len(tail)
+        cut = sum(len(token_ids(tokenizer, r["code"], cfg.max_source_length)) > room for r in codebase)
+        out["codebase"] = {"code": cut / len(codebase)}
+    return out
+
+
 def compute(params: Params, task: str) -> dict[str, Any]:
     """The baseline's run-like result of ``task`` on the model's inputs (with per-example ``examples`` and their
-    row ``ids``), the same baseline on the whole inputs beside it (``full_input``)."""
+    row ``ids``), the same baseline on the whole inputs beside it (``full_input``), and the share of rows whose
+    inputs the model cuts (``truncated``: :func:`truncated_shares`)."""
     if params.finetune is None:
         raise TellyError("params: the finetune section is missing (the baselines read its task sizes)")
     spec = tasks.get(task)
@@ -266,6 +299,7 @@ def compute(params: Params, task: str) -> dict[str, Any]:
         "method": method + f", on the model's tokens ({cfg.max_source_length} / {cfg.max_target_length})",
         "test": metrics,
         "full_input": {"method": method + ", on the whole inputs", "test": full},
+        "truncated": truncated_shares(params, task, splits, codebase),
         "settings": {
             "train_size": len(splits["train"]),
             "valid_size": len(splits["valid"]),
@@ -370,7 +404,8 @@ def pretrained(params: Params, task: str) -> dict[str, Any]:
 def run(params: Params, task: str, out_dir: Path | None = None) -> Path:
     """``telly baseline <task>``: write ``<out_dir>/<task>.json`` and ``<task>.examples.jsonl`` (the equal-input
     baseline), and ``<task>.pretrained.json`` with ``<task>.pretrained.examples.jsonl`` (the pre-trained model
-    without fine-tuning, :func:`pretrained`; a model without a decoder mode: a note why not, no rows) under ``finetune.baselines_dir`` by default."""
+    without fine-tuning, :func:`pretrained`; a model without a decoder mode: a note why not, no rows) under
+    ``finetune.baselines_dir`` by default."""
     result = compute(params, task)
     folder = Path(out_dir or params.finetune.baselines_dir)
     path = folder / f"{task}.json"
