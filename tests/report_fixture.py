@@ -211,21 +211,32 @@ def write_run(folder: Path, run: dict, quality: float) -> None:
     write_examples(path, [f"row{i}" for i in range(ROWS)], example_rows(run["task"], quality))
 
 
-PRETRAINED_TASKS = ("code_search", "clone_detection")  # the tasks the pre-trained encoder baseline applies to
-
-
 def write_baselines(root: Path, quality: float = 0.3) -> None:
-    """The equal-input baselines (with their whole-input figure) and the pre-trained encoder's."""
+    """The equal-input baselines (with their whole-input figure) and the pre-trained model's (encoder or decoder mode)."""
     for task in TASKS:
         path = root / "results/baselines" / f"{task}.json"
         full = {"method": "on the whole inputs", "test": {m: quality + 0.05 for m in METRICS[task]}}
         test = {m: quality for m in METRICS[task]}
-        write_json(path, {"task": task, "variant": "baseline", "test": test, "full_input": full})
+        cut = {"test": {"source": 0.25, "target": 0.5}}
+        settings = {"max_source_length": 64, "max_target_length": 24}
+        write_json(
+            path,
+            {
+                "task": task,
+                "variant": "baseline",
+                "test": test,
+                "full_input": full,
+                "truncated": cut,
+                "settings": settings,
+            },
+        )
         write_examples(path, [f"row{i}" for i in range(ROWS)], example_rows(task, quality))
-    for task in PRETRAINED_TASKS:
+    for task in TASKS:
         path = root / "results/baselines" / f"{task}.pretrained.json"
         test = {m: 0.4 for m in METRICS[task]}
-        write_json(path, {"task": task, "variant": "pretrained", "method": "pre-trained encoder", "test": test})
+        write_json(
+            path, {"task": task, "variant": "pretrained", "applies": True, "method": "pre-trained", "test": test}
+        )
         write_examples(path, [f"row{i}" for i in range(ROWS)], example_rows(task, 0.4))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -153,9 +154,90 @@ def test_stage_writes_the_whole_input_figure_and_the_pretrained_encoder(tmp_path
         assert set(result["full_input"]["test"]) == set(result["test"])
         other = json.loads((tmp_path / "baselines" / f"{task}.pretrained.json").read_text())
         rows = read_jsonl(E.examples_path(tmp_path / "baselines" / f"{task}.pretrained.json"))
-        if task == "code_generation":
-            assert other["applies"] is False and "not run" in other["method"] and rows == []
-            continue
         main = E.statistic(task).metric
         assert other["applies"] and E.main_metric(task, E.statistics(task, rows)) == pytest.approx(other["test"][main])
         assert [r["id"] for r in rows] == [r["id"] for r in read_jsonl(E.examples_path(path))]
+        assert all(math.isfinite(v) for v in other["test"].values())
+        mode = "encoder-decoder mode" if task == "code_generation" else "encoder mode"
+        assert mode in other["method"]
+
+
+def _greedy_by_hand(model, tokenizer, tok, example, steps: int, mlm_head: bool = False) -> str:
+    """Greedy decoding that re-encodes prompt + tokens every step through ``RobertaForMaskedLM.roberta``
+    and projects with the tied word embeddings, as the pre-training's ULM / denoising losses do (or, with
+    ``mlm_head``, through the masked-LM head)."""
+    import torch
+
+    from telly.finetuning.data import Seq, collate
+    from telly.models.pretrain import encode
+
+    ids = list(example["prompt"])
+    prefix = example["seq"].prefix
+    out: list[int] = []
+    for _ in range(steps):
+        batch = collate([Seq(tuple(ids), prefix)], tok.pad)
+        with torch.no_grad():
+            hidden = encode(model, {"input_ids": batch["ids"], "attention_mask": batch["mask"]})
+            last = hidden[0, -1]
+            logits = model.lm_head(last) if mlm_head else last @ model.roberta.embeddings.word_embeddings.weight.T
+        token = int(logits.argmax())
+        if token == tok.eos:
+            break
+        out.append(token)
+        ids.append(token)
+    return " ".join(tokenizer.decode(out, skip_special_tokens=True).split())
+
+
+@pytest.mark.parametrize("task", ["code_summarization", "line_completion"])
+def test_pretrained_decoder_mode_decodes_through_the_pretraining_projection(tmp_path, raw_params, task):
+    from transformers import RobertaForMaskedLM
+
+    from telly.finetuning.data import Tokens, load_examples
+    from telly.models.loading import load_tokenizer
+
+    params, _ = make_setup(tmp_path, raw_params, beam_size=1, max_source_length=16, max_target_length=6)
+    path = B.run(params, task, tmp_path / "baselines")
+    other = json.loads((tmp_path / "baselines" / f"{task}.pretrained.json").read_text())
+    rows = read_jsonl(E.examples_path(tmp_path / "baselines" / f"{task}.pretrained.json"))
+    assert other["applies"] is True and "greedy" in other["method"] and "without fine-tuning" in other["method"]
+    assert all(math.isfinite(v) for v in other["test"].values())
+    assert [r["id"] for r in rows] == [r["id"] for r in read_jsonl(E.examples_path(path))]
+    settings = params.finetune
+    tokenizer = load_tokenizer(params.finetune_model)
+    tok = Tokens.of(tokenizer)
+    examples = load_examples(settings.tasks_dir, task, "test", 8, settings.data_seed, tokenizer, tok, 16, 6)
+    model = RobertaForMaskedLM.from_pretrained(params.finetune_model, use_safetensors=True).eval()
+    assert [r["hyp"] for r in rows] == [_greedy_by_hand(model, tokenizer, tok, ex, 6) for ex in examples]
+    # the masked-LM head decodes other texts here, so the check above tells the two projections apart
+    assert [r["hyp"] for r in rows] != [_greedy_by_hand(model, tokenizer, tok, ex, 6, True) for ex in examples]
+
+
+def test_pretrained_baseline_does_not_apply_without_a_decoder_mode(tmp_path, raw_params):
+    from telly.config import parse_params
+    from telly.finetuning.data import Tokens
+    from telly.models.loading import load_tokenizer
+
+    params, raw = make_setup(tmp_path, raw_params)
+    raw["finetune"]["model"] = f"random:{params.finetune.model}"
+    B.run(parse_params(raw), "code_summarization", tmp_path / "baselines")
+    other = json.loads((tmp_path / "baselines" / "code_summarization.pretrained.json").read_text())
+    assert other["applies"] is False and "random weights" in other["method"] and "test" not in other
+    assert read_jsonl(E.examples_path(tmp_path / "baselines" / "code_summarization.pretrained.json")) == []
+    plain = Tokens(bos=0, eos=2, pad=1, modes={})  # a plain encoder's tokenizer: no mode tokens
+    assert "<encoder-decoder>, <decoder-only>, <mask0>" in B.decoder_mode_missing("some/encoder", plain)
+    assert B.decoder_mode_missing(params.finetune.model, Tokens.of(load_tokenizer(params.finetune.model))) is None
+
+
+def test_truncated_share_counts_the_rows_the_models_input_cuts(tmp_path, raw_params):
+    params, _ = make_setup(tmp_path, raw_params, max_source_length=9, max_target_length=5)
+    long_code = "def f(a, b, c, d):\n    return a + b + c + d + a * b * c * d"
+    short = {"id": "s", "source": "x", "target": "y"}
+    longer = {"id": "l", "source": long_code, "target": "return a + b + c + d + a * b * c * d"}
+    for task in ("code_summarization", "line_completion"):
+        shares = B.truncated_shares(params, task, {"test": [short, longer], "valid": [short]}, None)
+        assert shares == {"test": {"source": 0.5, "target": 0.5}, "valid": {"source": 0.0, "target": 0.0}}
+    rows = [{"id": "s", "query": "x", "code": "x"}, {"id": "l", "query": "x", "code": long_code}]
+    shares = B.truncated_shares(params, "code_search", {"test": rows}, rows + rows[:1])
+    assert shares == {"test": {"query": 0.0, "code": 0.5}, "codebase": {"code": pytest.approx(1 / 3)}}
+    result = json.loads(B.run(params, "code_search", tmp_path / "baselines").read_text())
+    assert set(result["truncated"]) == {"train", "valid", "test"} and result["truncated"]["test"]["code"] > 0

@@ -47,7 +47,11 @@ def test_full_report_where_every_claim_holds(params, tmp_path):
     assert "non-inferior up to Telly-1 (0.0006 M trainable, -40% parameters and -40% epoch time vs Base" in md
     assert md.count("*No-training baseline*") == len(TASKS) and "Base beats it." in md
     assert "(on the whole inputs, beyond the model's truncation: 0.35" in md
-    assert md.count("*Pre-trained encoder without fine-tuning*") == 2  # code search, clone detection
+    cut = (
+        "*Inputs the model cuts* (share of test rows longer than the model reads, 64 / 24 tokens): source 25.0%, target"
+    )
+    assert md.count(cut + " 50.0%.") == len(TASKS)
+    assert md.count("*Pre-trained model without fine-tuning*") == len(TASKS)  # encoder and decoder modes
     assert "mrr 0.4000; Base − it +0.095 [+0.0932, +0.09687] (95% two-level percentile, 1000 rows, seeds 2 vs 1)" in md
     assert md.count("Power at K = 1: detects") == len(TASKS) and "| two-level interval | rows only |" in md
     assert "| Base | 0.0010 | 0.0 | 10.0s | 0.0 | 2 | 20.0s | 0.0 | 2 | 0.5 ± 0 |" in md  # two seeds, mean ± std

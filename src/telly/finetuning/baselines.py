@@ -240,9 +240,42 @@ def equal_inputs(params: Params, task: str, splits: dict[str, list[dict]], codeb
     return out, codebase
 
 
+def truncated_shares(
+    params: Params, task: str, splits: dict[str, list[dict]], codebase: list[dict] | None
+) -> dict[str, dict[str, float]]:
+    """Per split (and ``codebase``), per text field: the share of rows whose tokens the model's input cuts
+    (``data.kept_pieces`` keeps fewer ids than the text has; a target: cut before its ``</s>`` as the model
+    learns it, so on test a reference longer than the model is taught to write)."""
+    from telly.finetuning.data import Tokens, kept_pieces, token_ids
+    from telly.models.loading import load_tokenizer
+
+    cfg = getattr(params.finetune.tasks, task)
+    lengths = (cfg.max_source_length, cfg.max_target_length)
+    tokenizer = load_tokenizer(params.finetune_model)
+    tok = Tokens.of(tokenizer)
+    fields = tasks.get(task).text_fields
+
+    def shares(rows: list[dict]) -> dict[str, float]:
+        cut = dict.fromkeys(fields, 0)
+        for row in rows:
+            pieces = {f: token_ids(tokenizer, row[f], max(lengths)) for f in fields}
+            for f, kept in kept_pieces(task, pieces, tok, *lengths).items():
+                cut[f] += len(kept) < len(pieces[f])
+        return {f: n / len(rows) for f, n in cut.items()}
+
+    out = {split: shares(rows) for split, rows in splits.items()}
+    if codebase is not None:  # each code cut to max_source_length, as the model ranks them (evaluate.load_codebase)
+        head, tail = tok.wrap("encoder-only")
+        room = cfg.max_source_length - len(head) - len(tail)
+        cut = sum(len(token_ids(tokenizer, r["code"], cfg.max_source_length)) > room for r in codebase)
+        out["codebase"] = {"code": cut / len(codebase)}
+    return out
+
+
 def compute(params: Params, task: str) -> dict[str, Any]:
     """The baseline's run-like result of ``task`` on the model's inputs (with per-example ``examples`` and their
-    row ``ids``), the same baseline on the whole inputs beside it (``full_input``)."""
+    row ``ids``), the same baseline on the whole inputs beside it (``full_input``), and the share of rows whose
+    inputs the model cuts (``truncated``: :func:`truncated_shares`)."""
     if params.finetune is None:
         raise TellyError("params: the finetune section is missing (the baselines read its task sizes)")
     spec = tasks.get(task)
@@ -266,6 +299,7 @@ def compute(params: Params, task: str) -> dict[str, Any]:
         "method": method + f", on the model's tokens ({cfg.max_source_length} / {cfg.max_target_length})",
         "test": metrics,
         "full_input": {"method": method + ", on the whole inputs", "test": full},
+        "truncated": truncated_shares(params, task, splits, codebase),
         "settings": {
             "train_size": len(splits["train"]),
             "valid_size": len(splits["valid"]),
@@ -284,28 +318,45 @@ def data_seed(params: Params) -> int:
     return params.finetune.data_seed
 
 
-# ------------------------------------------------------------------ the pre-trained encoder, not fine-tuned
-
-PRETRAINED_NOT_RUN = (
-    "not run: the pre-trained model's decoder mode without fine-tuning costs a beam search over the test rows "
-    "per task, and has never seen the task's prompt format; only the encoder tasks have this baseline"
-)
+# ------------------------------------------------------------------ the pre-trained model, not fine-tuned
 
 
-def pretrained_encoder(params: Params, task: str) -> dict[str, Any] | None:
-    """The pre-trained encoder without fine-tuning, scored as a fine-tuned one is (``evaluate``, the model's
-    own inputs and pooled embedding): code search ranks the same pool; clone detection thresholds the cosine
-    on valid's threshold half. None for the generation tasks (:data:`PRETRAINED_NOT_RUN`)."""
-    spec = tasks.get(task)
-    if spec.generates:
-        return None
+def decoder_mode_missing(name_or_path: str, tok: Any) -> str | None:
+    """Why the model has no pre-trained decoder mode to generate with, or None when it has one: a UniXcoder-style
+    checkpoint (its tokenizer knows the ``<encoder-decoder>`` / ``<decoder-only>`` / ``<mask0>`` tokens the
+    pre-training's generation objectives read) that is not ``random``."""
+    from telly.models.loading import RANDOM
+
+    if name_or_path == RANDOM or name_or_path.startswith(RANDOM + ":"):
+        return f"not run: finetune.model = {name_or_path!r} has random weights, nothing pre-trained to generate with"
+    missing = [m for m in ("encoder-decoder", "decoder-only", "mask0") if m not in tok.modes]
+    if missing:
+        return (
+            f"not run: finetune.model = {name_or_path!r} has no decoder mode (its tokenizer lacks "
+            f"{', '.join(f'<{m}>' for m in missing)}): a plain encoder was never pre-trained to generate"
+        )
+    return None
+
+
+def pretrained(params: Params, task: str) -> dict[str, Any]:
+    """The pre-trained model without fine-tuning, scored as a fine-tuned one is (``evaluate`` on the same test rows
+    and tokens). The encoder tasks read its pooled embedding: code search ranks the same pool, clone detection
+    thresholds the cosine on valid's threshold half. The generation tasks decode in its own mode (encoder-decoder
+    for summarization and generation, decoder-only for completion) through the tied output projection
+    (hidden @ word embeddings) its pre-training's generation objectives (ULM, denoising) and the fine-tuning heads
+    use, with the runs' beam and ``max_target_length`` new tokens. ``applies: False`` with the reason in ``method``
+    where the model has no decoder mode (:func:`decoder_mode_missing`)."""
     from telly.finetuning.data import Tokens, load_examples
     from telly.finetuning.evaluate import codebase_path, evaluate, load_codebase
     from telly.finetuning.heads import TaskModel
-    from telly.models.loading import load_encoder
+    from telly.models.loading import load_encoder, load_tokenizer
 
-    settings = params.finetune
+    spec, settings = tasks.get(task), params.finetune
     cfg = getattr(settings.tasks, task)
+    if spec.generates:
+        reason = decoder_mode_missing(params.finetune_model, Tokens.of(load_tokenizer(params.finetune_model)))
+        if reason:
+            return {"task": task, "variant": "pretrained", "applies": False, "method": reason}
     encoder = load_encoder(params.finetune_model, device=settings.device, seed=settings.data_seed)
     tok = Tokens.of(encoder.tokenizer)
     model = TaskModel(encoder.model, task)
@@ -317,12 +368,19 @@ def pretrained_encoder(params: Params, task: str) -> dict[str, Any] | None:
             range(i, min(i + settings.eval_batch_size, len(rows)))
             for i in range(0, len(rows), settings.eval_batch_size)
         ]
-        return evaluate(model, rows, tok, encoder.tokenizer, batches=batches, beam_size=1, max_new_tokens=1, **kwargs)
+        return evaluate(model, rows, tok, encoder.tokenizer, batches=batches, **kwargs)
 
-    extra: dict[str, Any] = {}
-    method = "pre-trained encoder without fine-tuning, mean-pooled last layer"
-    if spec.head == "clone":
-        extra["threshold"] = scored("valid", cfg.valid_size)["threshold"]
+    extra: dict[str, Any] = {"beam_size": 1, "max_new_tokens": 1}
+    method = "pre-trained model's encoder mode without fine-tuning, mean-pooled last layer"
+    if spec.generates:
+        extra = {"beam_size": cfg.beam_size, "max_new_tokens": cfg.max_target_length}
+        search = "greedy" if cfg.beam_size == 1 else f"beam {cfg.beam_size}"
+        method = (
+            f"pre-trained model's own {spec.layout} mode without fine-tuning, tied output projection "
+            f"(as its pre-training's generation objectives), {search}, {cfg.max_target_length} new tokens at most"
+        )
+    elif spec.head == "clone":
+        extra["threshold"] = scored("valid", cfg.valid_size, **extra)["threshold"]
         method += ", cosine thresholded on valid's threshold half"
     elif codebase_path(settings.tasks_dir, task).exists():
         test_rows = load_split(settings.tasks_dir, task, "test", cfg.test_size, data_seed(params), min_rows=2)
@@ -332,15 +390,22 @@ def pretrained_encoder(params: Params, task: str) -> dict[str, Any] | None:
         extra["codebase_batch_size"] = settings.eval_batch_size
         method += f", ranking the {len(extra['codebase'].codes)} codes of the codebase"
     out = scored("test", cfg.test_size, **extra)
-    examples = out.examples
     metrics = {k: v for k, v in out.items()}
-    return {"task": task, "variant": "pretrained", "method": method, "test": metrics, "examples": examples}
+    return {
+        "task": task,
+        "variant": "pretrained",
+        "applies": True,
+        "method": method,
+        "test": metrics,
+        "examples": out.examples,
+    }
 
 
 def run(params: Params, task: str, out_dir: Path | None = None) -> Path:
     """``telly baseline <task>``: write ``<out_dir>/<task>.json`` and ``<task>.examples.jsonl`` (the equal-input
-    baseline), and ``<task>.pretrained.json`` with ``<task>.pretrained.examples.jsonl`` (the pre-trained encoder;
-    for the generation tasks a note why not, with no rows) under ``finetune.baselines_dir`` by default."""
+    baseline), and ``<task>.pretrained.json`` with ``<task>.pretrained.examples.jsonl`` (the pre-trained model
+    without fine-tuning, :func:`pretrained`; a model without a decoder mode: a note why not, no rows) under
+    ``finetune.baselines_dir`` by default."""
     result = compute(params, task)
     folder = Path(out_dir or params.finetune.baselines_dir)
     path = folder / f"{task}.json"
@@ -348,13 +413,9 @@ def run(params: Params, task: str, out_dir: Path | None = None) -> Path:
     E.write_examples(path, ids, result.pop("examples"))
     write_json(path, result)
     log.info("%s baseline (%s): %s", task, result["method"], result["test"])
-    pretrained = pretrained_encoder(params, task)
     other = folder / f"{task}.pretrained.json"
-    if pretrained is None:
-        E.write_examples(other, [], [])
-        write_json(other, {"task": task, "variant": "pretrained", "applies": False, "method": PRETRAINED_NOT_RUN})
-    else:
-        E.write_examples(other, ids, pretrained.pop("examples"))
-        write_json(other, {**pretrained, "applies": True})
-        log.info("%s pre-trained encoder: %s", task, pretrained["test"])
+    model = pretrained(params, task)
+    E.write_examples(other, ids if model["applies"] else [], model.pop("examples", []))
+    write_json(other, model)
+    log.info("%s pre-trained model (%s): %s", task, model["method"], model.get("test"))
     return path

@@ -162,7 +162,7 @@ class TaskEvidence:
     task: str
     verdict: vd.Verdict  # the task's verdict on the claim
     learns: vd.Verdict | None = None  # Base vs the no-training baseline (None: no baseline result)
-    pretrained: vd.Verdict | None = None  # Base vs the pre-trained encoder without fine-tuning, where it applies
+    pretrained: vd.Verdict | None = None  # Base vs the pre-trained model without fine-tuning, where it applies
     per_k: dict[int, vd.Verdict] = field(default_factory=dict)  # K -> non-inferiority verdict
     deepest_k: int | None = None  # deepest K with every K' <= K non-inferior (reproduced)
     needed_k: int | None = None
@@ -184,11 +184,11 @@ class TaskEvidence:
 def per_seed_statistics(
     task: str, runs: list[dict[str, Any]], baseline: dict[str, Any] | None, pretrained: dict[str, Any] | None = None
 ) -> tuple:
-    """``({K: [stats per seed]}, baseline stats or None, pre-trained encoder stats or None)`` on the same test
+    """``({K: [stats per seed]}, baseline stats or None, pre-trained model stats or None)`` on the same test
     rows; runs without per-example rows are left out."""
     named = {f"{r['variant']}/seed{r.get('settings', {}).get('seed', i)}": r for i, r in enumerate(runs)}
     rows = {n: r["examples"] for n, r in named.items() if r.get("examples")}
-    for name, result in (("baseline", baseline), ("pre-trained encoder", pretrained)):
+    for name, result in (("baseline", baseline), ("pre-trained model", pretrained)):
         if result is not None and result.get("examples"):
             rows[name] = result["examples"]
     if not rows:
@@ -198,7 +198,7 @@ def per_seed_statistics(
     for name, r in named.items():
         if name in stats:
             by_k.setdefault(variants.k_of(r["variant"]), []).append(stats[name])
-    return by_k, stats.get("baseline"), stats.get("pre-trained encoder")
+    return by_k, stats.get("baseline"), stats.get("pre-trained model")
 
 
 def _per_k_text(needed: dict[int, vd.Verdict], need: int, tolerance: float) -> str:
@@ -222,15 +222,15 @@ def task_evidence(
     beats its no-training baseline; every K in 0..need must have runs."""
     conf = {"level": settings.ci_level, "resamples": settings.bootstrap_resamples, "seed": settings.bootstrap_seed}
     try:
-        by_k, base_line, encoder_line = per_seed_statistics(task, runs, baseline, pretrained)
+        by_k, base_line, model_line = per_seed_statistics(task, runs, baseline, pretrained)
     except TellyError as err:
         return TaskEvidence(task, vd.not_checked(str(err)))
     if None not in by_k or num_layers is None:
         return TaskEvidence(task, vd.not_checked("needs Base runs with per-example test scores (rerun finetune)"))
     need = max(math.ceil(settings.within_base_min_depth * num_layers) - 1, 0)
     out = TaskEvidence(task, vd.not_checked(""), needed_k=need)
-    if encoder_line is not None:
-        out.pretrained = ev.check_learns(task, by_k[None], encoder_line, **conf, what="the pre-trained encoder")
+    if model_line is not None:
+        out.pretrained = ev.check_learns(task, by_k[None], model_line, **conf, what="the pre-trained model")
     if base_line is None:
         out.verdict = vd.not_checked("no no-training baseline with per-example scores: run `dvc repro baseline`")
         return out

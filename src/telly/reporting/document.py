@@ -209,6 +209,16 @@ def _interval_text(i: dict[str, Any]) -> str:
     return out
 
 
+def truncated_line(baseline: dict[str, Any]) -> str:
+    """The share of test rows (and codebase codes) whose tokens the model's input cuts, per text field."""
+    shares = baseline["truncated"]
+    settings = baseline.get("settings", {})
+    parts = [f"{field} {share:.1%}" for field, share in shares.get("test", {}).items()]
+    parts += [f"codebase {field} {share:.1%}" for field, share in shares.get("codebase", {}).items()]
+    lengths = f"{settings.get('max_source_length', '?')} / {settings.get('max_target_length', '?')} tokens"
+    return f"*Inputs the model cuts* (share of test rows longer than the model reads, {lengths}): {', '.join(parts)}.\n"
+
+
 def baseline_lines(task: str, inputs: Inputs, evidence: dict[str, Any] | None) -> list[str]:
     """Base against each no-training baseline of ``task``: the equal-input one (the RQ3 gate) and the others."""
     baseline = inputs.baselines.get(task)
@@ -227,10 +237,12 @@ def baseline_lines(task: str, inputs: Inputs, evidence: dict[str, Any] | None) -
             else "**Base does not beat its no-training baseline: no RQ3 verdict is drawn.**"
         )
     out = [line + "\n"]
+    if baseline.get("truncated"):
+        out.append(truncated_line(baseline))
     other = (evidence or {}).get("pretrained")
     pre = inputs.pretrained_baselines.get(task)
     if pre is not None:
-        line = f"*Pre-trained encoder without fine-tuning* ({pre.get('method', '?')}): {main} "
+        line = f"*Pre-trained model without fine-tuning* ({pre.get('method', '?')}): {main} "
         line += tables.num(pre["test"][main], 4)
         if other:
             line += f"; Base − it {_interval_text(other['interval'])}: " + (

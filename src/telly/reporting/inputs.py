@@ -60,7 +60,7 @@ class Inputs:
     regimes: list[Regime] = field(default_factory=list)
     tuning: dict[str, dict[str, Any]] = field(default_factory=dict)
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> the no-training baseline's result
-    # task -> the pre-trained encoder without fine-tuning (<task>.pretrained.json), where the task has one
+    # task -> the pre-trained model without fine-tuning (<task>.pretrained.json: encoder or decoder mode), where it applies
     pretrained_baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)  # section -> what is missing and what to run
 
@@ -180,7 +180,7 @@ def read_tuning(params: Params) -> tuple[dict[str, dict[str, Any]], str]:
 
 def read_baselines(folder: Path, kind: str = "") -> tuple[dict[str, dict[str, Any]], str]:
     """The no-training baselines (``<task><kind>.json`` with ``<task><kind>.examples.jsonl``) of the
-    ``baseline`` stage; ``kind`` ``.pretrained``: the pre-trained encoder without fine-tuning."""
+    ``baseline`` stage; ``kind`` ``.pretrained``: the pre-trained model without fine-tuning."""
     from telly.finetuning.examples import read_examples
 
     found = {}
