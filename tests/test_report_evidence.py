@@ -218,3 +218,21 @@ def test_the_bootstrap_resamples_clone_f1_not_a_mean_of_rows():
     interval = ev.relative_difference("clone_detection", [base], [other], resamples=500)
     assert interval.estimate == pytest.approx(-10.0)
     assert interval.low < -10.0 < interval.high < 0
+
+
+def test_a_task_that_does_not_beat_its_baseline_shows_its_learning_curve(settings, tmp_path):
+    """The report shows benchmarks/learning_curves.py's points for a task whose Base does not beat its baseline,
+    and none for a task that does."""
+    from telly.reporting import document
+    from telly.reporting.inputs import Inputs
+
+    point = {"task": "code_search", "train_size": 256, "epochs": 3, "seed": 1, "base": 0.05, "baseline": 0.4}
+    point["difference"] = {"estimate": -0.35, "low": -0.38, "high": -0.32}
+    inputs = Inputs(baselines={"code_search": {"method": "BM25", "test": {"mrr": 0.4}}})
+    inputs.learning_curves = {"code_search": [point, {**point, "train_size": 4000, "base": 0.09}]}
+    interval = {"estimate": -0.3, "low": -0.33, "high": -0.28, "level": 0.95, "method": "x", "rows": 9, "seeds": [3, 1]}
+    losing = {"learns": {"verdict": vd.NOT_REPRODUCED, "interval": interval}}
+    text = "".join(document.baseline_lines("code_search", inputs, losing))
+    assert "*Learning curve*" in text and "256 rows: 0.0500 vs 0.4000" in text and "4,000 rows: 0.0900" in text
+    winning = {"learns": {"verdict": vd.REPRODUCED, "interval": {**interval, "low": 0.1, "estimate": 0.2}}}
+    assert "Learning curve" not in "".join(document.baseline_lines("code_search", inputs, winning))

@@ -779,6 +779,11 @@ class ReportParams(Section):
     )
     ci_level: float = Field(gt=0.5, lt=1.0, description="paired bootstrap intervals of the RQ3 claims (0.95)")
     bootstrap_resamples: int = Field(ge=100, description="resamples per interval (scipy.stats.bootstrap, BCa)")
+    learning_curves: Path | None = Field(
+        default=None,
+        description="benchmarks/learning_curves.py's output (committed): the report shows the curve of each task "
+        "whose Base does not beat its no-training baseline; null = none",
+    )
     bootstrap_seed: int
     paper_regime: PaperRegimeParams
     track: bool = Field(description="log the report and the claim verdicts to MLflow (experiment <prefix>-report)")

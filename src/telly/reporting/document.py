@@ -219,6 +219,20 @@ def truncated_line(baseline: dict[str, Any]) -> str:
     return f"*Inputs the model cuts* (share of test rows longer than the model reads, {lengths}): {', '.join(parts)}.\n"
 
 
+def learning_curve_line(task: str, points: list[dict[str, Any]]) -> str:
+    """Base against the baseline at each training size (benchmarks/learning_curves.py): whether more rows help."""
+    parts = [
+        f"{p['train_size']:,} rows: {tables.num(p['base'], 4)} vs {tables.num(p['baseline'], 4)}, "
+        f"difference {p['difference']['estimate']:+.3g} [{p['difference']['low']:+.3g}, {p['difference']['high']:+.3g}]"
+        for p in points
+    ]
+    first = points[0]
+    return (
+        f"*Learning curve* (Base, seed {first['seed']}, {first['epochs']} epochs, against the baseline on the same "
+        f"rows; {MAIN_METRIC[task]}; docs/finetuning.md): " + "; ".join(parts) + ".\n"
+    )
+
+
 def baseline_lines(task: str, inputs: Inputs, evidence: dict[str, Any] | None) -> list[str]:
     """Base against each no-training baseline of ``task``: the equal-input one (the RQ3 gate) and the others."""
     baseline = inputs.baselines.get(task)
@@ -237,6 +251,8 @@ def baseline_lines(task: str, inputs: Inputs, evidence: dict[str, Any] | None) -
             else "**Base does not beat its no-training baseline: no RQ3 verdict is drawn.**"
         )
     out = [line + "\n"]
+    if learns and learns["verdict"] != REPRODUCED and inputs.learning_curves.get(task):
+        out.append(learning_curve_line(task, inputs.learning_curves[task]))
     if baseline.get("truncated"):
         out.append(truncated_line(baseline))
     other = (evidence or {}).get("pretrained")

@@ -63,6 +63,8 @@ class Inputs:
     # task -> the pre-trained model without fine-tuning (<task>.pretrained.json: encoder or decoder mode), where it applies
     pretrained_baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)  # section -> what is missing and what to run
+    # task -> points of benchmarks/learning_curves.py (Base and the baseline at each training size), if given
+    learning_curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def _read_json(path: Path) -> Any:
@@ -214,6 +216,12 @@ def read_inputs(params: Params) -> Inputs:
     if why:
         inputs.missing["baselines"] = why
     inputs.pretrained_baselines, _ = read_baselines(folder, ".pretrained")
+    curves = params.report.learning_curves if params.report else None
+    if curves is not None and not Path(curves).exists():
+        inputs.missing["learning_curves"] = f"no {curves}: run benchmarks/learning_curves.py (report.learning_curves)"
+    elif curves is not None:
+        for point in sorted(_read_json(Path(curves)), key=lambda p: (p["task"], p["train_size"])):
+            inputs.learning_curves.setdefault(point["task"], []).append(point)
     for section, why in inputs.missing.items():
         log.warning("report: %s: %s", section, why)
     return inputs
