@@ -7,7 +7,7 @@ for every split (docs/datasets.md):
 - clone detection: ROC AUC of the token-set Jaccard of ``code1`` and ``code2``
   (``sklearn.metrics.roc_auc_score``), 0.5 = no better than chance;
 - semantic probing: MAP@R (the paper's definition, :func:`telly.probing.metrics.map_at_r_from_scores`)
-  when every function retrieves the others by Jaccard.
+  when every function retrieves the others by Jaccard, and by BM25 over the same tokens.
 
 Tokens are words (identifiers, keywords, numbers, the words inside strings) and
 single punctuation characters, read by one regular expression so that the same
@@ -68,12 +68,26 @@ def clone_detection_auc(rows: Sequence[dict]) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
-def semantic_map_at_r(rows: Sequence[dict]) -> float | None:
-    """MAP@R (percent) of retrieving each function's clone class by Jaccard; None if no class has two members."""
+def bm25_matrix(codes: Sequence[str]) -> np.ndarray:
+    """BM25 (``bm25s``, Lucene's variant, k1 1.5, b 0.75) of every code, as a query, against every code, over
+    the same tokens as Jaccard."""
+    import bm25s
+
+    index = bm25s.BM25()
+    index.index([tokens(c) for c in codes], show_progress=False)
+    return np.stack([np.asarray(index.get_scores(tokens(c)), dtype=float) for c in codes])
+
+
+def semantic_map_at_r(rows: Sequence[dict], measure: str = "jaccard") -> float | None:
+    """MAP@R (percent) of retrieving each function's clone class by token-set Jaccard (or ``bm25``); None if no
+    class has two members."""
     from telly.probing.metrics import map_at_r_from_scores
 
     labels = np.asarray([r["label"] for r in rows])
     if len(labels) == 0 or np.unique(labels).size == len(labels):
         return None
-    matrix, _ = token_sets([r["code"] for r in rows])
+    codes = [r["code"] for r in rows]
+    if measure == "bm25":
+        return map_at_r_from_scores(bm25_matrix(codes), labels)
+    matrix, _ = token_sets(codes)
     return map_at_r_from_scores(jaccard_matrix(matrix, matrix), labels)

@@ -17,7 +17,8 @@ The paper's properties (section 1):
 - lexical: the type of every token (keyword, name, number, string, operator), a tagging probe per token;
 - syntactic: does an AST-only sequence belong to this code, a contrastive probe over pairs;
 - structural: the cyclomatic-complexity class of a function, a tagging probe per function;
-- semantic: clone classes (POJ-104), a contrastive probe ranked by MAP@R.
+- semantic: clone classes (POJ-104), a contrastive probe ranked by MAP@R; from the corpus, a function and
+  its rewrites (Type 1-3), or from algorithm wheels, functions that behave alike when run (Type 4).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class ProbingProperty:
     overlap: str = ""  # function of telly.data.datasets: the token-overlap baseline of a split, if any
     fraction: bool = False  # the metric is in [0, 1] as the paper reports it: figures show it x100
     source_fields: dict[str, str] = field(default_factory=dict)  # as DownstreamTask.source_fields
+    # other sources than the corpus (tasks.<property>.source): name -> function of telly.data.datasets that
+    # builds one split from it, called as ``builder`` is
+    source_builders: dict[str, str] = field(default_factory=dict)
 
 
 PROPERTIES: dict[str, ProbingProperty] = {
@@ -98,6 +102,7 @@ PROPERTIES: dict[str, ProbingProperty] = {
             source_format="poj104",
             real_data="rows",
             builder="semantic",
+            source_builders={"behaviour": "semantic_behaviour"},
             balance="class_sizes",
             overlap="class_overlap",
             labels="clone_classes",
