@@ -99,7 +99,10 @@ def test_a_class_needs_enough_members_and_sources_and_copies_count_once():
         ("def hog(xs):\n    return bytearray(10 * 2**30)\n", "allocates without bound"),
         ("def down(n):\n    return down(n)\n", "recursion without end"),
         ("def shell(xs):\n    import os\n    os.system('true')\n    return sorted(xs)\n", "calls os.system"),
-        ("def dump(xs):\n    with open('out.txt', 'w') as f:\n        f.write(str(xs))\n    return sorted(xs)\n", "writes a file"),
+        (
+            "def dump(xs):\n    with open('out.txt', 'w') as f:\n        f.write(str(xs))\n    return sorted(xs)\n",
+            "writes a file",
+        ),
         ("def spawn(xs):\n    import subprocess\n    subprocess.run(['true'])\n    return xs\n", "starts a process"),
         ("def same(xs):\n    return 1\n", "the same output on every input"),
         ("def broken(xs):\n    return xs.missing\n", "raises AttributeError"),
