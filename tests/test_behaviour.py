@@ -11,6 +11,7 @@ import pytest
 from telly.config import ConfigError, parse_params
 from telly.data import behaviour
 from telly.data import datasets as D
+from telly.errors import TellyError
 
 BUBBLE = """
 def bubble_sort(items):
@@ -65,13 +66,13 @@ def _candidate(code: str, source: str) -> behaviour.Candidate:
 
 
 def _run(code: str, source: str = "a") -> behaviour.Behaviour:
-    return behaviour.run(_candidate(code, source), SHARED, call_seconds=0.3, timeout=10)
+    return behaviour.run(_candidate(code, source), SHARED, steps=20000, backstop=20)
 
 
 def test_equivalent_sorts_share_a_class_and_an_off_by_one_does_not():
     candidates = [_candidate(BUBBLE, "a"), _candidate(MERGE, "b"), _candidate(INSERTION_IN_PLACE, "c")]
     near_miss = _candidate(OFF_BY_ONE, "d")
-    runs = {c.id: behaviour.run(c, SHARED, 0.3, 10) for c in [*candidates, near_miss]}
+    runs = {c.id: behaviour.run(c, SHARED, 20000, 20) for c in [*candidates, near_miss]}
     sort_keys = [dict(zip(sorted(runs[c.id].outputs), runs[c.id].keys))["ints"] for c in candidates]
     assert len(set(sort_keys)) == 1, "the in-place sort's output is the list it sorted"
     near = dict(zip(sorted(runs[near_miss.id].outputs), runs[near_miss.id].keys))
@@ -84,18 +85,22 @@ def test_a_class_needs_enough_members_and_sources_and_copies_count_once():
     renamed_copy = GCD_LOOP.replace("gcd(a, b)", "g(m, n)").replace("a, b = b, a % b", "m, n = n, m % n")
     renamed_copy = renamed_copy.replace("while b", "while n").replace("return a", "return m")
     one_source = [_candidate(c, "x") for c in (GCD_LOOP, GCD_RECURSIVE, GCD_MATH)]
-    runs = {c.id: behaviour.run(c, SHARED, 0.3, 10) for c in one_source}
+    runs = {c.id: behaviour.run(c, SHARED, 20000, 20) for c in one_source}
     assert len({tuple(r.keys) for r in runs.values()}) == 1
     assert behaviour.group(one_source, runs, min_members=3, min_sources=2, max_members=8) == []
     two = [_candidate(GCD_LOOP, "x"), _candidate(renamed_copy, "y"), _candidate(GCD_RECURSIVE, "y")]
-    runs = {c.id: behaviour.run(c, SHARED, 0.3, 10) for c in two}
+    runs = {c.id: behaviour.run(c, SHARED, 20000, 20) for c in two}
     assert behaviour.group(two, runs, min_members=3, min_sources=2, max_members=8) == [], "the copy counts once"
 
 
 @pytest.mark.parametrize(
     ("code", "reason"),
     [
-        ("def spin(xs):\n    while True:\n        pass\n", "runs past 0.3 s of CPU"),
+        ("def spin(xs):\n    while True:\n        pass\n", "ints: step budget (20000 steps on one input)"),
+        (
+            "def swallow(xs):\n    while True:\n        try:\n            pass\n        except BaseException:\n            pass\n",
+            "step budget",
+        ),
         ("def hog(xs):\n    return bytearray(10 * 2**30)\n", "allocates without bound"),
         ("def down(n):\n    return down(n)\n", "recursion without end"),
         ("def shell(xs):\n    import os\n    os.system('true')\n    return sorted(xs)\n", "calls os.system"),
@@ -181,3 +186,18 @@ def test_only_a_set_with_a_builder_for_it_takes_the_behaviour_source(raw_params)
     raw_params["tasks"]["code_generation"]["source"] = "behaviour"
     with pytest.raises(ConfigError, match=r"code_generation[\s\S]*cannot feed this set"):
         parse_params(raw_params)
+
+
+def test_a_kind_past_the_step_budget_leaves_the_other_kinds_their_outputs():
+    code = "def either(x):\n    if isinstance(x, list):\n        while True:\n            pass\n    return x[::-1]\n"
+    result = _run(code)
+    assert "ints" not in result.outputs
+    assert "str" in result.outputs, "the str kind runs in a new child after the ints kind used up its budget"
+    assert json.loads(result.outputs["str"]) == [args[0][::-1] for args in SHARED["str"]]
+
+
+def test_a_run_past_the_backstop_fails_the_build_naming_the_function():
+    # a loop in C: no Python lines run, so only the backstop stops it
+    code = "import itertools\n\ndef forever(xs):\n    return sum(itertools.count())\n"
+    with pytest.raises(TellyError, match=r"a/m.py:forever: ran past the 2 s backstop[\s\S]*tasks.behaviour.skip"):
+        behaviour.run(_candidate(code, "a"), SHARED, steps=20000, backstop=2)

@@ -165,7 +165,11 @@ def arities(code: str) -> tuple[int, int] | None:
 def _stdlib_import(statement: ast.stmt) -> bool:
     if isinstance(statement, ast.Import):
         return all(a.name.split(".")[0] in sys.stdlib_module_names for a in statement.names)
-    return isinstance(statement, ast.ImportFrom) and not statement.level and (statement.module or "").split(".")[0] in sys.stdlib_module_names
+    return (
+        isinstance(statement, ast.ImportFrom)
+        and not statement.level
+        and (statement.module or "").split(".")[0] in sys.stdlib_module_names
+    )
 
 
 def _prelude(module: ast.Module, source: str) -> list[str]:
@@ -231,39 +235,60 @@ class Behaviour:
         return [hashlib.sha256(f"{kind}\n{out}".encode()).hexdigest() for kind, out in sorted(self.outputs.items())]
 
 
-def _failure(returncode: int | None) -> str:
-    if returncode is None:
-        return "runs past the wall-clock limit"
-    if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-        return "runs past the CPU limit"
+def _failure(returncode: int) -> str:
     if returncode < 0:
         return f"killed by {signal.Signals(-returncode).name}"
     return f"exits with status {returncode} and no result"
 
 
-def run(candidate: Candidate, shared: dict[str, list[list]], call_seconds: float, timeout: float) -> Behaviour:
-    """The candidate's behaviour on the shared inputs of the kinds its parameters fit, or why it has none."""
-    required, most = arities(candidate.code) or (0, -1)
-    kinds = [[name, shared[name]] for name, k in KINDS.items() if required <= k.arity <= most]
-    if not kinds:
-        return Behaviour({}, "takes no argument list of any kind")
+def _child(candidate: Candidate, kinds: list, steps: int, backstop: float) -> dict:
+    """One contained child's result on ``kinds``; a run past the backstop fails the build (it may not decide)."""
     payload = {
         "prelude": [s for s in candidate.prelude if s.strip() != candidate.code.strip()],
         "code": candidate.code,
         "name": candidate.name,
         "kinds": kinds,
-        "call_seconds": call_seconds,
+        "steps": steps,
     }
     outcome = run_captured(
-        CHILD, timeout, stdin=json.dumps(payload), cpu_seconds=max(1, int(timeout)), memory_bytes=MEMORY_BYTES, file_bytes=0
+        CHILD,
+        backstop,
+        stdin=json.dumps(payload),
+        cpu_seconds=max(1, int(backstop)),
+        memory_bytes=MEMORY_BYTES,
+        file_bytes=0,
     )
+    if outcome.returncode is None or outcome.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        raise TellyError(
+            f"{candidate.id}: ran past the {backstop:g} s backstop (tasks.behaviour.backstop_seconds) without using up "
+            f"its step budget, so its outcome would depend on the machine; add it to tasks.behaviour.skip"
+        )
     try:
-        result = json.loads(outcome.stdout.splitlines()[-1])
+        return json.loads(outcome.stdout.splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        return Behaviour({}, _failure(outcome.returncode))
-    if "excluded" in result:
-        return Behaviour({}, result["excluded"])
-    return Behaviour({kind: json.dumps(out, sort_keys=True) for kind, out in result["outputs"].items()})
+        return {"excluded": _failure(outcome.returncode)}
+
+
+def run(candidate: Candidate, shared: dict[str, list[list]], steps: int, backstop: float) -> Behaviour:
+    """The candidate's behaviour on the shared inputs of the kinds its parameters fit, or why it has none.
+
+    A kind that uses up the step budget ends its child; the kinds after it run in a new one."""
+    required, most = arities(candidate.code) or (0, -1)
+    kinds = [[name, shared[name]] for name, k in KINDS.items() if required <= k.arity <= most]
+    if not kinds:
+        return Behaviour({}, "takes no argument list of any kind")
+    handled: dict[str, list] = {}
+    reasons: list[str] = []
+    while kinds:
+        result = _child(candidate, kinds, steps, backstop)
+        if "excluded" in result:
+            return Behaviour({}, result["excluded"])
+        handled.update(result["outputs"])
+        reasons += result["reasons"]
+        kinds = kinds[result["done"] :]
+    if not handled:
+        return Behaviour({}, "; ".join(reasons))
+    return Behaviour({kind: json.dumps(out, sort_keys=True) for kind, out in handled.items()})
 
 
 # ------------------------------------------------------------------ classes

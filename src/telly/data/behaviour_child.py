@@ -2,18 +2,21 @@
 shared inputs of each signature kind it fits.
 
 It reads the payload (JSON: ``prelude``, ``code``, ``name``, ``kinds`` as ``[[kind, [args, ...]], ...]``,
-``call_seconds``) from standard input and writes one JSON line: the first kind on whose every input the function
-returned a plain value, per kind it handles on every input, or why it handles none. An audit hook stops the run at once when anything
-starts a process, opens a socket or writes to the file system; a CPU timer stops each call that runs too long.
+``steps``) from standard input and writes one JSON line: ``outputs`` (per kind it handles, its outputs on every
+input), ``reasons`` (why it handles the others) and ``done`` (how many kinds it got through), or ``excluded``. An
+audit hook stops the run at once when anything starts a process, opens a socket or writes to the file system.
+A step budget stops a call that runs too long: every Python call and line the function runs counts, and past
+``steps`` on one input the run ends with the kinds done so far (the parent starts a new child for the rest).
+Counting steps, not seconds, makes the outcome the same on any machine.
 """
 
+import contextlib
 import copy
 import itertools
 import json
 import math
 import os
 import random
-import signal
 import sys
 import types
 
@@ -58,20 +61,50 @@ def guard(event, args):
         finish({"excluded": FORBIDDEN[event]})
     if event == "open":
         mode, flags = args[1], args[2]
-        if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & WRITE_FLAGS):
+        if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+            isinstance(flags, int) and flags & WRITE_FLAGS
+        ):
             finish({"excluded": "writes a file"})
-
-
-class Timeout(BaseException):  # not an Exception: a function's own `except Exception` does not swallow it
-    pass
 
 
 class Opaque(Exception):
     pass
 
 
-def on_timer(signum, frame):
-    raise Timeout
+OWN = "<string>"  # the file name of this program's code (run with -c); the function's is "<candidate>"
+STATE = {"kind": None, "steps": 0, "handled": {}, "reasons": [], "done": 0}
+
+
+def over_budget():
+    """Ends the run at once (a function cannot catch this): the kinds done so far, and this one's reason."""
+    if STATE["kind"] is None:
+        finish({"excluded": f"does not load: step budget ({PAYLOAD['steps']} steps)"})
+    STATE["reasons"].append(f"{STATE['kind']}: step budget ({PAYLOAD['steps']} steps on one input)")
+    finish({"outputs": STATE["handled"], "reasons": STATE["reasons"], "done": STATE["done"] + 1})
+
+
+def count(frame, event, arg):
+    STATE["steps"] += 1
+    if STATE["steps"] > PAYLOAD["steps"]:
+        over_budget()
+    return count
+
+
+def enter(frame, event, arg):
+    """The global trace function: counts the calls and lines of every frame but this program's own."""
+    if frame.f_code.co_filename == OWN:
+        return None
+    return count(frame, event, arg)
+
+
+def traced(fn, *args):
+    """``fn(*args)`` with a fresh step budget."""
+    STATE["steps"] = 0
+    sys.settrace(enter)
+    try:
+        return fn(*args)
+    finally:
+        sys.settrace(None)
 
 
 def canon(value, depth=0):
@@ -103,28 +136,24 @@ def canon(value, depth=0):
     raise Opaque(f"returns a {type(value).__name__}")
 
 
+def _run_canon(fn, given):
+    return canon(fn(*given))  # inside the budget: a lazy result (generator, map) runs the function's code here
+
+
 def call(fn, args):
     """The output of one call: its return value, or (returning None) the arguments as it left them."""
     given = copy.deepcopy(args)
     random.seed(0)  # randomised algorithms repeat
-    signal.setitimer(signal.ITIMER_PROF, PAYLOAD["call_seconds"])
-    try:
-        result = fn(*given)
-        if isinstance(result, types.GeneratorType):
-            result = canon(result)
-    finally:
-        signal.setitimer(signal.ITIMER_PROF, 0)
+    result = traced(_run_canon, fn, given)
     if result is None:  # an in-place algorithm (sorted input too): its output is what it left in its arguments
         return canon(given[0] if len(given) == 1 else given)
-    return canon(result)
+    return result
 
 
 def outputs(fn, kind, inputs):
     """The outputs on every input of a kind, or why there are none."""
     try:
         found = [call(fn, args) for args in inputs]
-    except Timeout:
-        return None, f"{kind}: runs past {PAYLOAD['call_seconds']} s of CPU"
     except RecursionError:
         return None, f"{kind}: recursion without end"
     except MemoryError:
@@ -144,26 +173,24 @@ def outputs(fn, kind, inputs):
 
 def main():
     sys.addaudithook(guard)
-    signal.signal(signal.SIGPROF, on_timer)
     namespace = {"__name__": "telly_behaviour"}
     for statement in PAYLOAD["prelude"]:  # the module's imports and other functions: helpers it may call
-        try:
-            exec(statement, namespace)  # noqa: S102 (the point of the child)
-        except BaseException:  # noqa: BLE001, S110 (a helper that cannot load only matters if it is called)
-            pass
+        with contextlib.suppress(BaseException):  # a helper that cannot load only matters if it is called
+            traced(exec, compile(statement, "<candidate>", "exec"), namespace)
     try:
-        exec(PAYLOAD["code"], namespace)  # noqa: S102
+        traced(exec, compile(PAYLOAD["code"], "<candidate>", "exec"), namespace)
         fn = namespace[PAYLOAD["name"]]
     except BaseException as err:  # noqa: BLE001
         finish({"excluded": f"does not load: {type(err).__name__}"})
-    reasons, handled = [], {}
     for kind, inputs in PAYLOAD["kinds"]:
+        STATE["kind"] = kind
         found, why = outputs(fn, kind, inputs)
         if found is None:
-            reasons.append(why)
+            STATE["reasons"].append(why)
         else:
-            handled[kind] = found
-    finish({"outputs": handled} if handled else {"excluded": "; ".join(reasons)})
+            STATE["handled"][kind] = found
+        STATE["done"] += 1
+    finish({"outputs": STATE["handled"], "reasons": STATE["reasons"], "done": STATE["done"]})
 
 
 main()

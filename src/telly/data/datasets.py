@@ -231,18 +231,31 @@ def behaviour_classes(settings: BehaviourParams, seed: int) -> dict[str, list[be
     shared = behaviour.inputs(settings.inputs, seed)
     runs = {}
     for c in tqdm(candidates, desc="behaviour", leave=False):
-        runs[c.id] = behaviour.run(c, shared, settings.call_seconds, settings.timeout_seconds)
+        if c.id in settings.skip:
+            runs[c.id] = behaviour.Behaviour({}, "listed in tasks.behaviour.skip")
+        else:
+            runs[c.id] = behaviour.run(c, shared, settings.steps, settings.backstop_seconds)
         if runs[c.id].reason:
             log.info("behaviour: %s excluded: %s", c.id, runs[c.id].reason)
     reasons = Counter(r.reason.rsplit(": ", 1)[-1] for r in runs.values() if r.reason)
-    log.info("behaviour: %d candidates, %d excluded (%s)", len(runs), sum(reasons.values()), dict(reasons.most_common()))
+    log.info(
+        "behaviour: %d candidates, %d excluded (%s)", len(runs), sum(reasons.values()), dict(reasons.most_common())
+    )
     classes = behaviour.group(
-        candidates, runs, min_members=settings.min_members, min_sources=settings.min_sources, max_members=settings.max_members
+        candidates,
+        runs,
+        min_members=settings.min_members,
+        min_sources=settings.min_sources,
+        max_members=settings.max_members,
     )
     random.Random(f"{seed}:behaviour-classes").shuffle(classes)
     n_valid, n_test = round(len(classes) * settings.split.valid), round(len(classes) * settings.split.test)
     n_train = len(classes) - n_valid - n_test
-    return {"train": classes[:n_train], "valid": classes[n_train : n_train + n_valid], "test": classes[n_train + n_valid :]}
+    return {
+        "train": classes[:n_train],
+        "valid": classes[n_train : n_train + n_valid],
+        "test": classes[n_train + n_valid :],
+    }
 
 
 def semantic_behaviour(fns: Functions, size: int | None, p: TasksParams, split: str, earlier: Earlier) -> list[dict]:
@@ -254,7 +267,13 @@ def semantic_behaviour(fns: Functions, size: int | None, p: TasksParams, split: 
         if size is not None and len(out) + len(c.members) > size:
             break
         out += [
-            {"id": m.id, "code": behaviour.member_code(m), "label": label_offset + n, "kind": "behaviour", "source": m.source}
+            {
+                "id": m.id,
+                "code": behaviour.member_code(m),
+                "label": label_offset + n,
+                "kind": "behaviour",
+                "source": m.source,
+            }
             for m in c.members
         ]
     random.Random(f"{p.seed}:semantic-behaviour-order:{split}").shuffle(out)
@@ -603,7 +622,10 @@ def class_overlap(rows: list[dict]) -> dict[str, float]:
     score = baselines.semantic_map_at_r(rows)
     if score is None:
         return {}
-    return {"jaccard_map_at_r": round(score, 2), "bm25_map_at_r": round(baselines.semantic_map_at_r(rows, "bm25") or 0.0, 2)}
+    return {
+        "jaccard_map_at_r": round(score, 2),
+        "bm25_map_at_r": round(baselines.semantic_map_at_r(rows, "bm25") or 0.0, 2),
+    }
 
 
 def token_overlap(entry: ProbingProperty | DownstreamTask, rows: list[dict]) -> dict[str, float]:

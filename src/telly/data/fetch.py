@@ -22,6 +22,7 @@ __all__ = ["Pin", "download", "fetch", "read_lock", "sha256_of"]
 
 log = logging.getLogger(__name__)
 
+
 def fetch(params: Params) -> Path:
     """Every pinned wheel set the settings name; returns the corpus folder."""
     download(Path(params.data.lockfile), Path(params.data.raw_dir))
