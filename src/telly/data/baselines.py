@@ -7,7 +7,7 @@ for every split (docs/datasets.md):
 - clone detection: ROC AUC of the token-set Jaccard of ``code1`` and ``code2``
   (``sklearn.metrics.roc_auc_score``), 0.5 = no better than chance;
 - semantic probing: MAP@R (the paper's definition, :func:`telly.probing.metrics.map_at_r_from_scores`)
-  when every function retrieves the others by Jaccard, and by BM25 over the same tokens.
+  when every function retrieves the others by Jaccard, and by BM25 (:class:`BM25`).
 
 Tokens are words (identifiers, keywords, numbers, the words inside strings) and
 single punctuation characters, read by one regular expression so that the same
@@ -68,14 +68,44 @@ def clone_detection_auc(rows: Sequence[dict]) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
-def bm25_matrix(codes: Sequence[str]) -> np.ndarray:
-    """BM25 (``bm25s``, Lucene's variant, k1 1.5, b 0.75) of every code, as a query, against every code, over
-    the same tokens as Jaccard."""
-    import bm25s
+WORD = re.compile(r"\w+")
+PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
-    index = bm25s.BM25()
-    index.index([tokens(c) for c in codes], show_progress=False)
-    return np.stack([np.asarray(index.get_scores(tokens(c)), dtype=float) for c in codes])
+
+def bm25_terms(text: str) -> list[str]:
+    """BM25 terms: lower-cased words with their snake_case / camelCase parts added (``getUserName`` ->
+    ``getusername get user name``)."""
+    terms = []
+    for word in WORD.findall(text):
+        terms.append(word.lower())
+        parts = PART.findall(word)
+        if len(parts) > 1:
+            terms += [p.lower() for p in parts]
+    return terms
+
+
+class BM25:
+    """``bm25s`` (Lucene's variant, k1 1.5, b 0.75) over :func:`bm25_terms` of ``documents``: the project's one
+    BM25, light enough for the tasks stage (no torch)."""
+
+    def __init__(self, documents: Sequence[str]):
+        import bm25s
+
+        self.index = bm25s.BM25()
+        self.index.index([bm25_terms(d) for d in documents], show_progress=False)
+
+    def scores(self, query: str) -> np.ndarray:
+        return np.asarray(self.index.get_scores(bm25_terms(query)), dtype=float)
+
+    def nearest(self, queries: Sequence[str]) -> list[int]:
+        """Index of the best document per query (the first one on a tie)."""
+        return [int(np.argmax(self.scores(q))) for q in queries]
+
+
+def bm25_matrix(codes: Sequence[str]) -> np.ndarray:
+    """BM25 of every code, as a query, against every code."""
+    index = BM25(codes)
+    return np.stack([index.scores(c) for c in codes])
 
 
 def semantic_map_at_r(rows: Sequence[dict], measure: str = "jaccard") -> float | None:

@@ -104,13 +104,40 @@ def _ints_bounds(rng: random.Random) -> list:
     return [values, 0, len(values) - 1]  # a list with its first and last index, as recursive sorts take it
 
 
+def _text(rng: random.Random) -> list:
+    """Identifiers and phrases in mixed case and separators, as case converters take them."""
+    words = [_word(rng, rng.randint(2, 5)) for _ in range(rng.randint(2, 3))]
+    words = [rng.choice([w, w.title(), w.upper()]) for w in words]
+    return [rng.choice(["_", " ", "-", ""]).join(words)]
+
+
+def _repeats(rng: random.Random) -> list:
+    return [[rng.randint(0, 5) for _ in range(rng.randint(3, 12))]]  # duplicates, as counting and de-duplicating take
+
+
+def _ints_int(rng: random.Random) -> list:
+    return [_ints(rng)[0], rng.randint(1, 4)]
+
+
+def _int_ints(rng: random.Random) -> list:
+    return [rng.randint(1, 4), _ints(rng)[0]]
+
+
+def _lists(rng: random.Random) -> list:
+    return [[_repeats(rng)[0][: rng.randint(0, 4)] for _ in range(rng.randint(2, 5))]]
+
+
+def _ints_ints(rng: random.Random) -> list:
+    return [_repeats(rng)[0], _repeats(rng)[0]]
+
+
 @dataclass(frozen=True)
 class Kind:
     arity: int
     make: Callable[[random.Random], list]  # the arguments of one call
 
 
-# In the order they are tried: a function's class is its outputs on the first kind it handles.
+# Every kind a function's arity fits is tried, in this order; it joins one class (group).
 KINDS: dict[str, Kind] = {
     "ints": Kind(1, _ints),
     "str": Kind(1, _str),
@@ -125,6 +152,12 @@ KINDS: dict[str, Kind] = {
     "strs": Kind(1, _strs),
     "int,int,int": Kind(3, _int_int_int),
     "ints,first,last": Kind(3, _ints_bounds),
+    "text": Kind(1, _text),
+    "repeats": Kind(1, _repeats),
+    "ints,int": Kind(2, _ints_int),
+    "int,ints": Kind(2, _int_ints),
+    "lists": Kind(1, _lists),
+    "ints,ints": Kind(2, _ints_ints),
 }
 
 
@@ -143,6 +176,8 @@ class Candidate:
     name: str
     code: str  # as written, docstring and comments included
     prelude: list[str] = field(default_factory=list)  # the module's imports and other functions
+    wheel: str = ""  # the wheel its own package's imports load from (put on the child's sys.path)
+    package: str = ""  # the package of its module, for relative imports
 
 
 def arities(code: str) -> tuple[int, int] | None:
@@ -162,36 +197,39 @@ def arities(code: str) -> tuple[int, int] | None:
     return len(positional) - len(args.defaults), len(positional)
 
 
-def _stdlib_import(statement: ast.stmt) -> bool:
+def _kept_import(statement: ast.stmt, own: frozenset[str]) -> bool:
+    """An import of the standard library or of the wheel's own packages (``own``)."""
+    allowed = sys.stdlib_module_names | own
     if isinstance(statement, ast.Import):
-        return all(a.name.split(".")[0] in sys.stdlib_module_names for a in statement.names)
-    return (
-        isinstance(statement, ast.ImportFrom)
-        and not statement.level
-        and (statement.module or "").split(".")[0] in sys.stdlib_module_names
-    )
+        return all(a.name.split(".")[0] in allowed for a in statement.names)
+    if not isinstance(statement, ast.ImportFrom):
+        return False
+    return bool(statement.level) or (statement.module or "").split(".")[0] in allowed
 
 
-def _prelude(module: ast.Module, source: str) -> list[str]:
-    """The module's standard-library imports, functions and assignments: what a function may call. Other
-    imports are left out, so that behaviour does not depend on what else is installed."""
-    keep = [s for s in module.body if isinstance(s, (ast.FunctionDef, ast.Assign)) or _stdlib_import(s)]
+def _prelude(module: ast.Module, source: str, own: frozenset[str]) -> list[str]:
+    """The module's imports of the standard library and of its own wheel, functions and assignments: what a
+    function may call. Other imports are left out, so that behaviour does not depend on what else is installed."""
+    keep = [s for s in module.body if isinstance(s, (ast.FunctionDef, ast.Assign)) or _kept_import(s, own)]
     return [ast.get_source_segment(source, s) or "" for s in keep]
 
 
-def module_candidates(source_text: str, source: str, path: str) -> list[Candidate]:
+def module_candidates(
+    source_text: str, source: str, path: str, wheel: str = "", own: frozenset[str] = frozenset()
+) -> list[Candidate]:
     """The plain top-level functions of one module (no tests, no methods, nothing that does not parse)."""
     try:
         module = ast.parse(source_text)
     except (SyntaxError, ValueError):
         return []
-    prelude = _prelude(module, source_text)
+    prelude = _prelude(module, source_text, own)
+    package = ".".join(path.split("/")[:-1])
     found, _ = extract.extract_functions(source_text.encode("utf-8"))
     out = []
     for fn in found:
         if fn.class_name or fn.has_error or not fn.has_body or fn.name.startswith("test") or arities(fn.code) is None:
             continue
-        out.append(Candidate(f"{source}/{path}:{fn.name}", source, fn.name, fn.code, prelude))
+        out.append(Candidate(f"{source}/{path}:{fn.name}", source, fn.name, fn.code, prelude, wheel, package))
     return out
 
 
@@ -215,9 +253,11 @@ def wheel_candidates(raw_dir: Path, lockfile: Path) -> list[Candidate]:
         if wheels.sha256_of(wheel) != pin.sha256:
             raise TellyError(f"{wheel}: sha256 does not match the hash pinned in {lockfile}; fetch it again")
         with zipfile.ZipFile(wheel) as zf:
-            for path in sorted(n for n in zf.namelist() if n.endswith(".py") and "test" not in n.lower()):
+            modules = sorted(n for n in zf.namelist() if n.endswith(".py") and "test" not in n.lower())
+            own = frozenset(n.split("/")[0].removesuffix(".py") for n in modules)
+            for path in modules:
                 text = zf.read(path).decode("utf-8", "replace")
-                out.extend(module_candidates(text, pin.name, path))
+                out.extend(module_candidates(text, pin.name, path, str(wheel.resolve()), own))
     return out
 
 
@@ -247,6 +287,8 @@ def _child(candidate: Candidate, kinds: list, steps: int, backstop: float) -> di
         "prelude": [s for s in candidate.prelude if s.strip() != candidate.code.strip()],
         "code": candidate.code,
         "name": candidate.name,
+        "wheel": candidate.wheel,
+        "package": candidate.package,
         "kinds": kinds,
         "steps": steps,
     }

@@ -10,6 +10,7 @@ A step budget stops a call that runs too long: every Python call and line the fu
 Counting steps, not seconds, makes the outcome the same on any machine.
 """
 
+import collections.abc
 import contextlib
 import copy
 import itertools
@@ -18,7 +19,6 @@ import math
 import os
 import random
 import sys
-import types
 
 _RESULT = os.fdopen(os.dup(1), "w")
 _NULL = os.open(os.devnull, os.O_WRONLY)
@@ -128,7 +128,7 @@ def canon(value, depth=0):
         return sorted((canon(x, depth + 1) for x in value), key=json.dumps)
     if isinstance(value, dict):
         return sorted(([canon(k, depth + 1), canon(v, depth + 1)] for k, v in value.items()), key=json.dumps)
-    if isinstance(value, (types.GeneratorType, range, map, filter, zip, enumerate, reversed)):
+    if isinstance(value, (range, collections.abc.Iterator)):
         items = list(itertools.islice(value, 100001))
         if len(items) > 100000:
             raise Opaque("yields without end")
@@ -173,7 +173,9 @@ def outputs(fn, kind, inputs):
 
 def main():
     sys.addaudithook(guard)
-    namespace = {"__name__": "telly_behaviour"}
+    if PAYLOAD["wheel"]:
+        sys.path.insert(0, PAYLOAD["wheel"])  # its own package's modules load from the pinned wheel
+    namespace = {"__name__": "telly_behaviour", "__package__": PAYLOAD["package"] or None}
     for statement in PAYLOAD["prelude"]:  # the module's imports and other functions: helpers it may call
         with contextlib.suppress(BaseException):  # a helper that cannot load only matters if it is called
             traced(exec, compile(statement, "<candidate>", "exec"), namespace)

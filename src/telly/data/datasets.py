@@ -23,10 +23,12 @@ import collections
 import functools
 import itertools
 import logging
+import os
 import random
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,12 +231,17 @@ def behaviour_classes(settings: BehaviourParams, seed: int) -> dict[str, list[be
     Built once per settings: every split of the set reads the same run."""
     candidates = behaviour.wheel_candidates(settings.raw_dir, settings.lockfile)
     shared = behaviour.inputs(settings.inputs, seed)
-    runs = {}
-    for c in tqdm(candidates, desc="behaviour", leave=False):
+
+    def run(c: behaviour.Candidate) -> behaviour.Behaviour:
         if c.id in settings.skip:
-            runs[c.id] = behaviour.Behaviour({}, "listed in tasks.behaviour.skip")
-        else:
-            runs[c.id] = behaviour.run(c, shared, settings.steps, settings.backstop_seconds)
+            return behaviour.Behaviour({}, "listed in tasks.behaviour.skip")
+        return behaviour.run(c, shared, settings.steps, settings.backstop_seconds)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # one child each; outputs do not depend on it
+        runs = dict(
+            zip((c.id for c in candidates), tqdm(pool.map(run, candidates), total=len(candidates), leave=False))
+        )
+    for c in candidates:
         if runs[c.id].reason:
             log.info("behaviour: %s excluded: %s", c.id, runs[c.id].reason)
     reasons = Counter(r.reason.rsplit(": ", 1)[-1] for r in runs.values() if r.reason)
