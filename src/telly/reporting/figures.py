@@ -97,7 +97,7 @@ def layer_weights(inputs: Inputs, paper: dict[str, Any], path: Path) -> Path:
                     color=STATE_COLORS[state],
                     label=f"{state} (this run)",
                 )
-            pw = paper["rq1"]["layer_weights"][prop].get(state)
+            pw = paper["rq1"]["layer_weights"].get(prop, {}).get(state)  # the paper has none for our own properties
             if pw and state != "random":
                 ax.plot(
                     _depth(len(pw)),
