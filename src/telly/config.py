@@ -642,7 +642,9 @@ class TaskSet(Section):
     """One probing or downstream set: its sizes and where it comes from."""
 
     sizes: SplitSizes
-    source: Literal["corpus"] | RealData = "corpus"
+    # corpus: the prepare stage's functions; behaviour: classes of wheel functions grouped by running them
+    # (tasks.behaviour; only for a set whose registry entry names a builder for it); or the real data
+    source: Literal["corpus", "behaviour"] | RealData = "corpus"
     codebase_size: int | None = Field(
         default=None,
         ge=2,
@@ -681,10 +683,40 @@ class CloneParams(Section):
     )
 
 
+class ClassShares(Section):
+    """Share of the behaviour classes each split gets (whole classes: none spans two splits)."""
+
+    train: float = Field(ge=0, le=1)
+    valid: float = Field(ge=0, le=1)
+    test: float = Field(gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> ClassShares:
+        if abs(self.train + self.valid + self.test - 1) > 1e-6:
+            raise ValueError(f"train + valid + test must be 1, got {self.train + self.valid + self.test:g}")
+        return self
+
+
+class BehaviourParams(Section):
+    """Behaviour classes: wheel functions with equal outputs on shared inputs (docs/datasets.md)."""
+
+    lockfile: Path = Field(description="pip requirements file with --hash pins of the algorithm wheels")
+    raw_dir: Path = Field(description="folder `telly data fetch` downloads them into (tracked by semantic.dvc)")
+    inputs: int = Field(ge=2, description="inputs per signature kind every candidate runs on")
+    steps: int = Field(ge=1000, description="Python calls and lines one call may run; past it, excluded on that kind")
+    backstop_seconds: float = Field(gt=0, description="CPU and wall-clock limit of one child; past it the build fails")
+    skip: tuple[str, ...] = Field(default=(), description="candidate ids left out unrun (known backstop offenders)")
+    min_members: int = Field(ge=2, description="a class needs this many members")
+    min_sources: int = Field(ge=1, description="... from this many projects")
+    max_members: int = Field(ge=2, description="bigger classes keep this many, taken in turn from each project")
+    split: ClassShares
+
+
 TASK_SOURCES = {name: entry.source_format for name, entry in (*PROPERTIES.items(), *TASKS.items())}
 
 
-TASK_SETS = tuple(TASK_SOURCES)  # the nine sets of the tasks stage
+TASK_SETS = tuple(TASK_SOURCES)
+SETS_BY_NAME = {**PROPERTIES, **TASKS}  # the nine sets of the tasks stage
 
 
 class _TasksParams(Section):
@@ -697,6 +729,7 @@ class _TasksParams(Section):
     syntactic_negatives: Literal["similar_length", "random"]
     structural_sampling: Literal["balanced", "natural"]
     generation_max_body_lines: int = Field(ge=1)
+    behaviour: BehaviourParams
 
     @field_validator(*TASK_SETS, check_fields=False)  # the fields of the sets come with TasksParams below
     @classmethod
@@ -713,6 +746,10 @@ class _TasksParams(Section):
     @classmethod
     def _real_data_fits_the_set(cls, v: TaskSet, info: Any) -> TaskSet:
         want = TASK_SOURCES[info.field_name]
+        builders = getattr(SETS_BY_NAME[info.field_name], "source_builders", {})
+        if isinstance(v.source, str) and v.source != "corpus" and v.source not in builders:
+            allowed = ", ".join(["corpus", *builders, want])
+            raise ValueError(f"source {v.source!r} cannot feed this set; use one of {allowed}")
         if isinstance(v.source, RealData):
             if v.source.format != want:
                 raise ValueError(f"source.format {v.source.format!r} cannot feed this set; use 'corpus' or {want!r}")

@@ -7,7 +7,7 @@ for every split (docs/datasets.md):
 - clone detection: ROC AUC of the token-set Jaccard of ``code1`` and ``code2``
   (``sklearn.metrics.roc_auc_score``), 0.5 = no better than chance;
 - semantic probing: MAP@R (the paper's definition, :func:`telly.probing.metrics.map_at_r_from_scores`)
-  when every function retrieves the others by Jaccard.
+  when every function retrieves the others by Jaccard, and by BM25 (:class:`BM25`).
 
 Tokens are words (identifiers, keywords, numbers, the words inside strings) and
 single punctuation characters, read by one regular expression so that the same
@@ -68,12 +68,56 @@ def clone_detection_auc(rows: Sequence[dict]) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
-def semantic_map_at_r(rows: Sequence[dict]) -> float | None:
-    """MAP@R (percent) of retrieving each function's clone class by Jaccard; None if no class has two members."""
+WORD = re.compile(r"\w+")
+PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+
+
+def bm25_terms(text: str) -> list[str]:
+    """BM25 terms: lower-cased words with their snake_case / camelCase parts added (``getUserName`` ->
+    ``getusername get user name``)."""
+    terms = []
+    for word in WORD.findall(text):
+        terms.append(word.lower())
+        parts = PART.findall(word)
+        if len(parts) > 1:
+            terms += [p.lower() for p in parts]
+    return terms
+
+
+class BM25:
+    """``bm25s`` (Lucene's variant, k1 1.5, b 0.75) over :func:`bm25_terms` of ``documents``: the project's one
+    BM25, light enough for the tasks stage (no torch)."""
+
+    def __init__(self, documents: Sequence[str]):
+        import bm25s
+
+        self.index = bm25s.BM25()
+        self.index.index([bm25_terms(d) for d in documents], show_progress=False)
+
+    def scores(self, query: str) -> np.ndarray:
+        return np.asarray(self.index.get_scores(bm25_terms(query)), dtype=float)
+
+    def nearest(self, queries: Sequence[str]) -> list[int]:
+        """Index of the best document per query (the first one on a tie)."""
+        return [int(np.argmax(self.scores(q))) for q in queries]
+
+
+def bm25_matrix(codes: Sequence[str]) -> np.ndarray:
+    """BM25 of every code, as a query, against every code."""
+    index = BM25(codes)
+    return np.stack([index.scores(c) for c in codes])
+
+
+def semantic_map_at_r(rows: Sequence[dict], measure: str = "jaccard") -> float | None:
+    """MAP@R (percent) of retrieving each function's clone class by token-set Jaccard (or ``bm25``); None if no
+    class has two members."""
     from telly.probing.metrics import map_at_r_from_scores
 
     labels = np.asarray([r["label"] for r in rows])
     if len(labels) == 0 or np.unique(labels).size == len(labels):
         return None
-    matrix, _ = token_sets([r["code"] for r in rows])
+    codes = [r["code"] for r in rows]
+    if measure == "bm25":
+        return map_at_r_from_scores(bm25_matrix(codes), labels)
+    matrix, _ = token_sets(codes)
     return map_at_r_from_scores(jaccard_matrix(matrix, matrix), labels)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from telly.config import Params, PrepareParams
 from telly.data.extract import Function, extract_functions
-from telly.data.fetch import read_lock, sha256_of
+from telly.data.wheels import read_lock, sha256_of
 from telly.errors import TellyError
 from telly.jsonl import write_json, write_jsonl
 

@@ -23,19 +23,22 @@ import collections
 import functools
 import itertools
 import logging
+import os
 import random
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rapidfuzz import fuzz
 from rich.console import Console
 from rich.table import Table
+from tqdm import tqdm
 
-from telly.config import CloneParams, ConfigError, Params, RealData, TaskSet, TasksParams
-from telly.data import analysis, baselines, clones, loaders, mutants, rewrites
+from telly.config import BehaviourParams, CloneParams, ConfigError, Params, RealData, TaskSet, TasksParams
+from telly.data import analysis, baselines, behaviour, clones, loaders, mutants, rewrites
 from telly.errors import TellyError
 from telly.jsonl import iter_jsonl, write_json, write_jsonl
 from telly.probing.properties import PROPERTIES, ProbingProperty
@@ -241,6 +244,68 @@ def semantic(fns: Functions, size: int | None, p: TasksParams, split: str, earli
         for j, code in enumerate(c.members)
     ]
     random.Random(f"{p.seed}:semantic-order:{split}").shuffle(out)
+    return out
+
+
+@functools.lru_cache(maxsize=2)
+def behaviour_classes(settings: BehaviourParams, seed: int) -> dict[str, list[behaviour.BehaviourClass]]:
+    """The behaviour classes of the pinned wheels, split by class (``settings.split``), in a seeded order.
+    Built once per settings: every split of the set reads the same run."""
+    candidates = behaviour.wheel_candidates(settings.raw_dir, settings.lockfile)
+    shared = behaviour.inputs(settings.inputs, seed)
+
+    def run(c: behaviour.Candidate) -> behaviour.Behaviour:
+        if c.id in settings.skip:
+            return behaviour.Behaviour({}, "listed in tasks.behaviour.skip")
+        return behaviour.run(c, shared, settings.steps, settings.backstop_seconds)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # one child each; outputs do not depend on it
+        runs = dict(
+            zip((c.id for c in candidates), tqdm(pool.map(run, candidates), total=len(candidates), leave=False))
+        )
+    for c in candidates:
+        if runs[c.id].reason:
+            log.info("behaviour: %s excluded: %s", c.id, runs[c.id].reason)
+    reasons = Counter(r.reason.rsplit(": ", 1)[-1] for r in runs.values() if r.reason)
+    log.info(
+        "behaviour: %d candidates, %d excluded (%s)", len(runs), sum(reasons.values()), dict(reasons.most_common())
+    )
+    classes = behaviour.group(
+        candidates,
+        runs,
+        min_members=settings.min_members,
+        min_sources=settings.min_sources,
+        max_members=settings.max_members,
+    )
+    random.Random(f"{seed}:behaviour-classes").shuffle(classes)
+    n_valid, n_test = round(len(classes) * settings.split.valid), round(len(classes) * settings.split.test)
+    n_train = len(classes) - n_valid - n_test
+    return {
+        "train": classes[:n_train],
+        "valid": classes[n_train : n_train + n_valid],
+        "test": classes[n_train + n_valid :],
+    }
+
+
+def semantic_behaviour(fns: Functions, size: int | None, p: TasksParams, split: str, earlier: Earlier) -> list[dict]:
+    """Behaviour classes (independently written functions with equal outputs, :mod:`telly.data.behaviour`):
+    the split's share of whole classes, up to ``size`` rows; labels follow those of the earlier splits."""
+    label_offset = sum(len({r["label"] for r in rows}) for rows in earlier)
+    out: list[dict] = []
+    for n, c in enumerate(behaviour_classes(p.behaviour, p.seed)[split]):
+        if size is not None and len(out) + len(c.members) > size:
+            break
+        out += [
+            {
+                "id": m.id,
+                "code": behaviour.member_code(m),
+                "label": label_offset + n,
+                "kind": "behaviour",
+                "source": m.source,
+            }
+            for m in c.members
+        ]
+    random.Random(f"{p.seed}:semantic-behaviour-order:{split}").shuffle(out)
     return out
 
 
@@ -503,6 +568,15 @@ def _within_length(entry: ProbingProperty | DownstreamTask, task_set: TaskSet, f
     return fns.within(task_set.max_code_tokens, _named(entry, "length"))
 
 
+def _builder(entry: ProbingProperty | DownstreamTask, task_set: TaskSet) -> Builder:
+    """The function that builds the set from its source: ``builder`` for the corpus, else the one
+    ``source_builders`` names for that source."""
+    if task_set.source == "corpus":
+        return _named(entry, "builder")
+    name = getattr(entry, "source_builders", {})[task_set.source]
+    return named(sys.modules[__name__], name, f"{entry.name}.source_builders.{task_set.source}")
+
+
 def _searches(entry: ProbingProperty | DownstreamTask) -> bool:
     """Code search: its test queries are ranked against a code base (codebase.jsonl)."""
     return isinstance(entry, DownstreamTask) and entry.head == "search"
@@ -553,9 +627,19 @@ def pair_shares(rows: list[dict]) -> dict[str, float]:
     return shares
 
 
-def class_sizes(rows: list[dict]) -> dict[str, float]:
+def class_sizes(rows: list[dict]) -> dict:
+    """Classes and their mean size; for rows that name their source project, the members per project and
+    the size and projects of each class too."""
     labels = Counter(r["label"] for r in rows)
-    return {"classes": len(labels), "members_per_class": round(len(rows) / len(labels), 2)}
+    out: dict = {"classes": len(labels), "members_per_class": round(len(rows) / len(labels), 2)}
+    if "source" in rows[0]:
+        out["members_per_source"] = dict(sorted(Counter(r["source"] for r in rows).items()))
+        projects: dict = collections.defaultdict(set)
+        for r in rows:
+            projects[r["label"]].add(r["source"])
+        out["class_sizes"] = {str(k): labels[k] for k in sorted(labels)}
+        out["sources_per_class"] = {str(k): len(projects[k]) for k in sorted(labels)}
+    return out
 
 
 def target_length(rows: list[dict]) -> dict[str, float]:
@@ -574,7 +658,12 @@ def pair_overlap(rows: list[dict]) -> dict[str, float]:
 
 def class_overlap(rows: list[dict]) -> dict[str, float]:
     score = baselines.semantic_map_at_r(rows)
-    return {} if score is None else {"jaccard_map_at_r": round(score, 2)}
+    if score is None:
+        return {}
+    return {
+        "jaccard_map_at_r": round(score, 2),
+        "bm25_map_at_r": round(baselines.semantic_map_at_r(rows, "bm25") or 0.0, 2),
+    }
 
 
 def token_overlap(entry: ProbingProperty | DownstreamTask, rows: list[dict]) -> dict[str, float]:
@@ -649,7 +738,7 @@ def _write_set(
             rows, codebase = real_rows(entry, real, split, size, p.seed)
         else:
             fns = _within_length(entry, task_set, functions[split])
-            rows = _named(entry, "builder")(fns, size, p, split, earlier)
+            rows = _builder(entry, task_set)(fns, size, p, split, earlier)
             if _searches(entry) and split == "test" and task_set.codebase_size is not None:
                 codebase = code_search_codebase(fns, rows, task_set.codebase_size, p)
         earlier.append(rows)

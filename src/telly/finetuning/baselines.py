@@ -34,7 +34,7 @@ import numpy as np
 
 from telly import tasks
 from telly.config import Params
-from telly.data.baselines import pair_jaccard
+from telly.data.baselines import BM25, pair_jaccard
 from telly.errors import TellyError
 from telly.finetuning import examples as E
 from telly.finetuning import metrics as M
@@ -46,40 +46,8 @@ log = logging.getLogger(__name__)
 
 NGRAM_ORDER = 4
 MAX_LINE_TOKENS = 64
-WORD = re.compile(r"\w+")
-PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 LINE_TOKEN = re.compile(r"\w+|[^\w\s]|\s+")
 EOL = "\n"
-
-
-# ------------------------------------------------------------------ BM25
-
-
-def bm25_terms(text: str) -> list[str]:
-    terms = []
-    for word in WORD.findall(text):
-        terms.append(word.lower())
-        parts = PART.findall(word)
-        if len(parts) > 1:
-            terms += [p.lower() for p in parts]
-    return terms
-
-
-class BM25:
-    """``bm25s`` over :func:`bm25_terms` of ``documents``."""
-
-    def __init__(self, documents: Sequence[str]):
-        import bm25s
-
-        self.index = bm25s.BM25()
-        self.index.index([bm25_terms(d) for d in documents], show_progress=False)
-
-    def scores(self, query: str) -> np.ndarray:
-        return np.asarray(self.index.get_scores(bm25_terms(query)), dtype=float)
-
-    def nearest(self, queries: Sequence[str]) -> list[int]:
-        """Index of the best document per query (the first one on a tie)."""
-        return [int(np.argmax(self.scores(q))) for q in queries]
 
 
 # ------------------------------------------------------------------ the five baselines

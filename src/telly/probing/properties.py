@@ -1,4 +1,4 @@
-"""The four probing properties of RQ1: one entry per property, read by every stage that touches a probe.
+"""The probing properties of RQ1 (the paper's four and one more): one entry per property, read by every stage that touches a probe.
 
 Each :class:`ProbingProperty` holds what the stages need to know about a property: the fields of its
 rows (``data/probing/<property>/*.jsonl``), where its real data comes from, how the tasks stage builds
@@ -17,12 +17,16 @@ The paper's properties (section 1):
 - lexical: the type of every token (keyword, name, number, string, operator), a tagging probe per token;
 - syntactic: does an AST-only sequence belong to this code, a contrastive probe over pairs;
 - structural: the cyclomatic-complexity class of a function, a tagging probe per function;
-- semantic: clone classes (POJ-104), a contrastive probe ranked by MAP@R.
+- semantic: clone classes (POJ-104), a contrastive probe ranked by MAP@R: functions written independently
+  that behave alike when run (Type 4, ``tasks.semantic.source: behaviour``).
+
+Beside them, ``semantic_rewrites`` ("rewrites (Type 1-3)"): the same probe on classes of a corpus function and
+its rewrites. It is not one of the paper's properties (``paper``), so no claim compares it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 
@@ -46,6 +50,10 @@ class ProbingProperty:
     overlap: str = ""  # function of telly.data.datasets: the token-overlap baseline of a split, if any
     fraction: bool = False  # the metric is in [0, 1] as the paper reports it: figures show it x100
     source_fields: dict[str, str] = field(default_factory=dict)  # as DownstreamTask.source_fields
+    # other sources than the corpus (tasks.<property>.source): name -> function of telly.data.datasets that
+    # builds one split from it, called as ``builder`` is
+    source_builders: dict[str, str] = field(default_factory=dict)
+    paper: bool = True  # one of the paper's four properties, which its claims compare
 
 
 PROPERTIES: dict[str, ProbingProperty] = {
@@ -98,6 +106,7 @@ PROPERTIES: dict[str, ProbingProperty] = {
             source_format="poj104",
             real_data="rows",
             builder="semantic",
+            source_builders={"behaviour": "semantic_behaviour"},
             balance="class_sizes",
             overlap="class_overlap",
             labels="clone_classes",
@@ -107,6 +116,7 @@ PROPERTIES: dict[str, ProbingProperty] = {
         ),
     )
 }
+PROPERTIES["semantic_rewrites"] = replace(PROPERTIES["semantic"], name="semantic_rewrites", paper=False)
 PROPERTY_NAMES: tuple[str, ...] = tuple(PROPERTIES)
 
 

@@ -13,6 +13,7 @@ from telly import variants
 from telly.config import ReportParams
 from telly.errors import TellyError
 from telly.finetuning import examples as E
+from telly.probing.properties import PROPERTIES
 from telly.reporting import evidence as ev
 from telly.reporting import verdicts as vd
 from telly.reporting.inputs import Inputs
@@ -134,7 +135,7 @@ def probe_weights(inputs: Inputs, state: str = "pretrained") -> dict[str, list[f
     return {
         p: d["weighted-layer-wise"]["layer_weights"]["mean"]
         for p, d in inputs.probing.details.get(state, {}).items()
-        if "weighted-layer-wise" in d
+        if "weighted-layer-wise" in d and PROPERTIES[p].paper  # the claims compare the paper's properties only
     }
 
 

@@ -46,7 +46,7 @@ def probe_curves(inputs: Inputs, path: Path) -> Path | None:
     if probing is None or not any("layer-wise" in d for by in probing.details.values() for d in by.values()):
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    fig, axes = plt.subplots(1, len(PROPERTIES), figsize=(4.25 * len(PROPERTIES), 3.8))
     for ax, prop in zip(axes, PROPERTIES):
         for state in STATES:
             d = probing.get(state, prop)
@@ -83,7 +83,7 @@ def probe_curves(inputs: Inputs, path: Path) -> Path | None:
 def layer_weights(inputs: Inputs, paper: dict[str, Any], path: Path) -> Path:
     """Weighted-layer-wise probes: learned weight per relative depth, this run (solid) and the paper (dashed)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, len(PROPERTIES), figsize=(4.25 * len(PROPERTIES), 3.8), sharey=True)
     for ax, prop in zip(axes, PROPERTIES):
         for state in ("pretrained", "finetuned", "random"):
             d = inputs.probing.get(state, prop) if inputs.probing else None
@@ -97,7 +97,7 @@ def layer_weights(inputs: Inputs, paper: dict[str, Any], path: Path) -> Path:
                     color=STATE_COLORS[state],
                     label=f"{state} (this run)",
                 )
-            pw = paper["rq1"]["layer_weights"][prop].get(state)
+            pw = paper["rq1"]["layer_weights"].get(prop, {}).get(state)  # the paper has none for our own properties
             if pw and state != "random":
                 ax.plot(
                     _depth(len(pw)),

@@ -50,8 +50,9 @@ def probe_scores(probing: Probing, paper: dict[str, Any]) -> str:
                 f"{w[metric]['mean'][0]:.3f} ± {w[metric]['std'][0]:.3f} "
                 f"(sel. {w[f'selectivity_{metric}']['mean'][0]:+.3f})"
             )
-        p = paper["rq1"]["scores"][prop]
-        rows.append([prop, metric or "–", *cells, f"{p['random']} / {p['pretrained']} / {p['finetuned']}"])
+        p = paper["rq1"]["scores"].get(prop)  # none for a property that is not the paper's
+        theirs = f"{p['random']} / {p['pretrained']} / {p['finetuned']}" if p else "–"
+        rows.append([prop, metric or "–", *cells, theirs])
     header = [
         "property",
         "metric",
