@@ -9,6 +9,7 @@ import pytest
 
 from finetune_fixture import make_setup
 from telly import tasks
+from telly.data import baselines as DB
 from telly.errors import TellyError
 from telly.finetuning import baselines as B
 from telly.finetuning import examples as E
@@ -24,11 +25,11 @@ CODES = [
 
 
 def test_bm25_terms_add_identifier_parts():
-    assert B.bm25_terms("getUserName(user_id)") == ["getusername", "get", "user", "name", "user_id", "user", "id"]
+    assert DB.bm25_terms("getUserName(user_id)") == ["getusername", "get", "user", "name", "user_id", "user", "id"]
 
 
 def test_bm25_ranks_the_exact_duplicate_first():
-    bm25 = B.BM25(CODES)
+    bm25 = DB.BM25(CODES)
     assert bm25.nearest(CODES) == [0, 1, 2, 3]
     assert bm25.nearest(["return the user name"]) == [2]  # the query's words meet getUserName's parts
 
