@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from behaviour_fixture import write_behaviour_wheels
 from corpus_fixture import make_corpus, write_lock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +48,7 @@ def test_dvc_repro_on_tiny_profile(tmp_path):
     repo.mkdir()
     _copy_repo(repo)
     write_lock(repo / "data/corpus.lock", make_corpus(repo / "data/raw"))
+    write_behaviour_wheels(repo / "data/raw-semantic", repo / "data/semantic.lock")
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -55,6 +57,7 @@ def test_dvc_repro_on_tiny_profile(tmp_path):
     _run(["telly", "params", "compose", "tests/fixtures/params-tiny.yaml", "--out", "params.yaml"], repo, env)
     _run(["git", "init", "-q"], repo, env)
     _run(["dvc", "commit", "-f", "-q", "data.dvc"], repo, env)  # the fixture corpus replaces the real one
+    _run(["dvc", "commit", "-f", "-q", "data/raw-semantic.dvc"], repo, env)  # and the fixture behaviour wheels
 
     _run(["dvc", "repro"], repo, env)
 
