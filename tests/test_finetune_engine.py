@@ -359,3 +359,25 @@ def test_a_non_finite_loss_stops_the_run_keeps_its_state_and_publishes_nothing(s
     assert state.exists(), "the state saved after epoch 1 is kept for a rerun"
     assert not results.exists() and not out.exists(), "nothing is published"
     state.unlink()
+
+
+def test_length_grouped_batches_pad_less_and_keep_their_order_per_seed():
+    """group_by_length: each batch holds rows of similar length (less padding than a plain shuffle), every row
+    once per epoch, and the same generator seed gives the same order (resuming an epoch replays it)."""
+    from telly.finetuning.data import index_loader
+
+    lengths = [int(v) for v in torch.randint(8, 160, (512,), generator=torch.Generator().manual_seed(0))]
+
+    def batches(grouped: bool, seed: int) -> list[list[int]]:
+        loader = index_loader(
+            512, 16, shuffle=torch.Generator().manual_seed(seed), lengths=lengths if grouped else None
+        )
+        return list(loader)
+
+    def padding(bs: list[list[int]]) -> int:
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
+
+    grouped, plain = batches(True, 3), batches(False, 3)
+    assert sorted(i for b in grouped for i in b) == list(range(512))
+    assert padding(grouped) < padding(plain) / 3
+    assert grouped == batches(True, 3) and grouped != batches(True, 4)

@@ -300,6 +300,11 @@ class FinetuneTaskParams(Section):
     max_source_length: int = Field(ge=8, description="tokens of code / source / left context")
     max_target_length: int = Field(ge=4, description="tokens of query / target / next line")
     beam_size: int = Field(ge=1)
+    group_by_length: bool = Field(
+        default=False,
+        description="training batches of similar lengths (transformers' LengthGroupedSampler: shuffled, then sorted "
+        "within mega-batches of 50 batches), so a batch pads to its own longest row, not to a long outlier",
+    )
 
 
 # one required section per downstream task of the registry

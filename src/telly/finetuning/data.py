@@ -16,7 +16,7 @@ Without UniXcoder mode tokens in the tokenizer the mode token is left out and
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,15 +249,26 @@ def lm_labels(examples: list[dict], width: int) -> torch.Tensor:
 
 
 def index_loader(
-    n: int, batch_size: int, *, shuffle: torch.Generator | None = None, collate_fn: Callable[[list[int]], Any] = list
+    n: int,
+    batch_size: int,
+    *,
+    shuffle: torch.Generator | None = None,
+    collate_fn: Callable[[list[int]], Any] = list,
+    lengths: Sequence[int] | None = None,
 ) -> DataLoader:
     """Batches of the indices ``0..n-1``, in a random order drawn from ``shuffle`` (else in order),
-    each passed through ``collate_fn``; ``accelerator.prepare`` shards it across processes.
+    each passed through ``collate_fn``; ``accelerator.prepare`` shards it across processes. With
+    ``lengths`` (and ``shuffle``) the order groups rows of similar length into a batch
+    (transformers' ``LengthGroupedSampler``, drawing from ``shuffle``).
 
     The loader has a generator of its own for its worker seed, so iterating it never draws
     from the global RNG, which drives dropout: batching leaves the training numbers unchanged.
     """
     sampler = RandomSampler(range(n), generator=shuffle) if shuffle is not None else None
+    if shuffle is not None and lengths is not None:
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        sampler = LengthGroupedSampler(batch_size, lengths=list(lengths), generator=shuffle)
     return DataLoader(
         range(n),
         batch_size,

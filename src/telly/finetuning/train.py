@@ -480,6 +480,7 @@ def _optimisation(
             cfg.batch_size,
             shuffle=shuffle,
             collate_fn=lambda idx: make_batch(task, [train[i] for i in idx], idx, tok.pad, train_caches),
+            lengths=[example_length(task, ex) for ex in train] if cfg.group_by_length else None,
         ),
         "valid": index_loader(len(data.valid), settings.eval_batch_size),
         "test": index_loader(len(data.test), settings.eval_batch_size),
@@ -667,6 +668,11 @@ def convergence_epoch(valid_scores: list[float], tolerance: float) -> int:
 
 
 # ------------------------------------------------------------------ batches
+
+
+def example_length(task: str, example: dict) -> int:
+    """Tokens of one training example, all its sequences together: what its batch pads to."""
+    return sum(len(example[name].ids) for name in tasks.get(task).sequence_fields)
 
 
 def make_batch(task: str, examples: list[dict], idx: list[int], pad_id: int, caches: dict[str, HiddenCache]) -> dict:
