@@ -154,6 +154,17 @@ def claims_section(claims: list[Claim]) -> str:
     )
 
 
+def token_overlap_line(inputs: Inputs) -> str:
+    """What the probing sets score with no model at all (token overlap on the test split), beside the probes."""
+    if not inputs.token_overlap:
+        return ""
+    parts = [
+        f"{prop}: " + ", ".join(f"{name.replace('_map_at_r', '')} MAP@R {value:.2f}" for name, value in scores.items())
+        for prop, scores in inputs.token_overlap.items()
+    ]
+    return "*No model* (token overlap on the test split, `data/tasks/metrics.json`): " + "; ".join(parts) + ".\n"
+
+
 def rq1_section(inputs: Inputs, paper: dict[str, Any], figures: dict[str, Path | None]) -> str:
     out = ["## RQ1: probing — which properties each layer encodes\n", _missing(inputs, "rq1")]
     if inputs.probing is not None:
@@ -162,6 +173,7 @@ def rq1_section(inputs: Inputs, paper: dict[str, Any], figures: dict[str, Path |
             "Mean ± std over probe seeds; *sel.* = selectivity (task minus control task, same probe). "
             "Syntactic accuracy is in [0, 1], the other scores in percent, as in the paper.\n",
             tables.probe_scores(inputs.probing, paper),
+            token_overlap_line(inputs),
             "### Layer-wise probes (one probe per hidden state)\n",
             tables.probe_peaks(inputs.probing),
             _figure(figures, "probe_curves", "layer-wise probe curves"),

@@ -65,6 +65,8 @@ class Inputs:
     missing: dict[str, str] = field(default_factory=dict)  # section -> what is missing and what to run
     # task -> points of benchmarks/learning_curves.py (Base and the baseline at each training size), if given
     learning_curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # probing property -> the test split's no-model overlap scores (tasks stage: token Jaccard, BM25 MAP@R)
+    token_overlap: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def _read_json(path: Path) -> Any:
@@ -216,6 +218,11 @@ def read_inputs(params: Params) -> Inputs:
     if why:
         inputs.missing["baselines"] = why
     inputs.pretrained_baselines, _ = read_baselines(folder, ".pretrained")
+    tasks_metrics = Path(params.tasks.out_dir) / "metrics.json" if params.tasks else None
+    if tasks_metrics is not None and tasks_metrics.exists():
+        for prop, splits in _read_json(tasks_metrics).get("probing", {}).items():
+            if overlap := splits.get("test", {}).get("token_overlap"):
+                inputs.token_overlap[prop] = overlap
     curves = params.report.learning_curves if params.report else None
     if curves is not None and not Path(curves).exists():
         inputs.missing["learning_curves"] = f"no {curves}: run benchmarks/learning_curves.py (report.learning_curves)"
