@@ -128,10 +128,11 @@ def test_claims_table_has_a_column_per_model_with_its_verdicts(tmp_path):
 def test_paragraph_names_what_holds_and_what_moves_with_the_model(tmp_path):
     report = write_models_report(_two_models(tmp_path), tmp_path / "out").read_text()
     paragraph = next(ln for ln in report.splitlines() if ln.startswith("**Across models.**"))
-    held, moved = paragraph.split("hold the same on every model")[1].split("move with the model")
+    assert paragraph.startswith("**Across models.** Of 3 claims over 2 models (embedded, minilm), ")
+    held, moved = paragraph.split("holds the same on every model")[1].split("moves with the model")
     assert f"{LEX} (reproduced on every model, as in the paper)" in held and SPREAD not in held
     assert f"{SPREAD} (embedded: reproduced, minilm: not reproduced)" in moved
-    assert f"1 lack a verdict on some model: {TOP} (embedded: inconclusive, minilm: not run)" in paragraph
+    assert f"1 has no verdict on some model: {TOP} (embedded: inconclusive, minilm: not run)" in paragraph
     assert "Inconclusive verdicts, counted apart: 1 (embedded 1, minilm 0)" in paragraph
 
 
@@ -167,4 +168,6 @@ def test_a_model_with_no_outputs_reads_not_run(tmp_path):
     report = write_models_report(models, tmp_path / "out").read_text()
     assert _row(report, "**bare**")[2:4] == ["unknown", "unknown"]
     assert _row(report, LEX)[-1] == "not run"
-    assert "lack a verdict on some model" in report and "### bare:" not in report
+    assert (
+        "1 moves with the model" in report and "2 have no verdict on some model" in report and "### bare:" not in report
+    )

@@ -179,17 +179,23 @@ def summary(claims: dict[str, dict[str, dict[str, Any]]]) -> str:
     total = len(same) + len(moving) + len(open_)
     if not total:
         return ""
-    parts = [f"**Across models.** Over {len(tags)} models ({', '.join(tags)}) and {total} claims:"]
-    parts.append(f"{len(same)} hold the same on every model" + (f": {'; '.join(same)}." if same else "."))
-    parts.append(f"{len(moving)} move with the model" + (f": {'; '.join(moving)}." if moving else "."))
+    parts = [
+        f"{_count(same, 'holds', 'hold')} the same on every model" + (f": {'; '.join(same)}" if same else ""),
+        f"{_count(moving, 'moves', 'move')} with the model" + (f": {'; '.join(moving)}" if moving else ""),
+    ]
     if open_:
-        parts.append(f"{len(open_)} lack a verdict on some model: {'; '.join(open_)}.")
+        parts.append(f"{_count(open_, 'has', 'have')} no verdict on some model: {'; '.join(open_)}")
     counts = {t: sum(verdict(claims, t, k) == INCONCLUSIVE for k in claim_keys(claims)) for t in tags}
-    parts.append(
-        f"Inconclusive verdicts, counted apart: {sum(counts.values())} "
-        f"({', '.join(f'{t} {n}' for t, n in counts.items())})."
+    return (
+        f"**Across models.** Of {total} claims over {len(tags)} models ({', '.join(tags)}), "
+        + ". ".join(parts)
+        + f". Inconclusive verdicts, counted apart: {sum(counts.values())} "
+        + f"({', '.join(f'{t} {n}' for t, n in counts.items())}).\n"
     )
-    return " ".join(parts) + "\n"
+
+
+def _count(items: list[str], one: str, many: str) -> str:
+    return f"{len(items)} {one if len(items) == 1 else many}"
 
 
 def combined_claims(claims: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -255,10 +261,12 @@ def overlay(curves: dict[str, dict[str, tuple[list[int], list[float]]]], ylabel:
     if not curves:
         return None
     plt = _plt()
+    tags = list(dict.fromkeys(tag for by_tag in curves.values() for tag in by_tag))
+    color = {tag: f"C{i % 10}" for i, tag in enumerate(tags)}  # a model keeps its colour in every panel
     fig, axes = plt.subplots(1, len(curves), figsize=(4.25 * len(curves), 3.8), squeeze=False)
     for ax, (key, by_tag) in zip(axes[0], curves.items()):
         for tag, (states, values) in by_tag.items():
-            ax.plot(_depth(states), values, marker="o", ms=3, label=f"{tag} (L = {max(states)})")
+            ax.plot(_depth(states), values, marker="o", ms=3, color=color[tag], label=f"{tag} (L = {max(states)})")
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("relative depth (hidden state / L)")
         ax.grid(alpha=0.3)
