@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 
-.PHONY: setup sysdeps test lint format repro data ui bench bench-gpu clean lock
+.PHONY: setup sysdeps test lint format repro study data ui bench bench-gpu clean lock
 
 setup: $(STAMP)
 
@@ -44,7 +44,15 @@ data: setup
 
 # stages start from a fork server that has imported their libraries (src/telly/forkserver.py)
 repro: data
-	TELLY_FORKSERVER=1 $(BIN)/dvc repro
+	TELLY_FORKSERVER=1 $(BIN)/dvc repro dvc.yaml
+
+# another model's study (docs/studies.md): `make study MODEL=minilm` runs that model's stages of studies/dvc.yaml,
+# then the report across models (reports/models/); `make study` runs every model of study.models
+study: data
+	@if [ -n "$(MODEL)" ]; then \
+	  TELLY_FORKSERVER=1 $(BIN)/dvc repro --glob 'studies/dvc.yaml:*@$(MODEL)' 'studies/dvc.yaml:*@$(MODEL)-*' && \
+	  $(BIN)/dvc repro --single-item studies/dvc.yaml:report-models; \
+	else TELLY_FORKSERVER=1 $(BIN)/dvc repro studies/dvc.yaml; fi
 
 ui: setup
 	$(BIN)/telly ui

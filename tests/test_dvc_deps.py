@@ -52,7 +52,7 @@ PLUMBING = {
     "telly.tracking",
 }
 # params a module reads that decide no output (where MLflow logs)
-UNTRACKED_PARAMS = {"tracking"}
+UNTRACKED_PARAMS = {"tracking", "study_model"}  # study_model: the command's --model tag (dvc tracks the cmd)
 
 
 def _module_file(name: str) -> Path | None:
@@ -121,10 +121,10 @@ def test_every_stage_has_an_entry_module():
     assert set(_stages()) == set(ENTRY), "a new stage needs its entry module in ENTRY"
 
 
-def missing_code(stage: str, stages: dict[str, dict]) -> list[str]:
+def missing_code(stage: str, stages: dict[str, dict], entry: dict[str, str] = ENTRY) -> list[str]:
     """The source files a stage runs that its deps do not cover."""
     deps = [str(d) for d in _body(stages[stage]).get("deps", [])]
-    needed = sorted(closure(ENTRY[stage]) - PLUMBING)
+    needed = sorted(closure(entry[stage]) - PLUMBING)
     return [str(_module_file(m).relative_to(REPO)) for m in needed if not _covered(_module_file(m), deps)]
 
 
@@ -154,12 +154,17 @@ PARAM_ACCESS = re.compile(r"\bparams\.([a-z_0-9]+)(?:\.([a-z_0-9]+))?")
 
 @pytest.mark.parametrize("stage", sorted(ENTRY))
 def test_stage_tracks_the_params_its_code_reads(stage):
+    missing = missing_params(stage, _stages(), ENTRY)
+    assert not missing, f"dvc.yaml stage {stage!r} reads params it does not track: {sorted(missing)}"
+
+
+def missing_params(stage: str, stages: dict[str, dict], entry: dict[str, str]) -> set[str]:
     from telly.config import Params
 
-    tracked = [str(p) for p in _body(_stages()[stage]).get("params", [])]
+    tracked = [str(p) for p in _body(stages[stage]).get("params", [])]
     sections = set(Params.model_fields)
     missing = set()
-    for module in closure(ENTRY[stage]) - PLUMBING:
+    for module in closure(entry[stage]) - PLUMBING:
         text = _module_file(module).read_text(encoding="utf-8")
         for section, key in PARAM_ACCESS.findall(text):
             if section not in sections or section in UNTRACKED_PARAMS:
@@ -170,7 +175,7 @@ def test_stage_tracks_the_params_its_code_reads(stage):
                 ok = any(t.startswith(f"{section}.") for t in tracked) and key not in _fields(section)
             if not ok:
                 missing.add(wanted)
-    assert not missing, f"dvc.yaml stage {stage!r} reads params it does not track: {sorted(missing)}"
+    return missing
 
 
 def _fields(section: str) -> set[str]:
@@ -198,3 +203,39 @@ def test_stage_tracks_the_top_level_seed_its_sections_inherit(stage):
     tracked = [str(p) for p in _body(_stages()[stage]).get("params", [])]
     inherits = [t for t in tracked if t in INHERITED_SEEDS or t in {f"{s}.seed" for s in INHERITED_SEEDS}]
     assert not inherits or "seed" in tracked, f"dvc.yaml stage {stage!r} tracks {inherits} but not `seed`"
+
+
+# studies/dvc.yaml (docs/studies.md): the root stages again for every study model, plus the report across models
+STUDY_ENTRY = {
+    **{name: module for name, module in ENTRY.items() if name not in ("prepare", "tasks", "pretrain", "tune")},
+    "report-models": "telly.reporting.models",
+}
+STUDY_ENTRY.pop("finetune-peft")
+
+
+def _study_stages() -> dict[str, dict]:
+    return yaml.safe_load((REPO / "studies/dvc.yaml").read_text(encoding="utf-8"))["stages"]
+
+
+def test_every_study_stage_has_an_entry_module():
+    assert set(_study_stages()) == set(STUDY_ENTRY)
+
+
+@pytest.mark.parametrize("stage", sorted(STUDY_ENTRY))
+def test_study_stage_depends_on_the_code_it_runs_and_on_where_its_outputs_go(stage):
+    stages = _study_stages()
+    missing = missing_code(stage, stages, STUDY_ENTRY)
+    assert not missing, f"studies/dvc.yaml stage {stage!r} runs code it does not depend on: {missing}"
+    deps = [str(d) for d in _body(stages[stage]).get("deps", [])]
+    assert "src/telly/studies.py" in deps  # it decides each model's params and output paths
+
+
+@pytest.mark.parametrize("stage", sorted(STUDY_ENTRY))
+def test_study_stage_tracks_the_params_its_code_reads_and_its_model(stage):
+    stages = _study_stages()
+    missing = missing_params(stage, stages, STUDY_ENTRY)
+    assert not missing, f"studies/dvc.yaml stage {stage!r} reads params it does not track: {sorted(missing)}"
+    tracked = [str(p) for p in _body(stages[stage]).get("params", [])]
+    if stage != "report-models":  # a model's stage: its encoder and the settings laid over params.yaml
+        assert {"study.dir", "study.settings"} <= set(tracked), tracked
+        assert any(t.startswith("study.models.") for t in tracked) or stage in ("finetune",), tracked

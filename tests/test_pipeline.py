@@ -15,12 +15,23 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from behaviour_fixture import write_behaviour_wheels
 from corpus_fixture import make_corpus, write_lock
 
 REPO = Path(__file__).resolve().parents[1]
-OUTPUTS = ("data/raw/", "mlruns/", "results/", "reports/", "data/tasks/", "data/corpus/python/", "dvc.lock")
+OUTPUTS = (
+    "data/raw/",
+    "mlruns/",
+    "results/",
+    "reports/",
+    "data/tasks/",
+    "data/corpus/python/",
+    "dvc.lock",
+    "studies/dvc.lock",
+    "studies/models/",
+)
 
 
 def _copy_repo(dest: Path) -> None:
@@ -70,7 +81,42 @@ def test_dvc_repro_on_tiny_profile(tmp_path):
     assert run["variant"] == "base" and run["settings"]["seed"] == 123456
     assert (repo / "results/baselines/code_search.json").exists()  # the no-training baseline beside it
 
-    status = _run(["dvc", "status"], repo, env)
+    _study_of_a_second_model(repo, env)
+
+    status = _run(["dvc", "status"], repo, env)  # both pipelines: the root one and studies/dvc.yaml
     assert "up to date" in status, status
     again = _run(["dvc", "repro"], repo, env)
     assert "didn't change" in again or "up to date" in again
+
+
+def _tree(folder: Path, skip: str = "//") -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and skip not in str(p)}
+
+
+def _study_of_a_second_model(repo: Path, env: dict[str, str]) -> None:
+    """studies/dvc.yaml on a tiny random RoBERTa beside the embedded model: its outputs under studies/models/tiny_b,
+    the root pipeline's untouched, one report across the two models (docs/studies.md)."""
+    import mlflow
+
+    from model_fixture import make_tiny_roberta
+
+    make_tiny_roberta(repo / "models/tiny-b", layers=3)
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["study"]["models"] = {"tiny_b": "models/tiny-b"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    before = {name: _tree(repo / name, skip="reports/models") for name in ("results", "reports", "models/finetuned")}
+
+    _run(["dvc", "repro", "studies/dvc.yaml"], repo, env)
+
+    assert before == {name: _tree(repo / name, skip="reports/models") for name in before}  # nothing of the root's
+    study = repo / "studies/models/tiny_b"
+    run = json.loads((study / "results/finetune/code_search/base/seed123456.json").read_text())
+    assert run["settings"]["seed"] == 123456 and (study / "results/baselines/code_search.pretrained.json").exists()
+    assert (study / "reports/claims.json").exists() and (study / "results/probe/pretrained/lexical/curve.csv").exists()
+    report = (repo / "reports/models/report.md").read_text()
+    claims = json.loads((repo / "reports/models/claims.json").read_text())
+    assert all(set(c["models"]) == {"embedded", "tiny_b"} for c in claims.values()), claims
+    assert "| claim | paper | embedded | tiny_b |" in report  # one verdict column per model
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["telly-tiny_b-finetune"], output_format="list")
+    assert runs and all(r.data.tags["telly.model"] == "tiny_b" for r in runs)

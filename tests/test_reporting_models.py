@@ -171,3 +171,22 @@ def test_a_model_with_no_outputs_reads_not_run(tmp_path):
     assert (
         "1 moves with the model" in report and "2 have no verdict on some model" in report and "### bare:" not in report
     )
+
+
+def test_base_against_both_baselines_per_model_from_each_claims_file():
+    from telly.reporting.models import learning_section
+
+    def per_task(low: float, high: float, verdict: str) -> dict:
+        interval = {"estimate": (low + high) / 2, "low": low, "high": high}
+        return {"verdict": verdict, "learns": {"interval": interval}, "pretrained": {"interval": interval}}
+
+    claims = {
+        "embedded": {"telly_within_base": {"per_task": {"code_search": per_task(-0.36, -0.31, "not checked")}}},
+        "minilm": {"telly_within_base": {"per_task": {"code_search": per_task(0.02, 0.06, "reproduced")}}},
+        "empty": {},
+    }
+    text = learning_section(claims)
+    assert "| code_search | embedded | -0.335 [-0.36, -0.31] ✗ |" in text
+    assert "| code_search | minilm | +0.04 [+0.02, +0.06] ✓ | +0.04 [+0.02, +0.06] ✓ | reproduced |" in text
+    assert "| empty |" not in text  # a model without the claim has no row
+    assert learning_section({"embedded": {}}) == ""

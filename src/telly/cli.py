@@ -28,11 +28,30 @@ console = Console(stderr=True)
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file to read")]
 
 
+_STUDY = {"model": None}  # `telly --model <tag>`: the study model every command of this process works on
+
+
+@app.callback()
+def _study_model(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="a model tag of study.models: run the command for that model, outputs under studies/<tag>/",
+        ),
+    ] = None,
+) -> None:
+    """Studies and speeds up the fine-tuning of pre-trained code models (the Telly paper, re-created)."""
+    _STUDY["model"] = model
+
+
 def _params(path: Path) -> Params:
     logging.basicConfig(
         level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
     )
-    return load_params(path, guard_outputs=True)  # a stage's outputs are written only if its params still hold
+    # a stage's outputs are written only if its params still hold
+    return load_params(path, guard_outputs=True, model=_STUDY["model"])
 
 
 @data_app.command("fetch")
@@ -338,6 +357,17 @@ def report(ctx: typer.Context, params: ParamsOption = DEFAULT_PARAMS) -> None:
         from telly.reporting.stage import run
 
         run(_params(params))
+
+
+@report_app.command("models")
+def report_models(params: ParamsOption = DEFAULT_PARAMS) -> None:
+    """Write reports/models/report.md: every claim per model of the study, the curves overlaid (docs/studies.md)."""
+    from telly.reporting.models import write_models_report
+    from telly.studies import all_models
+
+    _params(params)
+    path = write_models_report(all_models(params), Path(_params(params).report.out_dir) / "models")
+    console.print(f"{path}: the study across models")
 
 
 @report_app.command("paper-regime")

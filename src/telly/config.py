@@ -831,6 +831,89 @@ class ReportParams(Section):
     track: bool = Field(description="log the report and the claim verdicts to MLflow (experiment <prefix>-report)")
 
 
+# --------------------------------------------------------------------------- studies of several models
+
+MODEL_TAG_PATTERN = r"[a-z][a-z0-9_]{0,31}"  # safe in a path, a DVC stage name (no "-": it joins matrix items), MLflow
+
+
+def check_model_tag(tag: str, where: str) -> str:
+    """A model tag names a folder and DVC stages: lower-case letters, digits and "_", a letter first."""
+    import re
+
+    if not re.fullmatch(MODEL_TAG_PATTERN, tag):
+        raise ValueError(
+            f"{where}: model tag {tag!r} is not allowed: use lower-case letters, digits and '_' "
+            "(a letter first, at most 32): it names the study's folder and its DVC stages"
+        )
+    return tag
+
+
+class StudyParams(Section):
+    """The models of a study (docs/studies.md): the default one runs the root pipeline (`make repro`, outputs at
+    the repository root); every other one runs the same stages from studies/dvc.yaml (`make study MODEL=<tag>`)
+    with every output under ``<dir>/<tag>/`` (telly.studies)."""
+
+    default: str = Field(description="the tag of model.name_or_path, the root pipeline's model")
+    dir: Path = Field(description="<dir>/<tag>/: every output of another model's study")
+    models: dict[str, str] = Field(
+        description="tag -> the encoder: a save_pretrained folder (relative to the repository root) or a hub id"
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="params laid over params.yaml for every model of `models` (the study's matrix and scale); "
+        "finetune.task_names, variants, seeds, deep_variants, deep_seeds, deep_task_names and probe.properties "
+        "are required: studies/dvc.yaml reads them",
+    )
+
+    @field_validator("default")
+    @classmethod
+    def _default_tag(cls, v: str) -> str:
+        return check_model_tag(v, "study.default")
+
+    @field_validator("models")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for tag, name in v.items():
+            check_model_tag(tag, f"study.models.{tag}")
+            if not str(name).strip():
+                raise ValueError(f"study.models.{tag}: empty model name or path")
+        return v
+
+    @model_validator(mode="after")
+    def _default_is_the_root(self) -> StudyParams:
+        if self.default in self.models:
+            raise ValueError(
+                f"study.models: {self.default!r} is study.default, the root pipeline's model (model.name_or_path); "
+                "list only the other models"
+            )
+        for key in ("model", "study"):
+            if key in self.settings:
+                raise ValueError(f"study.settings.{key}: set by the study itself (study.models), not by settings")
+        from telly.studies import OUTPUT_PATHS  # the one list of output keys (it imports this module)
+
+        for key in OUTPUT_PATHS:
+            section, *rest = key.split(".")
+            node: Any = self.settings.get(section)
+            for part in rest:
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                raise ValueError(
+                    f"study.settings.{key}: an output path; every study model's outputs go under study.dir/<tag>/ "
+                    "at the root pipeline's relative paths (studies/dvc.yaml names them)"
+                )
+        need = {"finetune": STUDY_MATRIX_KEYS, "probe": ("properties",), "similarity": ("tasks",)}
+        if self.models:
+            missing = [f"{s}.{k}" for s, keys in need.items() for k in keys if k not in self.settings.get(s, {})]
+            if missing:
+                raise ValueError(
+                    f"study.settings: missing {', '.join(missing)} (studies/dvc.yaml's matrices read them)"
+                )
+        return self
+
+
+STUDY_MATRIX_KEYS = ("task_names", "variants", "seeds", "deep_variants", "deep_seeds", "deep_task_names")
+
+
 # Sections whose seed is the top-level ``seed`` unless they set their own: one seed for the pipeline.
 INHERITED_SEEDS = ("prepare", "model", "pretrain", "tasks", "similarity", "tune")
 
@@ -851,6 +934,10 @@ class Params(Section):
     similarity: SimilarityParams | None = None
     tune: TuneParams | None = None
     report: ReportParams | None = None
+    study: StudyParams | None = None
+    study_model: str | None = Field(
+        default=None, description="set by telly.studies only: the tag of the study model these params are for"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -863,6 +950,13 @@ class Params(Section):
             if isinstance(raw.get(name), dict) and raw[name].get("seed") is None:
                 raw[name] = {**raw[name], "seed": raw["seed"]}
         return raw
+
+    @property
+    def model_tag(self) -> str:
+        """The tag of the model these params study: a study model's, else study.default (``embedded``)."""
+        if self.study_model is not None:
+            return self.study_model
+        return self.study.default if self.study is not None else "embedded"
 
     @property
     def finetune_model(self) -> str:
@@ -910,17 +1004,23 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         raise ConfigError(format_validation_error(err, raw, source)) from None
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS, *, guard_outputs: bool = False) -> Params:
+def load_params(path: str | Path = DEFAULT_PARAMS, *, guard_outputs: bool = False, model: str | None = None) -> Params:
     """Read and validate a params file; raise :class:`ConfigError` naming what is wrong.
 
     ``guard_outputs`` (a stage run by the CLI): every output this process writes afterwards first
-    checks that the file still holds what was read now (:class:`ParamsGuard`)."""
+    checks that the file still holds what was read now (:class:`ParamsGuard`). ``model``: the params of that
+    model of the study (``telly --model <tag>``; :func:`telly.studies.model_params`)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: params file not found (run from the repository root or pass --params)")
     stat = path.stat()
     raw = read_params_file(path)
-    params = parse_params(raw, str(path))
+    if model is None:
+        params = parse_params(raw, str(path))
+    else:
+        from telly.studies import model_params
+
+        params = model_params(path, model)
     if guard_outputs:
         files.check_before_publish(ParamsGuard(path, raw, (stat.st_mtime_ns, stat.st_size)))
     return params

@@ -33,7 +33,8 @@ STAGE_COMMANDS = {("finetune",), ("baseline",), ("probe",), ("similarity",), ("t
 # for the libraries they import, then dropped: each child runs them afresh (cli's console sees the client's tty).
 PRELOAD = (
     "torch", "torch._dynamo", "sympy", "transformers", "transformers.models.roberta.modeling_roberta",
-    "transformers.models.roberta.tokenization_roberta", "transformers.optimization", "peft", "accelerate",
+    "transformers.models.roberta.tokenization_roberta", "transformers.models.bert.modeling_bert",
+    "transformers.optimization", "peft", "accelerate",
     "mlflow", "mlflow.tracking.fluent", "mlflow.store.tracking.sqlalchemy_store", "mlflow.tracing.processor.otel",
     "opentelemetry.sdk.metrics", "sqlalchemy", "sqlalchemy.dialects.sqlite", "alembic.command", "git",
     "scipy.stats", "rich.table", "telly.cli", "telly.tracking", "telly.finetuning.stage", "telly.finetuning.train",
@@ -46,7 +47,7 @@ START_TIMEOUT_S = 300  # importing PRELOAD on a loaded machine
 
 def main() -> None:
     """The ``telly`` command: a stage through a fork server when asked (falling back to this process), else here."""
-    words = [w for w in sys.argv[1:] if not w.startswith("-")]
+    words = [w for w in _without_model_option(sys.argv[1:]) if not w.startswith("-")]
     if os.environ.get("TELLY_FORKSERVER") == "1" and any(tuple(words[: len(c)]) == c for c in STAGE_COMMANDS):
         code = run_through_server()
         if code is not None:
@@ -54,6 +55,19 @@ def main() -> None:
     from telly.cli import main as run_here
 
     run_here()
+
+
+def _without_model_option(args: list[str]) -> list[str]:
+    """argv without ``telly``'s global ``--model <tag>`` / ``-m <tag>`` (its value is no command word)."""
+    out, skip = [], False
+    for word in args:
+        if skip:
+            skip = False
+        elif word in ("--model", "-m"):
+            skip = True
+        elif not word.startswith("--model="):
+            out.append(word)
+    return out
 
 
 def folder() -> Path:

@@ -239,7 +239,12 @@ def start_run(
         mlflow.set_tracking_uri(uri)
         if not nested:
             mlflow.set_experiment(_experiment(mlflow, params, stage))
-        all_tags = {"telly.stage": stage, "mlflow.source.git.commit": git_commit(), **(tags or {})}
+        all_tags = {
+            "telly.stage": stage,
+            "telly.model": params.model_tag,  # the study's model (telly.studies)
+            "mlflow.source.git.commit": git_commit(),
+            **(tags or {}),
+        }
         name = None if run_id else run_name or stage
         run = mlflow.start_run(run_id=run_id, run_name=name, nested=nested, tags=all_tags)
     except Exception as err:

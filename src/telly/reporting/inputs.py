@@ -171,6 +171,8 @@ def _label(cached: bool) -> str:
 
 
 def read_tuning(params: Params) -> tuple[dict[str, dict[str, Any]], str]:
+    if params.study_model is not None:  # Optuna searches on the default model only (studies/dvc.yaml has no tune)
+        return {}, f"not part of {params.study_model}'s study (tuning runs on the default model: docs/studies.md)"
     folder = Path(params.tune.results_dir) if params.tune else Path("results/tune")
     found = {}
     for task in TASKS:

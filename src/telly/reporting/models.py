@@ -292,6 +292,39 @@ def figures_section(models: Models, folder: Path) -> str:
 
 # ------------------------------------------------------------------ RQ3
 
+WITHIN_BASE = "telly_within_base"  # the RQ3 claim: its per-task evidence holds Base against both baselines
+
+
+def _difference(entry: dict[str, Any] | None) -> str:
+    """``+0.12 [+0.10, +0.14] ✓`` from a per-task comparison (two-level interval; ✓ = above 0)."""
+    interval = (entry or {}).get("interval")
+    if not interval:
+        return "–"
+    mark = "✓" if interval["low"] > 0 else ("✗" if interval["high"] < 0 else "?")
+    return f"{interval['estimate']:+.3g} [{interval['low']:+.3g}, {interval['high']:+.3g}] {mark}"
+
+
+def learning_section(claims: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Per task and model: Base minus its no-training baseline, Base minus the pre-trained model, the RQ3 verdict."""
+    per_model = {t: (by_key.get(WITHIN_BASE) or {}).get("per_task") or {} for t, by_key in claims.items()}
+    tasks = [t for t in TASK_NAMES if any(t in per for per in per_model.values())]
+    if not tasks:
+        return ""
+    rows = []
+    for task in tasks:
+        for tag, per in per_model.items():
+            if task in per:
+                e = per[task]
+                rows.append([task, tag, _difference(e.get("learns")), _difference(e.get("pretrained")), e["verdict"]])
+    return (
+        "## Does fine-tuning learn? Base against its baselines, per model\n\n"
+        "Base minus the no-training baseline (on the model's own tokens) and minus the pre-trained model "
+        "without fine-tuning, on the task's main metric: two-level 95% intervals over seeds and rows "
+        "(✓ above 0, ✗ below, ? undecided). RQ3's Telly-K verdict is drawn only where Base beats its "
+        "no-training baseline.\n\n"
+        + table(["task", "model", "Base − no-training baseline", "Base − pre-trained model", "RQ3 verdict"], rows)
+    )
+
 
 def _table_body(path: Path) -> str:
     """A task table without its own heading (the report gives it one)."""
@@ -332,6 +365,7 @@ def write_models_report(models: list[tuple[str, Params]], out_dir: Path) -> Path
             models_section([describe(tag, params) for tag, params in models]),
             claims_section(claims),
             summary(claims),
+            learning_section(claims),
             figures_section(models, out_dir / "figures"),
             rq3_section(models, out_dir),
         ]
