@@ -111,7 +111,8 @@ def test_the_command_line_takes_the_model_before_the_command(study_file):
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 2 and "no model 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    said = " ".join(bad.stderr.split())  # rich wraps long lines
+    assert bad.returncode == 2 and "no model 'nope'" in said and "Traceback" not in said
     # the launcher finds the command word behind the option (a stage goes to the fork server)
     assert _without_model_option(["--model", "minilm", "finetune", "--task", "x"]) == ["finetune", "--task", "x"]
     assert _without_model_option(["-m", "finetune", "probe"]) == ["probe"]
@@ -132,3 +133,12 @@ def test_the_study_pipeline_writes_only_under_the_study_folder():
         assert outs and all(o.startswith(f"${{study.dir}}/{tag}/") for o in outs), (name, outs)
         assert body["cmd"].startswith(f"telly --model {tag} "), name
         assert body["wdir"] == ".."
+
+
+def test_the_report_across_models_refuses_a_single_model(study_file):
+    proc = subprocess.run(
+        [sys.executable, "-m", "telly", "--model", "minilm", "report", "models", "--params", str(study_file())],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "without --model" in " ".join(proc.stderr.split())  # rich wraps lines

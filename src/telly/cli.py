@@ -365,8 +365,10 @@ def report_models(params: ParamsOption = DEFAULT_PARAMS) -> None:
     from telly.reporting.models import write_models_report
     from telly.studies import all_models
 
-    _params(params)
-    path = write_models_report(all_models(params), Path(_params(params).report.out_dir) / "models")
+    if _STUDY["model"] is not None:
+        raise TellyError("telly report models reads every model of the study: run it without --model")
+    root = _params(params)
+    path = write_models_report(all_models(params), Path(root.report.out_dir) / "models")
     console.print(f"{path}: the study across models")
 
 
