@@ -89,8 +89,10 @@ def test_dvc_repro_on_tiny_profile(tmp_path):
     assert "didn't change" in again or "up to date" in again
 
 
-def _tree(folder: Path, skip: str = "//") -> dict[str, bytes]:
-    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and skip not in str(p)}
+def _tree(folder: Path, skip: str | None = None) -> dict[str, bytes]:
+    """Every file below ``folder`` (those whose path holds ``skip`` left out) and its bytes."""
+    files = (p for p in sorted(folder.rglob("*")) if p.is_file())
+    return {str(p): p.read_bytes() for p in files if skip is None or skip not in str(p)}
 
 
 def _study_of_a_second_model(repo: Path, env: dict[str, str]) -> None:

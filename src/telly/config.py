@@ -9,6 +9,7 @@ is a strict pydantic model: unknown keys are errors (they are usually typos).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -838,8 +839,6 @@ MODEL_TAG_PATTERN = r"[a-z][a-z0-9_]{0,31}"  # safe in a path, a DVC stage name 
 
 def check_model_tag(tag: str, where: str) -> str:
     """A model tag names a folder and DVC stages: lower-case letters, digits and "_", a letter first."""
-    import re
-
     if not re.fullmatch(MODEL_TAG_PATTERN, tag):
         raise ValueError(
             f"{where}: model tag {tag!r} is not allowed: use lower-case letters, digits and '_' "
@@ -861,8 +860,8 @@ class StudyParams(Section):
     settings: dict[str, Any] = Field(
         default_factory=dict,
         description="params laid over params.yaml for every model of `models` (the study's matrix and scale); "
-        "finetune.task_names, variants, seeds, deep_variants, deep_seeds, deep_task_names and probe.properties "
-        "are required: studies/dvc.yaml reads them",
+        "finetune.task_names, variants, seeds, deep_variants, deep_seeds, deep_task_names, probe.properties and "
+        "similarity.tasks are required: studies/dvc.yaml's matrices read them",
     )
 
     @field_validator("default")

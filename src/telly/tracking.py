@@ -31,6 +31,7 @@ from typing import Any
 
 from telly.config import Params
 from telly.runtime import git_commit
+from telly.studies import MODEL_TAG_KEY
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ def start_run(
             mlflow.set_experiment(_experiment(mlflow, params, stage))
         all_tags = {
             "telly.stage": stage,
-            "telly.model": params.model_tag,  # the study's model (telly.studies)
+            MODEL_TAG_KEY: params.model_tag,  # the study's model (telly.studies)
             "mlflow.source.git.commit": git_commit(),
             **(tags or {}),
         }
