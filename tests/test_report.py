@@ -17,6 +17,9 @@ from telly.reporting.stage import run
 def params(raw_params, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     raw_params["report"]["track"] = False
+    # the fixture writes deep and paper-regime runs for every task: the matrix lists them all
+    raw_params["finetune"]["deep_task_names"] = list(raw_params["finetune"]["task_names"])
+    raw_params["report"]["paper_regime"]["tasks"] = list(raw_params["finetune"]["task_names"])
     return parse_params(raw_params)
 
 

@@ -116,11 +116,29 @@ def test_all_zero_is_not_checked(settings):
 def test_a_task_that_does_not_beat_its_baseline_gets_no_verdict(settings):
     rng = np.random.default_rng(3)
     base = [_rr(rng, 300)]
-    runs = _runs({"base": base, "telly-0": base, "telly-1": [b * 0.5 for b in base]})
+    noisy = [np.clip(b * (1 + rng.normal(0, 0.2, len(b))), 0, 1) for b in base]
+    runs = _runs({"base": base, "telly-0": base, "telly-1": noisy})
     out = _check(runs, _baseline(base[0].copy()), settings)
     assert out.learns.verdict == vd.NOT_REPRODUCED
     assert out.verdict.verdict == vd.NOT_CHECKED and "does not beat its no-training baseline" in out.verdict.evidence
     assert out.per_k == {}  # no RQ3 verdict drawn
+    # ... but the report still says what the design detects at K = need (1), for sizing a bigger run
+    assert out.needed_k == 1 and out.design_power["mde"] > 0 and out.design_power["margin"] == 1.0
+    from telly.reporting import document
+    from telly.reporting.inputs import Inputs
+
+    text = document.rq3_evidence("code_search", Inputs(baselines={}), out.to_json())
+    assert (
+        f"Power of this design at K = 1 (Telly-K against Base, though no verdict is drawn): detects {out.design_power['mde']:.2f}%"
+        in text
+    )
+
+
+def test_no_design_power_without_the_needed_k(settings):
+    rng = np.random.default_rng(3)
+    base = [_rr(rng, 300)]
+    out = _check(_runs({"base": base, "telly-0": base}), _baseline(base[0].copy()), settings)
+    assert out.verdict.verdict == vd.NOT_CHECKED and out.design_power is None
 
 
 def test_a_missing_k_below_the_needed_one_is_refused(settings):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import io
 import json
 import logging
 import random
@@ -211,7 +212,20 @@ def _prelude(module: ast.Module, source: str, own: frozenset[str]) -> list[str]:
     """The module's imports of the standard library and of its own wheel, functions and assignments: what a
     function may call. Other imports are left out, so that behaviour does not depend on what else is installed."""
     keep = [s for s in module.body if isinstance(s, (ast.FunctionDef, ast.Assign)) or _kept_import(s, own)]
-    return [ast.get_source_segment(source, s) or "" for s in keep]
+    lines = io.StringIO(source, newline="").readlines()  # split once: get_source_segment splits per call
+    return [_segment(lines, s) for s in keep]
+
+
+def _segment(lines: list[str], node: ast.stmt) -> str:
+    """``ast.get_source_segment(source, node)`` on the source's lines (\n, \r, \r\n, as ast splits them)."""
+    if node.end_lineno is None or node.end_col_offset is None:
+        return ""
+    first, last = node.lineno - 1, node.end_lineno - 1
+    start, end = node.col_offset, node.end_col_offset
+    if first == last:
+        return lines[first].encode()[start:end].decode()
+    head, tail = lines[first].encode()[start:].decode(), lines[last].encode()[:end].decode()
+    return "".join([head, *lines[first + 1 : last], tail])
 
 
 def module_candidates(

@@ -167,6 +167,8 @@ class TaskEvidence:
     per_k: dict[int, vd.Verdict] = field(default_factory=dict)  # K -> non-inferiority verdict
     deepest_k: int | None = None  # deepest K with every K' <= K non-inferior (reproduced)
     needed_k: int | None = None
+    # where no verdict is drawn: what the design (seeds x rows) would detect at K = needed_k all the same
+    design_power: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -179,6 +181,7 @@ class TaskEvidence:
             "per_k": {str(k): {"verdict": v.verdict, **v.details} for k, v in self.per_k.items()},
             "deepest_k": self.deepest_k,
             "needed_k": self.needed_k,
+            "design_power": self.design_power,
         }
 
 
@@ -238,6 +241,10 @@ def task_evidence(
     out.learns = ev.check_learns(task, by_k[None], base_line, **conf)
     if out.learns.verdict != vd.REPRODUCED:
         out.verdict = vd.not_checked(f"Base does not beat its no-training baseline: {out.learns.evidence}")
+        if need in by_k:  # how a user sizes a bigger run of this task: the design's power, verdict or not
+            interval = ev.relative_difference(task, by_k[None], by_k[need], **conf)
+            power = ev.power(interval, 100.0 * settings.within_base_tolerance)
+            out.design_power = power if math.isfinite(power["mde"]) else None
         return out
     have = sorted(k for k in by_k if k is not None)
     missing = [k for k in range(need + 1) if k not in by_k]

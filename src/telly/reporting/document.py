@@ -313,6 +313,11 @@ def rq3_evidence(task: str, inputs: Inputs, evidence: dict[str, Any] | None) -> 
             out.append(f"Power at K = {needed}: {ev.power_text(evidence['per_k'][needed]['power'])}.\n")
     elif evidence:
         out.append(f"RQ3 verdict: {MARK[evidence['verdict']]}: {_escape(evidence['evidence'])}\n")
+        if evidence.get("design_power"):
+            out.append(
+                f"Power of this design at K = {evidence['needed_k']} (Telly-K against Base, though no verdict is "
+                f"drawn): {ev.power_text(evidence['design_power'])}.\n"
+            )
     return "\n".join(out)
 
 
