@@ -181,12 +181,25 @@ def test_base_against_both_baselines_per_model_from_each_claims_file():
         return {"verdict": verdict, "learns": {"interval": interval}, "pretrained": {"interval": interval}}
 
     claims = {
-        "embedded": {"telly_within_base": {"per_task": {"code_search": per_task(-0.36, -0.31, "not checked")}}},
+        "embedded": {
+            "telly_within_base": {
+                "per_task": {
+                    "code_search": per_task(-0.36, -0.31, "not checked"),
+                    "code_generation": per_task(-0.2, 0.1, "not checked"),
+                    "line_completion": per_task(1.0, 3.0, "inconclusive"),
+                }
+            }
+        },
         "minilm": {"telly_within_base": {"per_task": {"code_search": per_task(0.02, 0.06, "reproduced")}}},
         "empty": {},
     }
     text = learning_section(claims)
     assert "| code_search | embedded | -0.335 [-0.36, -0.31] ✗ |" in text
     assert "| code_search | minilm | +0.04 [+0.02, +0.06] ✓ | +0.04 [+0.02, +0.06] ✓ | reproduced |" in text
+    # an undecided interval (generation) does not count; a task counts once, with every model it holds on
+    assert (
+        "**Tasks where Base beats its no-training baseline on at least one model: 2 of 3** "
+        "(code_search (minilm); line_completion (embedded)). On none: code_generation" in text
+    )
     assert "| empty |" not in text  # a model without the claim has no row
     assert learning_section({"embedded": {}}) == ""

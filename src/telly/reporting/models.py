@@ -323,7 +323,29 @@ def learning_section(claims: dict[str, dict[str, dict[str, Any]]]) -> str:
         "(✓ above 0, ✗ below, ? undecided). RQ3's Telly-K verdict is drawn only where Base beats its "
         "no-training baseline.\n\n"
         + table(["task", "model", "Base − no-training baseline", "Base − pre-trained model", "RQ3 verdict"], rows)
+        + "\n"
+        + tasks_that_measure(per_model, tasks)
     )
+
+
+def tasks_that_measure(per_model: dict[str, dict[str, Any]], tasks: list[str]) -> str:
+    """Which tasks show, on some model, a Base above its no-training baseline: where the setup can measure."""
+    beats = {
+        task: [tag for tag, per in per_model.items() if _above_zero((per.get(task) or {}).get("learns"))]
+        for task in tasks
+    }
+    shown = [f"{task} ({', '.join(tags)})" for task, tags in beats.items() if tags]
+    never = [task for task, tags in beats.items() if not tags]
+    text = f"**Tasks where Base beats its no-training baseline on at least one model: {len(shown)} of {len(tasks)}**"
+    text += f" ({'; '.join(shown)})." if shown else "."
+    if never:
+        text += f" On none: {', '.join(never)} (each model's report shows its learning curve and the cause)."
+    return text + "\n"
+
+
+def _above_zero(entry: dict[str, Any] | None) -> bool:
+    interval = (entry or {}).get("interval")
+    return bool(interval) and interval["low"] > 0
 
 
 def _table_body(path: Path) -> str:
