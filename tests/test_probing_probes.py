@@ -158,3 +158,14 @@ def test_a_nan_hidden_state_stops_the_probe_instead_of_scoring_it():
     task = TaggingTask("structural", train, valid, test, n_classes=CLASSES)
     with pytest.raises(NonFiniteError, match="probe layer-wise on structural: loss is nan at epoch 1"):
         train_probe(task, "layer-wise", FAST, seed=0)
+
+
+def test_features_scaled_once_match_batches_scaled_one_by_one():
+    # float16 features, as the representation cache stores them
+    train = Split(np.random.default_rng(0).standard_normal((50, 3, 8)).astype(np.float16), np.zeros(50, dtype=int))
+    task = TaggingTask("structural", train, train, train, n_classes=CLASSES)
+    idx = np.array([7, 3, 41, 3])
+    assert torch.equal(task.scaled(train.x)[idx], task.scaler(train.x[idx]))
+    assert task.scaled(train.x) is task.scaled(train.x)  # one copy per array
+    other = Split(train.x.copy(), train.y)
+    assert task.scaled(other.x) is not task.scaled(train.x)
