@@ -20,7 +20,9 @@ from dvc.utils.serialize import modify_yaml
 
 def defined_stages(dvc_yaml: Path) -> set[str]:
     """The stage names ``dvc stage list`` gives for ``dvc_yaml``, without the file prefix."""
-    listed = subprocess.run(["dvc", "stage", "list", "--name-only", str(dvc_yaml)], capture_output=True, text=True)
+    # the DVC of this interpreter, whatever PATH holds (the script runs as .venv/bin/python)
+    command = [sys.executable, "-m", "dvc", "stage", "list", "--name-only", str(dvc_yaml)]
+    listed = subprocess.run(command, capture_output=True, text=True)
     if listed.returncode:
         raise SystemExit(f"{dvc_yaml}: dvc stage list failed, the lock is left as it is:\n{listed.stderr.strip()}")
     return {name.rsplit(":", 1)[-1] for name in listed.stdout.split()}

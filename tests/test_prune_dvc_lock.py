@@ -14,7 +14,8 @@ BIN = str(Path(sys.executable).parent)
 
 
 def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    # no venv on PATH: the script must find the DVC of its own interpreter
+    env = {**os.environ, "PATH": os.defpath, "DVC_NO_ANALYTICS": "1"}
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
