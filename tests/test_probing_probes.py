@@ -169,3 +169,15 @@ def test_features_scaled_once_match_batches_scaled_one_by_one():
     assert task.scaled(train.x) is task.scaled(train.x)  # one copy per array
     other = Split(train.x.copy(), train.y)
     assert task.scaled(other.x) is not task.scaled(train.x)
+    assert torch.equal(task.scaled(train.x, idx), task.scaler(train.x[idx]))
+
+
+def test_features_above_the_memory_limit_are_scaled_per_batch_to_the_same_numbers(monkeypatch):
+    from telly.probing import objectives
+
+    train = Split(np.random.default_rng(1).standard_normal((50, 3, 8)).astype(np.float16), np.zeros(50, dtype=int))
+    task = TaggingTask("structural", train, train, train, n_classes=CLASSES)
+    idx = np.array([7, 3, 41, 3])
+    monkeypatch.setattr(objectives, "SCALE_ONCE_MAX_BYTES", train.x.size * 4 - 1)
+    assert torch.equal(task.scaled(train.x, idx), task.scaler(train.x[idx]))
+    assert not task._scaled  # nothing kept: one float16 copy in memory

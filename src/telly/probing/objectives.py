@@ -22,6 +22,9 @@ from telly.probing import metrics
 from telly.probing.properties import ProbingProperty
 
 INFO_NCE_SCALE = 20.0  # the paper's in-batch contrastive scale (telly-paper.md 1.3)
+# An array up to this size (as float32) is standardised once and kept; a larger one (paper-scale token
+# sets: tens of GB) is standardised per batch, as it is stored (float16), so memory stays at one copy.
+SCALE_ONCE_MAX_BYTES = 1 << 30
 
 
 @dataclass
@@ -70,6 +73,9 @@ class ProbingTask:
     test: Split
     primary: str = "acc"
     scaler: Scaler = field(init=False)
+    _scaled: dict[int, tuple[np.ndarray, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
     retrieval: ClassVar[bool] = False  # heads map into representation space (H x H) instead of classifying
 
     def __post_init__(self) -> None:
@@ -113,22 +119,24 @@ class ProbingTask:
         values, counts = np.unique(self.train.y, return_counts=True)
         return values[counts.argmax()]
 
-    def scaled(self, x: np.ndarray) -> torch.Tensor:
-        """``x`` standardised once per task: every batch and evaluation indexes this tensor.
+    def scaled(self, x: np.ndarray, rows: np.ndarray | slice | None = None) -> torch.Tensor:
+        """``x[rows]`` standardised (all of ``x`` without ``rows``).
 
-        Scaling per batch cost a fifth of a probe's time (float16 -> float32 copies); elementwise
-        scaling gives the same numbers whole or in slices.
+        Scaling every batch anew cost a quarter of the lexical probe's time (float16 -> float32 copies), so
+        an array of at most ``SCALE_ONCE_MAX_BYTES`` is scaled once and indexed: elementwise scaling gives
+        the same numbers whole or in slices.
         """
-        cache = self.__dict__.setdefault("_scaled_cache", {})
-        if id(x) not in cache:
-            cache[id(x)] = (x, self.scaler(x))  # keeps x alive, so its id is not reused
-        return cache[id(x)][1]
+        if x.size * 4 > SCALE_ONCE_MAX_BYTES:
+            return self.scaler(x if rows is None else x[rows])
+        if id(x) not in self._scaled:
+            self._scaled[id(x)] = (x, self.scaler(x))  # keeps x alive, so its id is not reused
+        whole = self._scaled[id(x)][1]
+        return whole if rows is None else whole[rows]
 
     @torch.no_grad()
     def outputs(self, probe: torch.nn.Module, x: np.ndarray, chunk: int = 4096) -> np.ndarray:
         probe.eval()
-        scaled = self.scaled(x)
-        outs = [probe(scaled[i : i + chunk]).numpy() for i in range(0, len(x), chunk)]
+        outs = [probe(self.scaled(x, slice(i, i + chunk))).numpy() for i in range(0, len(x), chunk)]
         probe.train()
         return np.concatenate(outs)  # [N, heads, out]
 
@@ -155,7 +163,7 @@ class TaggingTask(ProbingTask):
         return metrics.class_scores(self.test.y, guess, self.n_classes)
 
     def loss(self, probe, idx, rng):
-        logits = probe(self.scaled(self.train.x)[idx])  # [B, K, C]
+        logits = probe(self.scaled(self.train.x, idx))  # [B, K, C]
         y = torch.from_numpy(self.train.y[idx]).long()
         per_head = F.cross_entropy(logits.permute(0, 2, 1), y[:, None].expand(-1, logits.shape[1]), reduction="none")
         return per_head.mean(dim=0).sum()
@@ -200,7 +208,7 @@ class PairTask(ProbingTask):
         ]
 
     def loss(self, probe, idx, rng):
-        return _info_nce(probe(self.scaled(self.train.x)[idx]), probe(self.scaled(self.train.x2)[idx]))
+        return _info_nce(probe(self.scaled(self.train.x, idx)), probe(self.scaled(self.train.x2, idx)))
 
     def evaluate(self, probe, split):
         code, ast = self.outputs(probe, split.x), self.outputs(probe, split.x2)
@@ -247,7 +255,7 @@ class CloneRetrievalTask(ProbingTask):
         positives = np.array([rng.choice(members[y[i]][members[y[i]] != i]) for i in idx])
         labels = torch.from_numpy(y[idx])
         same_class = (labels[:, None] == labels[None, :]) & ~torch.eye(len(idx), dtype=torch.bool)
-        return _info_nce(probe(self.scaled(self.train.x)[idx]), probe(self.scaled(self.train.x)[positives]), same_class)
+        return _info_nce(probe(self.scaled(self.train.x, idx)), probe(self.scaled(self.train.x, positives)), same_class)
 
     def _members(self) -> dict[int, np.ndarray]:
         if not hasattr(self, "_members_cache"):
